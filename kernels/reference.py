@@ -1,0 +1,90 @@
+"""Plain-PyTorch `sequence_logps`: the CPU path without the Triton interpreter, and a readable spec.
+
+Same signature and semantics as `maskdpo.kernels.sequence_logps`. Work is chunked over rows so that
+no fp32 copy of the whole (N, V) logits is ever held: the forward keeps only the fp32 log-sum-exp per
+row, and the backward recomputes each chunk's softmax.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .checks import check_inputs, check_logits
+
+# Rows per chunk: bounds the fp32 scratch to CHUNK_ELEMENTS values whatever the vocabulary.
+CHUNK_ELEMENTS = 1 << 24
+
+
+def _chunks(n: int, vocab: int):
+    step = max(1, CHUNK_ELEMENTS // max(vocab, 1))
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _active(labels, seq_ids, num_seqs, ignore_index):
+    return (labels != ignore_index) & (seq_ids >= 0) & (seq_ids < num_seqs)
+
+
+class _ReferenceFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, labels, weights, seq_ids, num_seqs, ignore_index, inplace_backward):
+        n, vocab = logits.shape
+        acc = _acc(logits.dtype)
+        active = _active(labels, seq_ids, num_seqs, ignore_index)
+        safe_labels = torch.where(active, labels, 0).long().clamp(0, vocab - 1)
+        lse = torch.zeros(n, dtype=acc, device=logits.device)
+        row_logps = torch.zeros(n, dtype=acc, device=logits.device)
+        for rows in _chunks(n, vocab):
+            x = logits[rows].to(acc)
+            lse[rows] = torch.logsumexp(x, dim=-1)
+            label_logit = x.gather(1, safe_labels[rows, None]).squeeze(1)
+            row_logps[rows] = weights[rows].to(acc) * (label_logit - lse[rows])
+        in_range = (labels >= 0) & (labels < vocab)
+        row_logps = torch.where(active, torch.where(in_range, row_logps, float("nan")), 0.0)
+        out = torch.zeros(num_seqs, dtype=acc, device=logits.device)
+        out.index_add_(0, torch.where(active, seq_ids, 0).long(), row_logps)
+        if n and bool(((seq_ids < -1) | (seq_ids >= num_seqs)).any()):
+            out.fill_(float("nan"))
+        ctx.save_for_backward(logits, weights, seq_ids, safe_labels, active, lse)
+        ctx.inplace_backward = inplace_backward
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, weights, seq_ids, safe_labels, active, lse = ctx.saved_tensors
+        n, vocab = logits.shape
+        acc = lse.dtype
+        g = grad_out.to(acc)[torch.where(active, seq_ids, 0).long()] if grad_out.numel() else torch.zeros_like(lse)
+        coef = torch.where(active, g * weights.to(acc), 0.0)
+        grad = logits if ctx.inplace_backward else torch.empty_like(logits)
+        for rows in _chunks(n, vocab):
+            p = torch.exp(logits[rows].to(acc) - lse[rows, None])
+            label = safe_labels[rows, None]
+            # 1 - p_label as the sum of the other classes: exact for peaked rows where p_label ~ 1.
+            others = p.scatter(1, label, 0.0).sum(-1, keepdim=True)
+            chunk = -coef[rows, None] * p
+            chunk.scatter_(1, label, coef[rows, None] * others)
+            grad[rows] = chunk
+        return grad, None, None, None, None, None, None
+
+
+def sequence_logps(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    seq_ids: torch.Tensor,
+    num_seqs: int,
+    *,
+    ignore_index: int = -100,
+    inplace_backward: bool = False,
+    check_values: bool | None = None,
+) -> torch.Tensor:
+    """PyTorch implementation of `maskdpo.kernels.sequence_logps` (see there for the arguments)."""
+    check_logits("sequence_logps", logits, ndim=2)
+    check_inputs("sequence_logps", logits.shape[0], logits.shape[1], logits.device, labels, weights,
+                 seq_ids, num_seqs, ignore_index, check_values)
+    return _ReferenceFunction.apply(logits, labels, weights, seq_ids, num_seqs, ignore_index, inplace_backward)

@@ -1,0 +1,316 @@
+"""Fused per-sequence weighted log-probs: log-softmax, label gather and weighted sum in one pass.
+
+For rows i of logits (N, V) with labels y_i, weights w_i and sequence ids s_i this computes
+
+    out[s] = sum_{i: s_i = s} w_i * log_softmax(logits_i)[y_i]
+
+and its gradient g[s_i] * w_i * (onehot(y_i) - softmax(logits_i)) with respect to the logits.
+
+Layout of the work (one Triton program per row, the vocabulary streamed in blocks):
+- forward: one pass over the row with an online softmax (running max and rescaled sum, fp32);
+  the label logit is one scalar load. Saves the fp32 log-sum-exp per row and the row's weighted
+  log-prob. The per-sequence sums are then taken by a second, tiny kernel over the N row values in
+  a fixed order (rows sorted stably by sequence id), so results are bitwise deterministic: no
+  float atomics anywhere.
+- backward: one pass; rows whose coefficient g[s_i] * w_i is zero (prompt tokens, masked sentences,
+  ignored labels) only write zeros and never read their logits. The true-class gradient is
+  coef * sum_{j != y} p_j, accumulated in fp32 over the other classes, instead of coef * (p_y - 1):
+  for peaked rows (p_y close to 1) the subtraction would cancel and lose the gradient.
+- `inplace_backward=True` writes the gradient over the logits' own storage (each element is read
+  before it is overwritten, by the same thread), saving an N x V allocation.
+
+Invalid values on CUDA (where checking them would need a host sync) are never silently dropped: a
+row with a label outside [0, V) gives NaN for its sequence, and a sequence id outside [-1, num_seqs)
+makes every output NaN. Pass `check_values=True` to get a ValueError instead.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+from . import reference
+from .checks import check_inputs, check_logits
+
+
+@triton.jit
+def _sequence_logps_fwd_kernel(
+    logits_ptr, labels_ptr, weights_ptr, seq_ids_ptr,
+    lse_ptr, row_logps_ptr,
+    V, T, num_seqs, ignore_index,
+    stride_b, stride_t, stride_v,
+    BLOCK_V: tl.constexpr, ACC: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    label = tl.load(labels_ptr + row).to(tl.int64)
+    seq = tl.load(seq_ids_ptr + row).to(tl.int64)
+    # Out-of-range sequence ids poison every output in the segment sum; skip their rows here.
+    active = (label != ignore_index) & (seq >= 0) & (seq < num_seqs)
+    if active:
+        # Logits are addressed as a (B, T, V) view so that slices such as logits[:, :-1] need no copy.
+        row_ptr = logits_ptr + (row // T) * stride_b + (row % T) * stride_t
+        cols = tl.arange(0, BLOCK_V)
+        m = tl.full([], float("-inf"), ACC)
+        s = tl.zeros([], ACC)
+        for start in range(0, V, BLOCK_V):
+            idx = start + cols
+            x = tl.load(row_ptr + idx * stride_v, mask=idx < V, other=float("-inf")).to(ACC)
+            new_m = tl.maximum(m, tl.max(x, 0))
+            s = s * tl.exp(m - new_m) + tl.sum(tl.exp(x - new_m), 0)
+            m = new_m
+        lse = m + tl.log(s)
+        in_range = (label >= 0) & (label < V)
+        x_label = tl.load(row_ptr + tl.where(in_range, label, 0) * stride_v).to(ACC)
+        logp = tl.where(in_range, x_label - lse, float("nan"))
+        w = tl.load(weights_ptr + row).to(ACC)
+        tl.store(lse_ptr + row, lse)
+        tl.store(row_logps_ptr + row, w * logp)
+    else:
+        tl.store(lse_ptr + row, tl.zeros([], ACC))
+        tl.store(row_logps_ptr + row, tl.zeros([], ACC))
+
+
+@triton.jit
+def _segment_sum_kernel(
+    row_logps_ptr, order_ptr, sorted_ids_ptr, bounds_ptr, out_ptr,
+    N, num_seqs,
+    BLOCK: tl.constexpr, ACC: tl.constexpr,
+):
+    # Program s sums the rows of sequence s in ascending row order: bitwise reproducible.
+    seq = tl.program_id(0)
+    start = tl.load(bounds_ptr + seq)
+    end = tl.load(bounds_ptr + seq + 1)
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros([BLOCK], ACC)
+    for first in range(start, end, BLOCK):
+        idx = first + offs
+        keep = idx < end
+        rows = tl.load(order_ptr + idx, mask=keep, other=0)
+        acc += tl.load(row_logps_ptr + rows, mask=keep, other=0.0)
+    total = tl.sum(acc, 0)
+    # Sorted ids: any id outside [-1, num_seqs) sits at one end. Such rows belong to no output,
+    # so rather than drop them silently every output becomes NaN.
+    lowest = tl.load(sorted_ids_ptr)
+    highest = tl.load(sorted_ids_ptr + N - 1)
+    bad = (lowest < -1) | (highest >= num_seqs)
+    tl.store(out_ptr + seq, tl.where(bad, float("nan"), total))
+
+
+@triton.jit
+def _sequence_logps_bwd_kernel(
+    logits_ptr, grad_ptr, labels_ptr, weights_ptr, seq_ids_ptr, lse_ptr, grad_out_ptr,
+    V, T, num_seqs, ignore_index, stride_grad_out,
+    stride_b, stride_t, stride_v,
+    gstride_b, gstride_t, gstride_v,
+    BLOCK_V: tl.constexpr, ACC: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    label = tl.load(labels_ptr + row).to(tl.int64)
+    seq = tl.load(seq_ids_ptr + row).to(tl.int64)
+    active = (label != ignore_index) & (seq >= 0) & (seq < num_seqs)
+    g = tl.load(grad_out_ptr + tl.where(active, seq, 0) * stride_grad_out).to(ACC)
+    w = tl.load(weights_ptr + row).to(ACC)
+    coef = tl.where(active, g * w, 0.0)
+    grad_row = grad_ptr + (row // T) * gstride_b + (row % T) * gstride_t
+    cols = tl.arange(0, BLOCK_V)
+    if coef == 0:
+        zeros = tl.zeros([BLOCK_V], ACC).to(grad_ptr.dtype.element_ty)
+        for start in range(0, V, BLOCK_V):
+            idx = start + cols
+            tl.store(grad_row + idx * gstride_v, zeros, mask=idx < V)
+    else:
+        row_ptr = logits_ptr + (row // T) * stride_b + (row % T) * stride_t
+        lse = tl.load(lse_ptr + row)
+        others = tl.zeros([BLOCK_V], ACC)  # running sum of p_j over j != label, per lane
+        for start in range(0, V, BLOCK_V):
+            idx = start + cols
+            inside = idx < V
+            x = tl.load(row_ptr + idx * stride_v, mask=inside, other=float("-inf")).to(ACC)
+            p = tl.exp(x - lse)
+            is_label = idx == label
+            others += tl.where(is_label, 0.0, p)
+            # The label's cell is written once, after the loop, with the accurate value.
+            tl.store(grad_row + idx * gstride_v, (-coef * p).to(grad_ptr.dtype.element_ty),
+                     mask=inside & (~is_label))
+        if (label >= 0) & (label < V):
+            grad_label = coef * tl.sum(others, 0)
+            tl.store(grad_row + label * gstride_v, grad_label.to(grad_ptr.dtype.element_ty))
+
+
+def _acc_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _launch_config(vocab: int) -> tuple[int, int]:
+    """Vocabulary block width and warp count.
+
+    The interpreter pays per block iteration, so it takes the whole row at once. On a GPU a block of
+    up to 32768 columns over 32 warps keeps 32 fp32 values per thread in registers (Liger-Kernel's
+    choice for the same streaming softmax).
+    """
+    whole_row = max(16, triton.next_power_of_2(vocab))
+    if isinstance(_sequence_logps_fwd_kernel, InterpretedFunction):
+        return min(whole_row, 1 << 18), 1
+    block = min(whole_row, 1 << 15)
+    return block, max(4, min(32, block // 1024))
+
+
+def _new_buffer(shape, dtype, device) -> torch.Tensor:
+    """Every output and scratch buffer comes from here (tests poison it to prove full coverage)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _as_rows(logits: torch.Tensor) -> tuple[int, int, int, int]:
+    """(T, stride_b, stride_t, stride_v) addressing rows of a (B, T, V) tensor as row = b * T + t."""
+    _, t, _ = logits.shape
+    return max(t, 1), logits.stride(0), logits.stride(1), logits.stride(2)
+
+
+def _forward(logits, labels, weights, seq_ids, num_seqs, ignore_index):
+    n = logits.shape[0] * logits.shape[1]
+    vocab = logits.shape[2]
+    device = logits.device
+    out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    acc = _acc_dtype(logits.dtype)
+    lse = _new_buffer((n,), out_dtype, device)
+    row_logps = _new_buffer((n,), out_dtype, device)
+    out = _new_buffer((num_seqs,), out_dtype, device)
+    if n == 0:
+        return out.zero_(), lse
+    block_v, warps = _launch_config(vocab)
+    t, sb, st, sv = _as_rows(logits)
+    _sequence_logps_fwd_kernel[(n,)](
+        logits, labels, weights, seq_ids, lse, row_logps,
+        vocab, t, num_seqs, ignore_index, sb, st, sv,
+        BLOCK_V=block_v, ACC=acc, num_warps=warps,
+    )
+    if num_seqs == 0:
+        return out, lse
+    # Stable sort + searchsorted give each sequence its rows in ascending order without a host sync.
+    sorted_ids, order = torch.sort(seq_ids.to(torch.int64), stable=True)
+    bounds = torch.searchsorted(sorted_ids, torch.arange(num_seqs + 1, device=device))
+    _segment_sum_kernel[(num_seqs,)](
+        row_logps, order, sorted_ids, bounds, out, n, num_seqs,
+        BLOCK=1024, ACC=acc, num_warps=4,
+    )
+    return out, lse
+
+
+def _backward(grad_out, logits, labels, weights, seq_ids, lse, num_seqs, ignore_index, inplace):
+    grad = logits if inplace else _new_buffer(logits.shape, logits.dtype, logits.device)
+    n = logits.shape[0] * logits.shape[1]
+    if n == 0:
+        return grad
+    vocab = logits.shape[2]
+    block_v, warps = _launch_config(vocab)
+    t, sb, st, sv = _as_rows(logits)
+    _, gsb, gst, gsv = _as_rows(grad)
+    _sequence_logps_bwd_kernel[(n,)](
+        logits, grad, labels, weights, seq_ids, lse, grad_out,
+        vocab, t, num_seqs, ignore_index, grad_out.stride(0) if num_seqs else 0,
+        sb, st, sv, gsb, gst, gsv,
+        BLOCK_V=block_v, ACC=_acc_dtype(logits.dtype), num_warps=warps,
+    )
+    return grad
+
+
+class SequenceLogpsFunction(torch.autograd.Function):
+    """Autograd wrapper over the Triton kernels; logits are a (B, T, V) view, the rest flat (B*T,)."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, weights, seq_ids, num_seqs, ignore_index, inplace_backward):
+        out, lse = _forward(logits, labels, weights, seq_ids, num_seqs, ignore_index)
+        ctx.save_for_backward(logits, labels, weights, seq_ids, lse)
+        ctx.num_seqs = num_seqs
+        ctx.ignore_index = ignore_index
+        ctx.inplace_backward = inplace_backward
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, labels, weights, seq_ids, lse = ctx.saved_tensors
+        grad = _backward(grad_out, logits, labels, weights, seq_ids, lse,
+                         ctx.num_seqs, ctx.ignore_index, ctx.inplace_backward)
+        return grad, None, None, None, None, None, None
+
+
+def _uses_triton(device: torch.device) -> bool:
+    return device.type == "cuda" or isinstance(_sequence_logps_fwd_kernel, InterpretedFunction)
+
+
+def _run(api, logits, labels, weights, seq_ids, num_seqs, ignore_index, inplace_backward, check_values):
+    """Check, then run (B, T, V) logits with flat (B*T,) row data on the kernel or the reference."""
+    b, t, vocab = logits.shape
+    check_inputs(api, b * t, vocab, logits.device, labels, weights, seq_ids, num_seqs, ignore_index,
+                 check_values)
+    if not _uses_triton(logits.device):
+        return reference.sequence_logps(logits.reshape(b * t, vocab), labels, weights, seq_ids, num_seqs,
+                                        ignore_index=ignore_index, inplace_backward=inplace_backward,
+                                        check_values=False)
+    return SequenceLogpsFunction.apply(logits, labels.contiguous(), weights.contiguous(),
+                                       seq_ids.contiguous(), num_seqs, ignore_index, inplace_backward)
+
+
+def sequence_logps(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    seq_ids: torch.Tensor,
+    num_seqs: int,
+    *,
+    ignore_index: int = -100,
+    inplace_backward: bool = False,
+    check_values: bool | None = None,
+) -> torch.Tensor:
+    """Per-sequence sums of weighted label log-probs, differentiable with respect to `logits`.
+
+    Args:
+        logits: (N, V) bfloat16, float16, float32 or float64; rows may be strided. Row i predicts
+            labels[i] (shift before calling).
+        labels: (N,) integer in [0, V), or `ignore_index` (the row contributes nothing).
+        weights: (N,) floating: 0/1 sentence masks or soft weights.
+        seq_ids: (N,) integer in [0, num_seqs), or -1 (the row belongs to no sequence).
+        num_seqs: number of output sequences.
+        ignore_index: label value that marks a row as ignored.
+        inplace_backward: write the gradient into the logits' storage (saves an N x V buffer; the
+            logits must not be needed after the backward).
+        check_values: read labels and seq_ids to range-check them. None (default) checks CPU tensors
+            only, since on CUDA the check is a host synchronisation; unchecked bad values give NaN.
+
+    Returns:
+        (num_seqs,) float32 (float64 for float64 logits):
+        out[s] = sum_{i: seq_ids[i] = s} weights[i] * log_softmax(logits[i])[labels[i]].
+
+    CUDA tensors run the Triton kernel; CPU tensors run it under TRITON_INTERPRET=1 and the
+    PyTorch reference (`maskdpo.kernels.reference`) otherwise.
+    """
+    check_logits("sequence_logps", logits, ndim=2)
+    return _run("sequence_logps", logits.unsqueeze(0), labels, weights, seq_ids, num_seqs, ignore_index,
+                inplace_backward, check_values)
+
+
+def masked_logps(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    inplace_backward: bool = False,
+    check_values: bool | None = None,
+) -> torch.Tensor:
+    """Padded-batch form: logits (B, T, V), labels and weights (B, T) -> (B,) weighted sums.
+
+    logits[b, t] predicts labels[b, t] (already shifted). Strided views such as logits[:, :-1] are
+    read in place by the kernel, without a copy of the logits. Other arguments as `sequence_logps`.
+    """
+    check_logits("masked_logps", logits, ndim=3)
+    b, t, _ = logits.shape
+    for name, tensor in (("labels", labels), ("weights", weights)):
+        shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        if shape != (b, t):
+            raise ValueError(f"masked_logps: {name} must have shape {(b, t)} to match logits, got {shape}")
+    seq_ids = torch.arange(b, device=logits.device).repeat_interleave(t)
+    return _run("masked_logps", logits, labels.reshape(-1), weights.reshape(-1), seq_ids, b, ignore_index,
+                inplace_backward, check_values)

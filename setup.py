@@ -1,0 +1,36 @@
+"""maskdpo: Mask-DPO fine-grained factuality alignment, with fused Triton kernels.
+
+The kernels live in the top-level folder `kernels/` but install as `maskdpo.kernels`: a top-level
+`kernels` package would shadow Hugging Face's `kernels` distribution, which transformers probes for.
+"""
+
+from setuptools import find_packages, setup
+
+packages = find_packages(include=["maskdpo", "maskdpo.*"])
+kernel_packages = ["maskdpo.kernels"] + [
+    "maskdpo.kernels." + p for p in find_packages(where="kernels")
+]
+
+setup(
+    name="maskdpo",
+    version="0.1.0",
+    description="Mask-DPO: sentence-masked DPO for factuality alignment, with fused Triton kernels",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=packages + kernel_packages,
+    package_dir={"maskdpo.kernels": "kernels"},
+    install_requires=[
+        # Install with the CPU wheel pinned in the same command (see README): an unpinned torch
+        # alone pulls the CUDA build.
+        "torch>=2.4",
+        "triton>=3.0",
+        "numpy",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6", "pytest-timeout"],
+        "flash": ["flash-attn>=2.6"],
+        "bench": ["liger-kernel>=0.5"],
+    },
+    entry_points={"console_scripts": ["maskdpo=maskdpo.cli:main"]},
+)

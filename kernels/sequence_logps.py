@@ -99,24 +99,41 @@ def _segment_sum_kernel(
 
 
 @triton.jit
+def _to_grad_dtype(x, dtype: tl.constexpr, BF16_RTNE_BY_HAND: tl.constexpr):
+    """Round fp32 to the gradient dtype to nearest-even.
+
+    The Triton interpreter truncates fp32 -> bf16 (and its RTNE mode loses the carry), which would
+    double the gradient's rounding error on the CPU; there we round with integer ops as PyTorch does.
+    GPUs round in hardware.
+    """
+    if BF16_RTNE_BY_HAND:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = tl.where(x != x, 0x7FC00000, bits + 0x7FFF + ((bits >> 16) & 1))
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(dtype)
+
+
+@triton.jit
 def _sequence_logps_bwd_kernel(
     logits_ptr, grad_ptr, labels_ptr, weights_ptr, seq_ids_ptr, lse_ptr, grad_out_ptr,
     V, T, num_seqs, ignore_index, stride_grad_out,
     stride_b, stride_t, stride_v,
     gstride_b, gstride_t, gstride_v,
-    BLOCK_V: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_V: tl.constexpr, ACC: tl.constexpr, BF16_RTNE_BY_HAND: tl.constexpr,
 ):
+    out_dtype: tl.constexpr = grad_ptr.dtype.element_ty
     row = tl.program_id(0).to(tl.int64)
     label = tl.load(labels_ptr + row).to(tl.int64)
     seq = tl.load(seq_ids_ptr + row).to(tl.int64)
     active = (label != ignore_index) & (seq >= 0) & (seq < num_seqs)
-    g = tl.load(grad_out_ptr + tl.where(active, seq, 0) * stride_grad_out).to(ACC)
+    g = tl.load(grad_out_ptr + tl.where(active, seq, 0) * stride_grad_out, mask=active, other=0.0).to(ACC)
     w = tl.load(weights_ptr + row).to(ACC)
     coef = tl.where(active, g * w, 0.0)
     grad_row = grad_ptr + (row // T) * gstride_b + (row % T) * gstride_t
     cols = tl.arange(0, BLOCK_V)
     if coef == 0:
-        zeros = tl.zeros([BLOCK_V], ACC).to(grad_ptr.dtype.element_ty)
+        zeros = tl.zeros([BLOCK_V], out_dtype)
         for start in range(0, V, BLOCK_V):
             idx = start + cols
             tl.store(grad_row + idx * gstride_v, zeros, mask=idx < V)
@@ -132,11 +149,16 @@ def _sequence_logps_bwd_kernel(
             is_label = idx == label
             others += tl.where(is_label, 0.0, p)
             # The label's cell is written once, after the loop, with the accurate value.
-            tl.store(grad_row + idx * gstride_v, (-coef * p).to(grad_ptr.dtype.element_ty),
+            tl.store(grad_row + idx * gstride_v, _to_grad_dtype(-coef * p, out_dtype, BF16_RTNE_BY_HAND),
                      mask=inside & (~is_label))
         if (label >= 0) & (label < V):
             grad_label = coef * tl.sum(others, 0)
-            tl.store(grad_row + label * gstride_v, grad_label.to(grad_ptr.dtype.element_ty))
+            tl.store(grad_row + label * gstride_v, _to_grad_dtype(grad_label, out_dtype, BF16_RTNE_BY_HAND))
+
+
+def _interpreted() -> bool:
+    """True when TRITON_INTERPRET=1 was set before this module defined its kernels."""
+    return isinstance(_sequence_logps_fwd_kernel, InterpretedFunction)
 
 
 def _acc_dtype(dtype: torch.dtype):
@@ -151,7 +173,7 @@ def _launch_config(vocab: int) -> tuple[int, int]:
     choice for the same streaming softmax).
     """
     whole_row = max(16, triton.next_power_of_2(vocab))
-    if isinstance(_sequence_logps_fwd_kernel, InterpretedFunction):
+    if _interpreted():
         return min(whole_row, 1 << 18), 1
     block = min(whole_row, 1 << 15)
     return block, max(4, min(32, block // 1024))
@@ -212,6 +234,7 @@ def _backward(grad_out, logits, labels, weights, seq_ids, lse, num_seqs, ignore_
         vocab, t, num_seqs, ignore_index, grad_out.stride(0) if num_seqs else 0,
         sb, st, sv, gsb, gst, gsv,
         BLOCK_V=block_v, ACC=_acc_dtype(logits.dtype), num_warps=warps,
+        BF16_RTNE_BY_HAND=logits.dtype == torch.bfloat16 and _interpreted(),
     )
     return grad
 
@@ -237,7 +260,7 @@ class SequenceLogpsFunction(torch.autograd.Function):
 
 
 def _uses_triton(device: torch.device) -> bool:
-    return device.type == "cuda" or isinstance(_sequence_logps_fwd_kernel, InterpretedFunction)
+    return device.type == "cuda" or _interpreted()
 
 
 def _run(api, logits, labels, weights, seq_ids, num_seqs, ignore_index, inplace_backward, check_values):

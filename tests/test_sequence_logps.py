@@ -1,0 +1,239 @@
+"""The fused sequence-logps Triton kernel (run by the interpreter) against a float64 PyTorch oracle."""
+
+import importlib
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from maskdpo.kernels import masked_logps, sequence_logps
+from maskdpo.kernels.sequence_logps import InterpretedFunction, _sequence_logps_fwd_kernel
+
+from oracle import make_rows, oracle_sequence_logps
+
+# Tolerances against float64, per logits dtype. The forward accumulates in fp32 from the exact
+# input values, so it is tight for every dtype; gradients are rounded once to the logits dtype.
+OUT_TOL = {torch.float32: (1e-5, 1e-4), torch.bfloat16: (1e-5, 1e-4), torch.float16: (1e-5, 1e-4)}
+GRAD_TOL = {torch.float32: (1e-5, 1e-6), torch.bfloat16: (2 ** -8, 1e-6), torch.float16: (2 ** -10, 1e-7)}
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def test_kernels_run_under_the_interpreter():
+    assert isinstance(_sequence_logps_fwd_kernel, InterpretedFunction)
+
+
+def run_kernel(logits, labels, weights, seq_ids, num_seqs, grad_out=None, **kw):
+    x = logits.clone().requires_grad_(True)
+    out = sequence_logps(x, labels, weights, seq_ids, num_seqs, **kw)
+    if grad_out is None:
+        grad_out = torch.ones(num_seqs)
+    out.backward(grad_out)
+    return out.detach(), x.grad
+
+
+def assert_close(actual, expected, rtol, atol):
+    torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=atol, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,vocab", [(1, 1), (1, 127), (37, 1), (37, 127), (37, 32000), (4, 128256)])
+def test_matches_float64(dtype, n, vocab):
+    num_seqs = 5  # more sequences than some layouts fill: empty sequences must come out 0
+    logits, labels, weights, seq_ids = make_rows(n, vocab, num_seqs, dtype, seed=n + vocab)
+    grad_out = torch.randn(num_seqs, generator=torch.Generator().manual_seed(1))
+    out, grad = run_kernel(logits, labels, weights, seq_ids, num_seqs, grad_out)
+    ref_out, ref_grad = oracle_sequence_logps(logits, labels, weights, seq_ids, num_seqs, grad_out)
+    assert out.dtype == torch.float32 and out.shape == (num_seqs,)
+    assert grad.dtype == dtype and grad.shape == logits.shape
+    assert_close(out, ref_out, *OUT_TOL[dtype])
+    assert_close(grad, ref_grad, *GRAD_TOL[dtype])
+    used = set(seq_ids[(labels != -100) & (seq_ids >= 0)].tolist())
+    for s in set(range(num_seqs)) - used:
+        assert out[s] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_error_at_most_twice_torch_own(dtype):
+    """PyTorch run natively in bf16/fp16 sets the bar: our error against float64 is at most 2x its."""
+    n, vocab, num_seqs = 37, 32000, 4
+    logits, labels, weights, seq_ids = make_rows(n, vocab, num_seqs, dtype, seed=7, holes=False)
+    out, grad = run_kernel(logits, labels, weights, seq_ids, num_seqs)
+    ref_out, ref_grad = oracle_sequence_logps(logits, labels, weights, seq_ids, num_seqs)
+
+    x = logits.clone().requires_grad_(True)
+    logp = torch.log_softmax(x, -1).gather(1, labels[:, None]).squeeze(1)
+    torch_out = torch.zeros(num_seqs, dtype=dtype).index_add(0, seq_ids, weights.to(dtype) * logp)
+    torch_out.sum().backward()
+
+    def err(a, b):
+        return (a.double() - b).abs().max().item()
+
+    assert err(out, ref_out) <= 2 * err(torch_out, ref_out)
+    assert err(grad, ref_grad) <= 2 * err(x.grad, ref_grad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("gap", [17.5, 24.0])
+def test_peaked_rows_keep_an_accurate_true_class_gradient(dtype, gap):
+    """p(label) ~ 0.999 and ~ 1 - 1e-6: the true-class gradient coef * (1 - p) must stay accurate."""
+    n, vocab = 8, 32000
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(n, vocab, generator=gen)
+    labels = torch.randint(0, vocab, (n,), generator=gen)
+    logits[torch.arange(n), labels] = gap
+    logits = logits.to(dtype)
+    weights, seq_ids = torch.ones(n), torch.arange(n) % 2
+    out, grad = run_kernel(logits, labels, weights, seq_ids, 2)
+    ref_out, ref_grad = oracle_sequence_logps(logits, labels, weights, seq_ids, 2)
+    p_label = torch.log_softmax(logits.double(), -1).gather(1, labels[:, None]).exp()
+    assert (1 - p_label).max() < 2e-3  # really peaked
+    true_class = grad[torch.arange(n), labels].double()
+    expected = ref_grad[torch.arange(n), labels]
+    error = (true_class - expected).abs()
+    if dtype == torch.float32:
+        # p_label - 1 in fp32 would be off by ~3% at gap 24; the sum of the other classes is not.
+        allowed = 1e-4 * expected.abs()
+    else:
+        # One unit in the last place of the gradient's own dtype (subnormals included): the value
+        # is as right as that dtype can hold it.
+        info = torch.finfo(dtype)
+        allowed = expected.abs().clamp(min=info.smallest_normal) * info.eps
+    assert (error <= allowed).all(), (error / allowed).max()
+    assert_close(out, ref_out, 1e-5, 1e-4)
+
+
+def test_non_contiguous_logits():
+    gen = torch.Generator().manual_seed(5)
+    n, vocab = 9, 127
+    _, labels, weights, seq_ids = make_rows(n, vocab, 3, torch.float32, seed=5)
+    row_strided = torch.randn(n, 2 * vocab, generator=gen)[:, :vocab]       # stride(0) = 2V
+    col_strided = torch.randn(vocab, n, generator=gen).t()                   # stride(1) = n
+    for logits in (row_strided, col_strided):
+        assert not logits.is_contiguous()
+        out, grad = run_kernel(logits, labels, weights, seq_ids, 3)
+        ref_out, ref_grad = oracle_sequence_logps(logits, labels, weights, seq_ids, 3)
+        assert_close(out, ref_out, 1e-5, 1e-4)
+        assert_close(grad, ref_grad, 1e-5, 1e-6)
+
+
+def test_masked_logps_reads_a_shifted_view_in_place():
+    b, t, vocab = 3, 6, 127
+    gen = torch.Generator().manual_seed(11)
+    full = torch.randn(b, t + 1, vocab, generator=gen, dtype=torch.bfloat16).requires_grad_(True)
+    logits = full[:, :-1]  # a strided (B, T, V) view, as after shifting
+    labels = torch.randint(0, vocab, (b, t), generator=gen)
+    labels[0, :2] = -100
+    weights = (torch.rand(b, t, generator=gen) > 0.3).float()
+    out = masked_logps(logits, labels, weights)
+    out.backward(torch.tensor([1.0, -2.0, 0.5]))
+    seq_ids = torch.arange(b).repeat_interleave(t)
+    ref_out, ref_grad = oracle_sequence_logps(logits.reshape(b * t, vocab), labels.reshape(-1),
+                                              weights.reshape(-1), seq_ids, b, torch.tensor([1.0, -2.0, 0.5]))
+    assert out.shape == (b,)
+    assert_close(out.detach(), ref_out, 1e-5, 1e-4)
+    assert_close(full.grad[:, :-1].reshape(b * t, vocab), ref_grad, 2 ** -8, 1e-6)
+    assert torch.all(full.grad[:, -1] == 0)
+
+
+def test_every_output_element_is_written(monkeypatch):
+    """Scratch and output buffers are NaN-poisoned: any element the kernels skip shows up."""
+    module = importlib.import_module("maskdpo.kernels.sequence_logps")  # the package re-exports a same-named function
+    def poisoned(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(module, "_new_buffer", poisoned)
+    n, vocab, num_seqs = 23, 127, 6
+    logits, labels, weights, seq_ids = make_rows(n, vocab, num_seqs, torch.bfloat16, seed=2)
+    weights[3:6] = 0.0  # rows with zero coefficient take the zero-writing branch
+    out, grad = run_kernel(logits, labels, weights, seq_ids, num_seqs)
+    ref_out, ref_grad = oracle_sequence_logps(logits, labels, weights, seq_ids, num_seqs)
+    assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+    assert_close(out, ref_out, 1e-5, 1e-4)
+    assert_close(grad, ref_grad, 2 ** -8, 1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_inplace_backward_is_identical_and_uses_the_logits_storage(dtype):
+    logits, labels, weights, seq_ids = make_rows(29, 127, 4, dtype, seed=9)
+    _, grad = run_kernel(logits, labels, weights, seq_ids, 4)
+
+    leaf = logits.clone().requires_grad_(True)
+    produced = leaf * 1  # a non-leaf, like the LM head's output, whose storage the backward reuses
+    sequence_logps(produced, labels, weights, seq_ids, 4, inplace_backward=True).sum().backward()
+    assert torch.equal(leaf.grad, grad)
+    assert torch.equal(produced.detach(), grad)  # the logits' storage now holds the gradient
+
+
+def test_deterministic_bitwise():
+    logits, labels, weights, seq_ids = make_rows(64, 127, 3, torch.bfloat16, seed=4)
+    first = run_kernel(logits, labels, weights, seq_ids, 3)
+    second = run_kernel(logits, labels, weights, seq_ids, 3)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_gradcheck_float64():
+    logits, labels, weights, seq_ids = make_rows(7, 5, 3, torch.float64, seed=1)
+    x = logits.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: sequence_logps(z, labels, weights, seq_ids, 3), (x,))
+
+
+def test_float64_logits_give_float64_sums():
+    logits, labels, weights, seq_ids = make_rows(11, 127, 2, torch.float64, seed=8)
+    out, grad = run_kernel(logits, labels, weights, seq_ids, 2)
+    ref_out, ref_grad = oracle_sequence_logps(logits, labels, weights, seq_ids, 2)
+    assert out.dtype == torch.float64
+    assert_close(out, ref_out, 1e-12, 1e-12)
+    assert_close(grad, ref_grad, 1e-12, 1e-14)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(0, 24),
+    vocab=st.integers(1, 300),
+    num_seqs=st.integers(0, 5),
+    seed=st.integers(0, 2 ** 16),
+    weight_kind=st.sampled_from(["zero", "binary", "soft"]),
+)
+def test_property_random_shapes_and_masks(n, vocab, num_seqs, seed, weight_kind):
+    logits, labels, weights, seq_ids = make_rows(n, vocab, num_seqs, torch.float32, seed=seed)
+    if weight_kind == "zero":
+        weights = torch.zeros(n)
+    elif weight_kind == "binary":
+        weights = (weights > 0.5).float()
+    grad_out = torch.randn(num_seqs, generator=torch.Generator().manual_seed(seed))
+    out, grad = run_kernel(logits, labels, weights, seq_ids, num_seqs, grad_out)
+    ref_out, ref_grad = oracle_sequence_logps(logits, labels, weights, seq_ids, num_seqs, grad_out)
+    assert_close(out, ref_out, 1e-5, 1e-4)
+    assert_close(grad, ref_grad, 1e-5, 1e-6)
+
+
+def test_empty_input_returns_zeros_and_backpropagates():
+    logits = torch.empty(0, 127, requires_grad=True)
+    out = sequence_logps(logits, torch.empty(0, dtype=torch.long), torch.empty(0), torch.empty(0, dtype=torch.long), 3)
+    assert torch.equal(out, torch.zeros(3))
+    out.sum().backward()
+    assert logits.grad.shape == (0, 127)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf, on purpose
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_and_inf_propagate_to_their_sequence_only(bad):
+    logits, labels, weights, seq_ids = make_rows(12, 127, 2, torch.float32, seed=6, holes=False)
+    seq_ids = torch.tensor([0] * 6 + [1] * 6)
+    logits[8, 3] = bad
+    out = sequence_logps(logits, labels, weights, seq_ids, 2)
+    assert torch.isfinite(out[0]) and torch.isnan(out[1])
+
+
+def test_unchecked_bad_values_are_never_silently_dropped():
+    """What CUDA does by default (no host sync to check): bad rows poison outputs instead of vanishing."""
+    logits, labels, weights, seq_ids = make_rows(10, 127, 3, torch.float32, seed=6, holes=False)
+    seq_ids = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    bad_label = labels.clone()
+    bad_label[4] = 127
+    out = sequence_logps(logits, bad_label, weights, seq_ids, 3, check_values=False)
+    assert torch.isfinite(out[[0, 2]]).all() and torch.isnan(out[1])
+    bad_seq = seq_ids.clone()
+    bad_seq[0] = 3
+    assert torch.isnan(sequence_logps(logits, labels, weights, bad_seq, 3, check_values=False)).all()

@@ -1,0 +1,288 @@
+"""Benchmark the fused sequence-logps kernel against its peers on one CUDA GPU.
+
+Providers, timed in one process on the same inputs, interleaved within each repetition:
+  maskdpo           maskdpo.kernels.sequence_logps (gradient in a new buffer)
+  maskdpo-inplace   the same with inplace_backward=True (gradient written over the logits)
+  eager             fp32 log_softmax + gather + weighted index_add, eager PyTorch
+  compiled          torch.compile of `eager`
+  liger             Liger-Kernel cross entropy, reduction="none", then the weighting and the
+                    per-sequence sum (the glue is timed as part of it). Its per-token losses come
+                    back in the logits dtype, so with bf16 logits every token's log-prob is rounded
+                    to bf16 (up to 2^-8 relative) before the sum.
+
+Workload: Llama-3 vocabulary (V = 128256), bf16 logits, sequences of 1024 rows; the first 30% of
+each sequence are prompt rows (label ignore_index), the response is cut into sentences of 8-40 rows
+and about half of them (whole sentences) get weight 0. Logits are flat (N(0, 1)) or peaked (the
+label's logit 20 above the rest on response rows, p(label) ~ 0.999).
+
+Reported per (N, logits kind, provider): median forward and forward+backward time (CUDA events,
+warm-up first), extra peak memory during forward+backward (beyond the inputs; also in units of one
+N x V bf16 buffer, and beyond the gradient), effective bandwidth of the 3-pass traffic (read
+logits in the forward, read them and write the gradient in the backward: 3 * N * V * 2 bytes),
+and the fraction of the 3-pass floor at the device-to-device copy bandwidth measured in the same
+run. Results go to benchmarks/results/<date>-<gpu>/sequence_logps.{json,md}.
+
+Usage: python benchmarks/bench_sequence_logps.py [--n 4096 8192 16384 32768] [--reps 20]
+Exits with status 2 on a machine without CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+IGNORE_INDEX = -100
+SEQ_LEN = 1024
+PROMPT_FRACTION = 0.3
+PEAK_GAP = 20.0
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def make_inputs(n: int, vocab: int, peaked: bool, device, seed: int = 0):
+    """Logits (N, V) bf16 and row data shaped like Mask-DPO training rows (see module docstring)."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, vocab, (n,), generator=gen)
+    weights = torch.zeros(n)
+    seq_ids = torch.arange(n) // SEQ_LEN
+    for start in range(0, n, SEQ_LEN):
+        end = min(n, start + SEQ_LEN)
+        response = start + int(PROMPT_FRACTION * (end - start))
+        labels[start:response] = IGNORE_INDEX
+        row = response
+        while row < end:
+            length = int(torch.randint(8, 41, (1,), generator=gen))
+            keep = bool(torch.rand(1, generator=gen) < 0.5)
+            weights[row:min(end, row + length)] = float(keep)
+            row += length
+    logits = torch.randn(n, vocab, device=device, dtype=torch.bfloat16,
+                         generator=torch.Generator(device).manual_seed(seed))
+    labels, weights, seq_ids = labels.to(device), weights.to(device), seq_ids.to(device)
+    if peaked:
+        rows = (labels != IGNORE_INDEX).nonzero().squeeze(1)
+        logits[rows, labels[rows]] += PEAK_GAP
+    num_seqs = (n + SEQ_LEN - 1) // SEQ_LEN
+    return logits, labels, weights, seq_ids, num_seqs
+
+
+def eager(logits, labels, weights, seq_ids, num_seqs):
+    """The plain PyTorch way: fp32 log-softmax of every row, gather, weight, sum per sequence."""
+    keep = labels != IGNORE_INDEX
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(1, torch.where(keep, labels, 0)[:, None]).squeeze(1)
+    contrib = torch.where(keep, weights * logp, 0.0)
+    return torch.zeros(num_seqs, device=logits.device).index_add(0, seq_ids, contrib)
+
+
+def liger_with_glue(logits, labels, weights, seq_ids, num_seqs):
+    from liger_kernel.transformers.functional import liger_cross_entropy
+
+    loss = liger_cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")
+    return torch.zeros(num_seqs, device=logits.device).index_add(0, seq_ids, -loss.float() * weights)
+
+
+def providers(include_compiled: bool = True):
+    """name -> (function, whether it overwrites its logits input)."""
+    from maskdpo.kernels import sequence_logps
+
+    table = {
+        "maskdpo": (lambda *a: sequence_logps(*a, ignore_index=IGNORE_INDEX), False),
+        "maskdpo-inplace": (lambda *a: sequence_logps(*a, ignore_index=IGNORE_INDEX, inplace_backward=True), True),
+        "eager": (eager, False),
+    }
+    if include_compiled:
+        table["compiled"] = (torch.compile(eager, dynamic=False), False)
+    try:
+        import liger_kernel  # noqa: F401
+    except ImportError:
+        print("liger-kernel is not installed (pip install -e .[bench]): skipping it", file=sys.stderr)
+    else:
+        table["liger"] = (liger_with_glue, True)  # Liger writes its gradient into the logits in the forward
+    return table
+
+
+def _timed(fn) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
+
+
+def copy_bandwidth(nbytes: int, reps: int = 20) -> float:
+    """Device-to-device copy bandwidth in bytes/s (a copy reads and writes nbytes)."""
+    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    ms = statistics.median(_timed(lambda: dst.copy_(src)) for _ in range(reps))
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def measure(table, inputs, reps: int, warmup: int):
+    logits, labels, weights, seq_ids, num_seqs = inputs
+    grad_out = torch.randn(num_seqs, device="cuda")
+    times = {name: {"fwd": [], "fwd_bwd": []} for name in table}
+    failed = {}
+
+    def fresh():
+        return logits.clone().requires_grad_(True)
+
+    def step(fn, x, backward):
+        out = fn(x, labels, weights, seq_ids, num_seqs)
+        if backward:
+            out.backward(grad_out)
+
+    for rep in range(warmup + reps):
+        order = list(table)
+        random.Random(rep).shuffle(order)  # interleave providers: clocks and heat hit all alike
+        for name in order:
+            if name in failed:
+                continue
+            fn, _ = table[name]
+            try:
+                for kind, backward in (("fwd", False), ("fwd_bwd", True)):
+                    x = fresh()  # the copy is made before the clock starts
+                    torch.cuda.synchronize()
+                    ms = _timed(lambda: step(fn, x, backward))
+                    if rep >= warmup:
+                        times[name][kind].append(ms)
+                    del x
+            except torch.OutOfMemoryError:
+                failed[name] = "out of memory"
+                torch.cuda.empty_cache()
+
+    results = {}
+    row_bytes = logits.shape[0] * logits.shape[1] * logits.element_size()
+    for name, (fn, overwrites) in table.items():
+        if name in failed:
+            results[name] = {"error": failed[name]}
+            continue
+        x = fresh()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step(fn, x, True)
+        torch.cuda.synchronize()
+        extra = torch.cuda.max_memory_allocated() - before
+        grad_is_new = x.grad is not None and x.grad.data_ptr() != x.data_ptr()
+        results[name] = {
+            "fwd_ms": statistics.median(times[name]["fwd"]),
+            "fwd_bwd_ms": statistics.median(times[name]["fwd_bwd"]),
+            "extra_peak_bytes": extra,
+            "extra_peak_nv": extra / row_bytes,
+            "extra_beyond_grad_nv": (extra - (row_bytes if grad_is_new else 0)) / row_bytes,
+            "overwrites_logits": overwrites,
+        }
+        del x
+    return results
+
+
+def environment() -> dict:
+    def version(module):
+        try:
+            return __import__(module).__version__
+        except ImportError:
+            return None
+
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        driver = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {
+        "gpu": torch.cuda.get_device_name(),
+        "driver": driver,
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "triton": version("triton"),
+        "liger_kernel": version("liger_kernel"),
+        "python": platform.python_version(),
+        "commit": commit,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def markdown(env: dict, bandwidth: float, rows: list[dict]) -> str:
+    lines = [
+        f"# sequence_logps benchmark, {env['gpu']}",
+        "",
+        f"{env['date']}, commit {env['commit']}; driver {env['driver']}, CUDA {env['cuda']}, torch {env['torch']}, "
+        f"triton {env['triton']}, liger-kernel {env['liger_kernel']}. Copy bandwidth {bandwidth / 1e12:.2f} TB/s.",
+        "",
+        "| N | logits | provider | fwd ms | fwd+bwd ms | GB/s (3-pass) | of floor | extra peak (x NxV) | beyond grad (x NxV) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['n']} | {r['logits']} | {r['provider']} | {r['error']} | | | | | |")
+            continue
+        lines.append(
+            f"| {r['n']} | {r['logits']} | {r['provider']} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | "
+            f"{r['bandwidth_gbs']:.0f} | {r['fraction_of_floor']:.2f} | {r['extra_peak_nv']:.2f} | "
+            f"{r['extra_beyond_grad_nv']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[4096, 8192, 16384, 32768], help="rows (tokens)")
+    parser.add_argument("--vocab", type=int, default=128256, help="vocabulary size (Llama-3: 128256)")
+    parser.add_argument("--reps", type=int, default=20, help="timed repetitions per provider")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed repetitions first")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
+    parser.add_argument("--out-dir", type=Path, default=None, help="default: results/<date>-<gpu>/")
+    args = parser.parse_args(argv)
+
+    if not torch.cuda.is_available():
+        print("CUDA is not available: this benchmark times GPU kernels and has nothing to measure here.",
+              file=sys.stderr)
+        return 2
+
+    env = environment()
+    table = providers(include_compiled=not args.no_compile)
+    bandwidth = copy_bandwidth(max(args.n) * args.vocab * 2)
+    rows = []
+    for n in args.n:
+        for peaked in (False, True):
+            inputs = make_inputs(n, args.vocab, peaked, "cuda")
+            floor_ms = 3 * n * args.vocab * 2 / bandwidth * 1e3
+            for name, result in measure(table, inputs, args.reps, args.warmup).items():
+                row = {"n": n, "vocab": args.vocab, "logits": "peaked" if peaked else "flat", "provider": name, **result}
+                if "error" not in result:
+                    row["bandwidth_gbs"] = 3 * n * args.vocab * 2 / (result["fwd_bwd_ms"] * 1e-3) / 1e9
+                    row["floor_ms"] = floor_ms
+                    row["fraction_of_floor"] = floor_ms / result["fwd_bwd_ms"]
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            del inputs
+            torch.cuda.empty_cache()
+
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", env["gpu"]).strip("-").lower()
+    out_dir = args.out_dir or RESULTS / f"{dt.date.today().isoformat()}-{slug}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"environment": env, "copy_bandwidth_bytes_per_s": bandwidth, "rows": rows}
+    (out_dir / "sequence_logps.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "sequence_logps.md").write_text(markdown(env, bandwidth, rows))
+    print(f"wrote {out_dir}/sequence_logps.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

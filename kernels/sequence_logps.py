@@ -26,6 +26,8 @@ makes every output NaN. Pass `check_values=True` to get a ValueError instead.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -36,12 +38,37 @@ from .checks import check_inputs, check_logits
 
 
 @triton.jit
+def _column_offsets(idx, stride, WIDE: tl.constexpr):
+    """Element offsets of columns idx. A unit stride (the usual layout) stays in int32, which keeps
+    the loads vectorised; a column stride that can reach 2**31 elements is multiplied in int64."""
+    if WIDE:
+        return idx.to(tl.int64) * stride
+    else:
+        return idx * stride
+
+
+@triton.jit
+def _store_grad(ptrs, x, mask, BF16_RTNE_BY_HAND: tl.constexpr):
+    """Store fp32 gradient values in the gradient's dtype, rounded to nearest-even.
+
+    The Triton interpreter truncates fp32 -> bf16 (and its RTNE mode loses the carry), which would
+    double the gradient's rounding error on the CPU; there we round with integer ops as PyTorch
+    does. On a GPU the store's own conversion rounds to nearest-even in hardware.
+    """
+    if BF16_RTNE_BY_HAND:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = tl.where(x != x, 0x7FC00000, bits + 0x7FFF + ((bits >> 16) & 1))
+        x = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    tl.store(ptrs, x, mask=mask)
+
+
+@triton.jit
 def _sequence_logps_fwd_kernel(
     logits_ptr, labels_ptr, weights_ptr, seq_ids_ptr,
     lse_ptr, row_logps_ptr,
     V, T, num_seqs, ignore_index,
     stride_b, stride_t, stride_v,
-    BLOCK_V: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_V: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     label = tl.load(labels_ptr + row).to(tl.int64)
@@ -56,7 +83,8 @@ def _sequence_logps_fwd_kernel(
         s = tl.zeros([], ACC)
         for start in range(0, V, BLOCK_V):
             idx = start + cols
-            x = tl.load(row_ptr + idx * stride_v, mask=idx < V, other=float("-inf")).to(ACC)
+            x = tl.load(row_ptr + _column_offsets(idx, stride_v, WIDE), mask=idx < V,
+                        other=float("-inf")).to(ACC)
             new_m = tl.maximum(m, tl.max(x, 0))
             s = s * tl.exp(m - new_m) + tl.sum(tl.exp(x - new_m), 0)
             m = new_m
@@ -99,30 +127,13 @@ def _segment_sum_kernel(
 
 
 @triton.jit
-def _to_grad_dtype(x, dtype: tl.constexpr, BF16_RTNE_BY_HAND: tl.constexpr):
-    """Round fp32 to the gradient dtype to nearest-even.
-
-    The Triton interpreter truncates fp32 -> bf16 (and its RTNE mode loses the carry), which would
-    double the gradient's rounding error on the CPU; there we round with integer ops as PyTorch does.
-    GPUs round in hardware.
-    """
-    if BF16_RTNE_BY_HAND:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = tl.where(x != x, 0x7FC00000, bits + 0x7FFF + ((bits >> 16) & 1))
-        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    else:
-        return x.to(dtype)
-
-
-@triton.jit
 def _sequence_logps_bwd_kernel(
     logits_ptr, grad_ptr, labels_ptr, weights_ptr, seq_ids_ptr, lse_ptr, grad_out_ptr,
     V, T, num_seqs, ignore_index, stride_grad_out,
     stride_b, stride_t, stride_v,
     gstride_b, gstride_t, gstride_v,
-    BLOCK_V: tl.constexpr, ACC: tl.constexpr, BF16_RTNE_BY_HAND: tl.constexpr,
+    BLOCK_V: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr, BF16_RTNE_BY_HAND: tl.constexpr,
 ):
-    out_dtype: tl.constexpr = grad_ptr.dtype.element_ty
     row = tl.program_id(0).to(tl.int64)
     label = tl.load(labels_ptr + row).to(tl.int64)
     seq = tl.load(seq_ids_ptr + row).to(tl.int64)
@@ -133,10 +144,10 @@ def _sequence_logps_bwd_kernel(
     grad_row = grad_ptr + (row // T) * gstride_b + (row % T) * gstride_t
     cols = tl.arange(0, BLOCK_V)
     if coef == 0:
-        zeros = tl.zeros([BLOCK_V], out_dtype)
+        zeros = tl.zeros([BLOCK_V], grad_ptr.dtype.element_ty)
         for start in range(0, V, BLOCK_V):
             idx = start + cols
-            tl.store(grad_row + idx * gstride_v, zeros, mask=idx < V)
+            tl.store(grad_row + _column_offsets(idx, gstride_v, WIDE), zeros, mask=idx < V)
     else:
         row_ptr = logits_ptr + (row // T) * stride_b + (row % T) * stride_t
         lse = tl.load(lse_ptr + row)
@@ -144,16 +155,17 @@ def _sequence_logps_bwd_kernel(
         for start in range(0, V, BLOCK_V):
             idx = start + cols
             inside = idx < V
-            x = tl.load(row_ptr + idx * stride_v, mask=inside, other=float("-inf")).to(ACC)
+            x = tl.load(row_ptr + _column_offsets(idx, stride_v, WIDE), mask=inside,
+                        other=float("-inf")).to(ACC)
             p = tl.exp(x - lse)
             is_label = idx == label
             others += tl.where(is_label, 0.0, p)
             # The label's cell is written once, after the loop, with the accurate value.
-            tl.store(grad_row + idx * gstride_v, _to_grad_dtype(-coef * p, out_dtype, BF16_RTNE_BY_HAND),
-                     mask=inside & (~is_label))
+            _store_grad(grad_row + _column_offsets(idx, gstride_v, WIDE), -coef * p,
+                        inside & (~is_label), BF16_RTNE_BY_HAND)
         if (label >= 0) & (label < V):
             grad_label = coef * tl.sum(others, 0)
-            tl.store(grad_row + label * gstride_v, _to_grad_dtype(grad_label, out_dtype, BF16_RTNE_BY_HAND))
+            _store_grad(grad_row + label * gstride_v, grad_label, None, BF16_RTNE_BY_HAND)
 
 
 def _interpreted() -> bool:
@@ -184,6 +196,16 @@ def _new_buffer(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _wide(vocab: int, *column_strides: int) -> bool:
+    """Whether column offsets can reach 2**31 elements and must be computed in int64."""
+    return max(abs(s) for s in column_strides) * vocab >= 2 ** 31
+
+
+def _on_device(device: torch.device):
+    """Triton launches on the current CUDA device: make it the tensors' one."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _as_rows(logits: torch.Tensor) -> tuple[int, int, int, int]:
     """(T, stride_b, stride_t, stride_v) addressing rows of a (B, T, V) tensor as row = b * T + t."""
     _, t, _ = logits.shape
@@ -206,7 +228,7 @@ def _forward(logits, labels, weights, seq_ids, num_seqs, ignore_index):
     _sequence_logps_fwd_kernel[(n,)](
         logits, labels, weights, seq_ids, lse, row_logps,
         vocab, t, num_seqs, ignore_index, sb, st, sv,
-        BLOCK_V=block_v, ACC=acc, num_warps=warps,
+        BLOCK_V=block_v, ACC=acc, WIDE=_wide(vocab, sv), num_warps=warps,
     )
     if num_seqs == 0:
         return out, lse
@@ -233,7 +255,7 @@ def _backward(grad_out, logits, labels, weights, seq_ids, lse, num_seqs, ignore_
         logits, grad, labels, weights, seq_ids, lse, grad_out,
         vocab, t, num_seqs, ignore_index, grad_out.stride(0) if num_seqs else 0,
         sb, st, sv, gsb, gst, gsv,
-        BLOCK_V=block_v, ACC=_acc_dtype(logits.dtype), num_warps=warps,
+        BLOCK_V=block_v, ACC=_acc_dtype(logits.dtype), WIDE=_wide(vocab, sv, gsv), num_warps=warps,
         BF16_RTNE_BY_HAND=logits.dtype == torch.bfloat16 and _interpreted(),
     )
     return grad
@@ -244,7 +266,8 @@ class SequenceLogpsFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, labels, weights, seq_ids, num_seqs, ignore_index, inplace_backward):
-        out, lse = _forward(logits, labels, weights, seq_ids, num_seqs, ignore_index)
+        with _on_device(logits.device):
+            out, lse = _forward(logits, labels, weights, seq_ids, num_seqs, ignore_index)
         ctx.save_for_backward(logits, labels, weights, seq_ids, lse)
         ctx.num_seqs = num_seqs
         ctx.ignore_index = ignore_index
@@ -254,8 +277,9 @@ class SequenceLogpsFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         logits, labels, weights, seq_ids, lse = ctx.saved_tensors
-        grad = _backward(grad_out, logits, labels, weights, seq_ids, lse,
-                         ctx.num_seqs, ctx.ignore_index, ctx.inplace_backward)
+        with _on_device(logits.device):
+            grad = _backward(grad_out, logits, labels, weights, seq_ids, lse,
+                             ctx.num_seqs, ctx.ignore_index, ctx.inplace_backward)
         return grad, None, None, None, None, None, None
 
 

@@ -103,7 +103,10 @@ def test_peaked_rows_keep_an_accurate_true_class_gradient(dtype, gap):
     assert_close(out, ref_out, 1e-5, 1e-4)
 
 
-def test_non_contiguous_logits():
+@pytest.mark.parametrize("wide", [False, True], ids=["int32-columns", "int64-columns"])
+def test_non_contiguous_logits(monkeypatch, wide):
+    # The int64 column-offset path serves strides that reach 2**31 elements; force it on small data.
+    monkeypatch.setattr(importlib.import_module("maskdpo.kernels.sequence_logps"), "_wide", lambda *_: wide)
     gen = torch.Generator().manual_seed(5)
     n, vocab = 9, 127
     _, labels, weights, seq_ids = make_rows(n, vocab, 3, torch.float32, seed=5)

@@ -20,12 +20,17 @@ setup(
     python_requires=">=3.10",
     packages=packages + kernel_packages,
     package_dir={"maskdpo.kernels": "kernels"},
+    package_data={"maskdpo": ["assets/data/*.jsonl", "assets/tokenizer/*"]},
     install_requires=[
         # Install with the CPU wheel pinned in the same command (see README): an unpinned torch
         # alone pulls the CUDA build.
         "torch>=2.4",
         "triton>=3.0",
         "numpy",
+        "tokenizers>=0.20",
+        "transformers>=4.45",
+        "jinja2",
+        "tqdm",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6", "pytest-timeout"],

@@ -6,6 +6,9 @@ import argparse
 import os
 import sys
 
+from maskdpo.data.cli import add_data_commands
+from maskdpo.data.cli import run as run_data_command
+
 
 def _kernel_demo(args: argparse.Namespace) -> int:
     import torch
@@ -25,11 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--vocab", type=int, default=32000, help="vocabulary size of the random logits")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.set_defaults(func=_kernel_demo)
+    add_data_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "data":
+        return run_data_command(args)
     return args.func(args)
 
 

@@ -1,0 +1,131 @@
+"""Exact token masks: which tokens of a rendered pair count, and with what weight.
+
+The response is rendered with the tokenizer's chat template and tokenized as one string with
+character offsets; each token takes the weight of the sentence holding its first non-space
+character. No standalone token counts are added up anywhere, so newlines, list markers and
+normalised whitespace cannot shift a span (the authors' method drifts there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import RecordError
+from .records import Pair, Response
+
+
+class SkippedPair(RecordError):
+    """A valid pair that cannot train (no kept token on either side): counted and recorded, never fatal."""
+
+    skippable = True
+
+
+@dataclass(frozen=True)
+class EncodedSide:
+    input_ids: list[int]
+    weights: list[float]  # weights[i]: the weight of predicting input_ids[i]
+    prompt_length: int    # tokens before the first response token
+    truncated: int        # tokens dropped from the tail by max_length
+
+    @property
+    def kept_tokens(self) -> int:
+        return sum(1 for w in self.weights if w > 0)
+
+
+@dataclass(frozen=True)
+class EncodedPair:
+    pair_id: str
+    chosen: EncodedSide
+    rejected: EncodedSide
+
+    @property
+    def length(self) -> int:
+        return len(self.chosen.input_ids) + len(self.rejected.input_ids)
+
+
+# Code points that str.isspace() accepts: the first non-space character of a token decides its sentence.
+_SPACES = np.array(sorted(ord(c) for c in map(chr, range(0x3001)) if c.isspace()), dtype=np.uint32)
+
+
+def _first_nonspace_after(text: str) -> np.ndarray:
+    """next[p] = the smallest q >= p with text[q] not whitespace (len(text) if none); length len+1."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    positions = np.where(np.isin(codes, _SPACES), len(codes), np.arange(len(codes)))
+    nxt = np.minimum.accumulate(positions[::-1])[::-1]
+    return np.append(nxt, len(codes))
+
+
+def _render(tokenizer, prompt, response_text: str | None) -> str:
+    messages = list(prompt)
+    if response_text is None:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response_text}], tokenize=False)
+
+
+def encode_side(response: Response, keep_correct: bool, prefix: str, full: str, tokenizer,
+                max_length: int, count_eot: bool, field: str) -> EncodedSide:
+    """Token ids and weights for one rendered side (see encode_pair)."""
+    if not full.startswith(prefix):
+        raise RecordError("the chat template renders the prompt differently once a response follows", field)
+    text = response.text
+    core = text.strip()
+    lead = len(text) - len(text.lstrip())
+    at = full.find(core, len(prefix))
+    if at < 0:
+        raise RecordError("the chat template changed the response text; cannot map sentences to tokens", field)
+    shift = at - lead  # response character c sits at full[c + shift]
+
+    # Per character of `full`: the index of the sentence holding it, -1 between sentences and outside
+    # the response; then per sentence the weight this side gives it.
+    holder = np.full(len(full) + 1, -1, dtype=np.int64)
+    for k, s in enumerate(response.sentences):
+        holder[max(s.start + shift, at):min(s.end + shift, at + len(core))] = k
+    correct = np.array([s.correct for s in response.sentences] + [0.0], dtype=np.float32)
+    sentence_weight = correct if keep_correct else np.append(1.0 - correct[:-1], 0.0).astype(np.float32)
+
+    encoding = tokenizer.backend_tokenizer.encode(full, add_special_tokens=False)
+    ids = np.asarray(encoding.ids, dtype=np.int64)
+    offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+    start, end = offsets[:, 0], offsets[:, 1]
+    first = _first_nonspace_after(full)[start]
+    # A token belongs to the sentence of its first non-space character; a whitespace-only token to
+    # the sentence that holds it whole (inside a sentence), or to none (between sentences).
+    whole = np.where(holder[start] == holder[np.maximum(end - 1, start)], holder[start], -1)
+    owner = np.where(first < end, holder[first], whole)
+    weights = sentence_weight[owner]  # owner -1 picks the trailing 0.0
+    if count_eot and response.sentences:
+        after = np.nonzero(offsets[:, 0] >= at + len(core))[0]
+        if len(after):
+            weights[after[0]] = sentence_weight[len(response.sentences) - 1]
+    prompt_length = int(np.searchsorted(offsets[:, 1], at, side="right"))
+    truncated = max(0, len(ids) - max_length)
+    if truncated:
+        ids, weights = ids[:max_length], weights[:max_length]
+    return EncodedSide(ids.tolist(), weights.tolist(), min(prompt_length, len(ids)), truncated)
+
+
+def encode_pair(pair: Pair, tokenizer, max_length: int = 1024, count_eot: bool = False) -> EncodedPair:
+    """Render and tokenize both sides of `pair`; weight each token by its sentence.
+
+    weights[i] is the weight of predicting input_ids[i]: 0 for prompt and template tokens and for
+    text between sentences; for response tokens the weight of the sentence holding the token's first
+    non-space character (chosen: the sentence's correctness, 1 for correct labels; rejected: 1 minus
+    it, 1 for hallucinated labels; soft weights pass through). `count_eot` gives the end-of-turn
+    token the weight of the last sentence. Sides longer than `max_length` lose their tail (counted
+    in `truncated`). Raises SkippedPair if no token is kept on either side, RecordError if the chat
+    template alters the response so that sentences cannot be mapped.
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2, got {max_length}")
+    prefix = _render(tokenizer, pair.prompt, None)
+    sides = []
+    for name, response, keep_correct in (("chosen", pair.chosen, True), ("rejected", pair.rejected, False)):
+        full = _render(tokenizer, pair.prompt, response.text)
+        sides.append(encode_side(response, keep_correct, prefix, full, tokenizer, max_length, count_eot, name))
+    chosen, rejected = sides
+    if chosen.kept_tokens == 0 and rejected.kept_tokens == 0:
+        truncated = " after truncation" if chosen.truncated or rejected.truncated else ""
+        raise SkippedPair(f"no kept token on either side{truncated}", "masks")
+    return EncodedPair(pair.pair_id, chosen, rejected)

@@ -1,0 +1,37 @@
+"""Loading tokenizers by path (any Hugging Face fast tokenizer directory, or the bundled one)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+BUNDLED_TOKENIZER = Path(__file__).resolve().parents[1] / "assets" / "tokenizer"
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer(path: str | Path | None = None):
+    """A fast tokenizer with a chat template from a local directory (default: the bundled one).
+
+    Masks need character offsets, which only fast (Rust) tokenizers give, and a chat template.
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(path) if path is not None else BUNDLED_TOKENIZER
+    if not path.is_dir():
+        raise ValueError(f"tokenizer: {path} is not a directory holding tokenizer files")
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"tokenizer: {path} loads as a slow tokenizer; masks need a fast one (tokenizer.json)")
+    if not tokenizer.chat_template:
+        raise ValueError(f"tokenizer: {path} has no chat template")
+    return tokenizer
+
+
+def tokenizer_fingerprint(path: str | Path | None = None) -> str:
+    """sha256 over the tokenizer directory's files (names and bytes): the cache key's tokenizer part."""
+    path = Path(path) if path is not None else BUNDLED_TOKENIZER
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.is_file()):
+        digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()

@@ -1,0 +1,92 @@
+"""The encode cache, parallel encoding, and the `maskdpo data` commands run for real."""
+
+import json
+
+import pytest
+
+from maskdpo.cli import main
+from maskdpo.data import encode, encode_file
+from maskdpo.data.cli import BUNDLED_DATA
+
+from test_masks import bundled_pairs, id0_tokenizer, to_authors
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    file = tmp_path / "pairs.jsonl"
+    file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in bundled_pairs()), encoding="utf-8")
+    return file
+
+
+def test_cache_is_reused_and_keyed_by_data_tokenizer_and_options(tmp_path, pairs_file):
+    cache = tmp_path / "cache"
+    first = encode_file(pairs_file, cache_dir=cache)
+    again = encode_file(pairs_file, cache_dir=cache)
+    assert not first.from_cache and again.from_cache
+    assert again.pairs == first.pairs and again.lines == first.lines and again.summary_lines()[1:] == first.summary_lines()[1:]
+    assert not encode_file(pairs_file, cache_dir=cache, max_length=64).from_cache  # options
+    other = tmp_path / "tok"
+    id0_tokenizer().save_pretrained(str(other))
+    assert not encode_file(pairs_file, other, cache_dir=cache).from_cache  # tokenizer
+    pairs_file.write_text(pairs_file.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    assert not encode_file(pairs_file, cache_dir=cache).from_cache  # data
+    assert len(list(cache.glob("*.npz"))) == 4
+
+
+@pytest.mark.slow
+def test_parallel_encoding_matches_serial(monkeypatch, tmp_path):
+    records = [to_authors(r) if i % 2 else r for i, r in enumerate(bundled_pairs())] * 3
+    records.insert(5, {"chosen": "broken"})
+    file = tmp_path / "pairs.jsonl"
+    file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    monkeypatch.setattr(encode, "PARALLEL_MIN_LINES", 10)
+    serial = encode_file(file, strict=False, rejects_path=tmp_path / "serial.rejects")
+    parallel = encode_file(file, strict=False, workers=2, rejects_path=tmp_path / "parallel.rejects")
+    assert parallel.pairs == serial.pairs and parallel.lines == serial.lines
+    assert (tmp_path / "serial.rejects").read_text() == (tmp_path / "parallel.rejects").read_text()
+
+
+def test_data_commands_end_to_end(tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    assert main(["data", "pairs", str(BUNDLED_DATA / "annotated.jsonl"), "-o", str(pairs)]) == 0
+    out = capsys.readouterr().out
+    assert "questions: 30" in out and "questions skipped, fewer than two samples: 1" in out
+    written = pairs.read_text(encoding="utf-8").splitlines()
+    assert f"wrote {len(written)} pairs" in out
+
+    cache = str(tmp_path / "cache")
+    assert main(["data", "encode", str(pairs), "--budget", "1024", "--cache-dir", cache]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(written)} kept" in out and "response tokens kept" in out and "of token slots used" in out
+
+    assert main(["data", "inspect", str(pairs), "--index", "1", "--color", "never", "--cache-dir", cache]) == 0
+    out = capsys.readouterr().out
+    second = json.loads(written[1])
+    assert f"pair {second['pair_id']}" in out and "── chosen:" in out and "── rejected:" in out
+    kept = [second["chosen"]["response"][s["start"]:s["end"]] for s in second["chosen"]["sentences"]
+            if s["label"] in ("ok", "nofact")]
+    chosen_view = out.split("── chosen:")[1].split("── rejected:")[0]
+    assert all(sentence in chosen_view for sentence in kept) and "⟦" in chosen_view
+
+    assert main(["data", "inspect", str(pairs), "--color", "always", "--cache-dir", cache]) == 0
+    assert "\033[1;32m" in capsys.readouterr().out
+
+
+def test_data_commands_report_bad_input_clearly(tmp_path, capsys):
+    bad = tmp_path / "annotated.jsonl"
+    lines = (BUNDLED_DATA / "annotated.jsonl").read_text(encoding="utf-8").splitlines()
+    lines[3] = lines[3].replace('"label": "ok"', '"label": "great"', 1)
+    bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out_file = tmp_path / "pairs.jsonl"
+    assert main(["data", "pairs", str(bad), "-o", str(out_file)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:4: sentences[" in err and "unknown label 'great'" in err and not out_file.exists()
+
+    assert main(["data", "pairs", str(bad), "-o", str(out_file), "--skip-invalid"]) == 0
+    out = capsys.readouterr().out
+    assert "1 skipped (1 at sentences[].label)" in out
+    rejects = [json.loads(line) for line in open(str(bad) + ".rejects.jsonl")]
+    assert len(rejects) == 1 and rejects[0]["line"] == 4
+
+    assert main(["data", "encode", str(tmp_path / "missing.jsonl"), "--cache-dir", ""]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err

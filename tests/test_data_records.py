@@ -1,0 +1,118 @@
+"""Bad input: every case is an error naming file, line and field; --skip-invalid records it."""
+
+import json
+
+import pytest
+
+from maskdpo.data import LabelMap, RecordError, encode_file, parse_annotated, parse_pair
+from maskdpo.data.jsonl import read_records
+
+LABELS = LabelMap()
+GOOD_SAMPLE = {"question_id": "q1", "sample_id": 0, "language": "en", "prompt": "Tell me about Paris.",
+               "response": "Paris is in France. It has 90 million people.",
+               "sentences": [{"start": 0, "end": 19, "label": "ok"}, {"start": 20, "end": 45, "label": "contradictory"}]}
+GOOD_PAIR = {"pair_id": "p1", "prompt": [{"role": "user", "content": "Tell me about Paris."}],
+             "chosen": {"response": "Paris is in France.", "sentences": [{"start": 0, "end": 19, "label": "ok"}]},
+             "rejected": {"response": "Paris is in Spain.", "sentences": [{"start": 0, "end": 18, "label": "contradictory"}]}}
+AUTHORS_PAIR = {"prompt": [{"role": "user", "content": "Tell me about Paris."}],
+                "chosen": [{"role": "assistant", "content": "Paris is in France.\nIt is big."}],
+                "chosen_item": {"sents": ["Paris is in France.", "It is big."], "type": ["no_hallucination", "no_hallucination"]},
+                "rejected": [{"role": "assistant", "content": "Paris is in Spain."}],
+                "rejected_item": {"sents": ["Paris is in Spain."], "type": ["hallucination"]}}
+
+
+def changed(base, path, value):
+    record = json.loads(json.dumps(base))
+    *parents, last = path
+    target = record
+    for key in parents:
+        target = target[key]
+    if value is KeyError:
+        del target[last]
+    else:
+        target[last] = value
+    return record
+
+
+SAMPLE_CASES = [
+    ("missing field", ("response",), KeyError, "response", "missing"),
+    ("missing question id", ("question_id",), KeyError, "question_id", "missing"),
+    ("unknown label", ("sentences", 1, "label"), "wrong", "sentences[1].label", "unknown label 'wrong'"),
+    ("span past the end", ("sentences", 1, "end"), 99, "sentences[1]", "outside the response"),
+    ("negative start", ("sentences", 0, "start"), -1, "sentences[0]", "outside the response"),
+    ("empty span", ("sentences", 0, "end"), 0, "sentences[0]", "empty or outside"),
+    ("overlapping spans", ("sentences", 1, "start"), 10, "sentences[1]", "overlaps or precedes"),
+    ("empty response", ("response",), "   ", "response", "is empty"),
+    ("non-integer span", ("sentences", 0, "start"), "0", "sentences[0].start", "must be int"),
+    ("weight out of range", ("sentences", 0, "weight"), 1.5, "sentences[0].weight", "in [0, 1]"),
+    ("no label or weight", ("sentences", 0, "label"), KeyError, "sentences[0]", "needs a label or a weight"),
+    ("bad prompt", ("prompt",), [], "prompt", "non-empty list"),
+]
+
+
+@pytest.mark.parametrize("name,path,value,field,message", SAMPLE_CASES, ids=[c[0] for c in SAMPLE_CASES])
+def test_bad_annotated_sample(tmp_path, name, path, value, field, message):
+    file = tmp_path / "annotated.jsonl"
+    file.write_text(json.dumps(GOOD_SAMPLE) + "\n\n" + json.dumps(changed(GOOD_SAMPLE, path, value)) + "\n")
+    with pytest.raises(RecordError) as error:
+        list(read_records(file, lambda obj, line: parse_annotated(obj, LABELS)))
+    assert str(error.value).startswith(f"{file}:3: {field}: ")
+    assert message in str(error.value)
+
+
+PAIR_CASES = [
+    ("authors sentence not in response", AUTHORS_PAIR, ("chosen_item", "sents", 1), "It is tiny.",
+     "chosen_item.sents[1]", "sentence not found"),
+    ("authors sentences out of order", AUTHORS_PAIR, ("chosen_item", "sents"), ["It is big.", "Paris is in France."],
+     "chosen_item.sents[1]", "sentence not found"),
+    ("authors label count mismatch", AUTHORS_PAIR, ("chosen_item", "type"), ["no_hallucination"],
+     "chosen_item.type", "1 labels for 2 sentences"),
+    ("authors unknown label", AUTHORS_PAIR, ("rejected_item", "type", 0), "maybe", "rejected_item.type[0].label", "unknown label"),
+    ("authors empty response", AUTHORS_PAIR, ("rejected", 0, "content"), "", "rejected[-1].content", "is empty"),
+    ("ours missing side", GOOD_PAIR, ("rejected",), KeyError, "rejected", "missing"),
+    ("ours span outside", GOOD_PAIR, ("chosen", "sentences", 0, "end"), 40, "chosen.sentences[0]", "outside the response"),
+]
+
+
+@pytest.mark.parametrize("name,base,path,value,field,message", PAIR_CASES, ids=[c[0] for c in PAIR_CASES])
+def test_bad_pair(tmp_path, name, base, path, value, field, message):
+    with pytest.raises(RecordError) as error:
+        parse_pair(changed(base, path, value), LABELS)
+    assert error.value.field == field and message in error.value.message
+
+
+def test_malformed_json_names_file_and_line(tmp_path):
+    file = tmp_path / "pairs.jsonl"
+    file.write_text(json.dumps(GOOD_PAIR) + "\n{not json\n")
+    with pytest.raises(RecordError, match=rf"^{file}:2: malformed JSON"):
+        encode_file(file)
+
+
+def test_skip_invalid_counts_and_records_every_skipped_record(tmp_path):
+    file = tmp_path / "pairs.jsonl"
+    lines = [json.dumps(GOOD_PAIR), "{not json", json.dumps(changed(GOOD_PAIR, ("chosen",), KeyError)),
+             json.dumps(AUTHORS_PAIR), json.dumps(changed(AUTHORS_PAIR, ("chosen_item", "sents", 1), "Nope."))]
+    # A valid pair with no kept token on either side: skipped even in strict mode, and recorded.
+    nothing_kept = changed(GOOD_PAIR, ("chosen", "sentences", 0, "label"), "contradictory")
+    nothing_kept = changed(nothing_kept, ("rejected", "sentences", 0, "label"), "ok")
+    file.write_text("\n".join(lines + [json.dumps(nothing_kept)]) + "\n")
+    with pytest.raises(RecordError, match=":2: malformed JSON"):
+        encode_file(file)
+    result = encode_file(file, strict=False)
+    assert len(result.pairs) == 2 and result.lines == [1, 4]
+    assert result.report.read == 6 and result.report.kept == 2
+    assert sum(result.report.skipped.values()) == 4
+    rejects = [json.loads(line) for line in open(result.report.rejects_path)]
+    assert [r["line"] for r in rejects] == [2, 3, 5, 6]
+    assert rejects[1]["field"] == "chosen" and rejects[2]["field"] == "chosen_item.sents[1]"
+    assert rejects[3]["field"] == "masks" and "no kept token" in rejects[3]["error"]
+    assert "4 skipped" in result.report.summary()
+
+
+def test_label_map_is_configurable():
+    custom = LabelMap.from_lists(correct="ok", hallucinated="contradictory,unverifiable,nofact")
+    sample = changed(GOOD_SAMPLE, ("sentences", 0, "label"), "nofact")
+    assert parse_annotated(sample, LABELS).response.sentences[0].correct == 1.0
+    assert parse_annotated(sample, custom).response.sentences[0].correct == 0.0
+    with pytest.raises(ValueError, match="both correct and hallucinated"):
+        LabelMap.from_lists(correct="ok", hallucinated="ok")

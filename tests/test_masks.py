@@ -1,0 +1,201 @@
+"""Exact token masks: character-level ground truth, both pair formats, drift, truncation, token id 0."""
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from maskdpo.data import LabelMap, SkippedPair, encode_pair, load_tokenizer, parse_pair
+from maskdpo.data.cli import BUNDLED_DATA
+
+from data_helpers import check_ground_truth, pair, rendered, response
+
+TOKENIZER = load_tokenizer()
+LABELS = LabelMap()
+
+CASES = {
+    "english": [("Paris is the capital of France.", "ok"), ("It has 90 million people.", "contradictory"),
+                ("The Seine flows through it.", "ok")],
+    "newlines and numbered list": [("Here are the facts:", "nofact"), ("1. The tower is 330 m tall.", "ok"),
+                                   ("2. It was built in 1850.", "contradictory"), ("3. Gustave Eiffel's firm built it.", "ok")],
+    "chinese": [("北京是中国的首都。", "ok"), ("它的人口约为五千万。", "contradictory"), ("故宫位于北京市中心。", "ok")],
+    "emoji": [("Bees make honey 🍯.", "ok"), ("They have 12 legs 🐝!", "contradictory"), ("Nice 😀", "nofact")],
+    "no space between sentences": [("It opened in 1889.", "ok"), ("It is 500 m tall.", "unverifiable"),
+                                   ("Dr. Smith agrees.", "ok")],
+    "soft weights": [("Mostly true.", 0.75), ("Half true.", 0.5), ("False.", "contradictory")],
+}
+SEPARATORS = {"english": " ", "newlines and numbered list": ["\n", "\n", "\n\n", ""], "chinese": "",
+              "emoji": ["  ", "\n", ""], "no space between sentences": "", "soft weights": [" \n ", " ", ""]}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_character_level_ground_truth(case):
+    chosen = response(CASES[case], SEPARATORS[case])
+    rejected = response(list(reversed(CASES[case])), SEPARATORS[case])
+    p = pair(chosen, rejected)
+    encoded = encode_pair(p, TOKENIZER)
+    assert check_ground_truth(TOKENIZER, p, encoded) > 0
+    for side in (encoded.chosen, encoded.rejected):
+        assert len(side.input_ids) == len(side.weights)
+        assert all(w == 0 for w in side.weights[: side.prompt_length])
+
+
+def bundled_pairs(fmt="ours"):
+    """The bundled annotated samples turned into pairs, in our format or the authors'."""
+    from maskdpo.data import build_pairs, pair_to_json, parse_annotated
+
+    samples = [parse_annotated(json.loads(line), LABELS)
+               for line in (BUNDLED_DATA / "annotated.jsonl").read_text(encoding="utf-8").splitlines()]
+    pairs, _ = build_pairs(samples)
+    records = [pair_to_json(p) for p in pairs]
+    if fmt == "authors":
+        records = [to_authors(r) for r in records]
+    return records
+
+
+def to_authors(record, fold_whitespace=False):
+    """Our pair record in the authors' format: sentences as strings, labels as (no_)hallucination."""
+    out = {"prompt": record["prompt"]}
+    for side in ("chosen", "rejected"):
+        text = record[side]["response"]
+        sents = [text[s["start"]:s["end"]] for s in record[side]["sentences"]]
+        if fold_whitespace:
+            sents = [" ".join(s.split()) for s in sents]
+        types = ["no_hallucination" if LABELS.correctness(s["label"]) else "hallucination"
+                 for s in record[side]["sentences"]]
+        out[side] = [{"role": "assistant", "content": text}]
+        out[f"{side}_item"] = {"sents": sents, "type": types}
+    return out
+
+
+def test_bundled_pairs_meet_the_ground_truth():
+    checked = 0
+    for record in bundled_pairs():
+        p = parse_pair(record, LABELS)
+        checked += check_ground_truth(TOKENIZER, p, encode_pair(p, TOKENIZER))
+    assert checked > 2000
+
+
+@pytest.mark.parametrize("fold_whitespace", [False, True], ids=["exact", "whitespace-normalised"])
+def test_authors_format_gives_the_same_masks(fold_whitespace):
+    for record in bundled_pairs():
+        ours = encode_pair(parse_pair(record, LABELS), TOKENIZER)
+        theirs = encode_pair(parse_pair(to_authors(record, fold_whitespace), LABELS), TOKENIZER)
+        assert ours.chosen == theirs.chosen and ours.rejected == theirs.rejected
+
+
+def authors_cumulative_masks(tokenizer, p, side):
+    """The authors' method: tokenize each sentence alone and add up counts from the response start."""
+    resp = getattr(p, side)
+    prefix = tokenizer.apply_chat_template(list(p.prompt), tokenize=False, add_generation_prompt=True)
+    start = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+    full = tokenizer(rendered(tokenizer, p, side), add_special_tokens=False)["input_ids"]
+    weights = [0.0] * len(full)
+    for s in resp.sentences:
+        n = len(tokenizer(resp.text[s.start:s.end], add_special_tokens=False)["input_ids"])
+        keep = s.correct if side == "chosen" else 1 - s.correct
+        for i in range(start, min(start + n, len(full))):
+            weights[i] = keep
+        start += n
+    return weights
+
+
+def test_cumulative_token_counts_drift_where_offsets_stay_exact():
+    items = [("Facts:", "nofact"), ("1. Water boils at 100 C at sea level.", "ok"),
+             ("2. The Moon is made of cheese.", "contradictory"), ("3. Light is faster than sound.", "ok"),
+             ("4. Sharks are mammals.", "contradictory"), ("In short, mixed.", "nofact")]
+    p = pair(response(items, "\n\n"), response(items, "\n\n"))
+    encoded = encode_pair(p, TOKENIZER)
+    check_ground_truth(TOKENIZER, p, encoded)
+    drifted = authors_cumulative_masks(TOKENIZER, p, "chosen")
+    assert drifted != encoded.chosen.weights  # the newlines shifted every later span
+
+
+def test_truncation_drops_the_tail_and_is_counted():
+    items = [("A true first sentence.", "ok"), ("A false second one.", "contradictory"), ("A true third.", "ok")]
+    p = pair(response(items), response(items))
+    full = encode_pair(p, TOKENIZER)
+    cut = encode_pair(p, TOKENIZER, max_length=full.chosen.prompt_length + 3)
+    assert len(cut.chosen.input_ids) == full.chosen.prompt_length + 3
+    assert cut.chosen.truncated == len(full.chosen.input_ids) - len(cut.chosen.input_ids)
+    assert cut.chosen.input_ids == full.chosen.input_ids[: len(cut.chosen.input_ids)]
+    assert cut.chosen.weights == full.chosen.weights[: len(cut.chosen.weights)]
+    with pytest.raises(SkippedPair, match="no kept token on either side after truncation"):
+        encode_pair(p, TOKENIZER, max_length=full.chosen.prompt_length)
+
+
+def test_pair_with_nothing_kept_is_skipped_not_plain_dpo():
+    all_ok = [("Fine.", "ok"), ("Also fine.", "nofact")]
+    p = pair(response([("Wrong.", "contradictory")]), response(all_ok))
+    with pytest.raises(SkippedPair, match="no kept token on either side"):
+        encode_pair(p, TOKENIZER)
+
+
+def test_end_of_turn_token_counts_only_when_asked():
+    items = [("First true.", "ok"), ("Last false.", "contradictory")]
+    p = pair(response(items), response(items))
+    without, with_eot = encode_pair(p, TOKENIZER), encode_pair(p, TOKENIZER, count_eot=True)
+    eot = TOKENIZER.convert_tokens_to_ids("<|eot_id|>")
+    last = len(without.chosen.input_ids) - 1 - without.chosen.input_ids[::-1].index(eot)
+    assert without.chosen.weights[last] == 0 and without.rejected.weights[last] == 0
+    assert with_eot.chosen.weights[last] == 0.0 and with_eot.rejected.weights[last] == 1.0  # the last sentence's
+
+
+def id0_tokenizer():
+    """A real fast tokenizer, built in code, whose id 0 is the ordinary character '!'."""
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    assert alphabet[0] == "!"
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    fast.chat_template = TOKENIZER.chat_template.replace("<|begin_of_text|>", "").replace("bos_token", "''")
+    fast.add_special_tokens({"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    return fast
+
+
+def test_token_id_zero_is_an_ordinary_token():
+    tokenizer = id0_tokenizer()
+    p = pair(response([("Yes!", "ok"), ("No!", "contradictory")]), response([("Wow!", "unverifiable")]))
+    encoded = encode_pair(p, tokenizer)
+    check_ground_truth(tokenizer, p, encoded)
+    zeros = [w for t, w in zip(encoded.chosen.input_ids, encoded.chosen.weights) if t == 0]
+    assert zeros == [1.0, 0.0]  # "Yes!" kept, "No!" masked: id 0 is weighted like any token
+    assert [w for t, w in zip(encoded.rejected.input_ids, encoded.rejected.weights) if t == 0] == [1.0]
+
+
+SENTENCE = st.text(alphabet=st.sampled_from(list("abcXYZ 019.,'é中文😀-")), min_size=1, max_size=30).map(str.strip).filter(bool)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(SENTENCE, st.sampled_from(["ok", "nofact", "contradictory", "unverifiable"]),
+                          st.sampled_from(["", " ", "\n", "\n\n", "  ", "\n1. ", " - "])), min_size=1, max_size=6))
+def test_property_random_sentences_and_separators(items):
+    resp = response([(t, label) for t, label, _ in items], [sep for _, _, sep in items])
+    p = pair(resp, resp)
+    try:
+        encoded = encode_pair(p, TOKENIZER)
+    except SkippedPair:
+        return
+    check_ground_truth(TOKENIZER, p, encoded)
+
+
+def test_loads_any_tokenizer_directory(tmp_path):
+    id0_tokenizer().save_pretrained(str(tmp_path))
+    loaded = load_tokenizer(tmp_path)
+    assert loaded.convert_tokens_to_ids("!") == 0
+    with pytest.raises(ValueError, match="is not a directory"):
+        load_tokenizer(tmp_path / "missing")
+
+
+def test_bundled_tokenizer_is_reproducible():
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "build_tokenizer.py"
+    run = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr

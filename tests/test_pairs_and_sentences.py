@@ -1,0 +1,92 @@
+"""Pair construction and the rule-based sentence splitter."""
+
+import json
+import random
+
+import pytest
+
+from maskdpo.data import LabelMap, build_pairs, parse_annotated, split_sentences
+from maskdpo.data.cli import BUNDLED_DATA
+
+LABELS = LabelMap()
+
+
+def bundled_samples():
+    return [parse_annotated(json.loads(line), LABELS)
+            for line in (BUNDLED_DATA / "annotated.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def by_question(samples):
+    out = {}
+    for s in samples:
+        out.setdefault(s.question_id, []).append(s)
+    return out
+
+
+def test_best_is_chosen_worst_rejected_and_skips_are_counted():
+    samples = bundled_samples()
+    pairs, summary = build_pairs(samples)
+    groups = by_question(samples)
+    assert summary.questions == len(groups) and summary.samples == len(samples)
+    assert summary.skipped["single_sample"] == sum(len(g) == 1 for g in groups.values())
+    assert summary.skipped["equal_scores"] >= 1
+    assert summary.pairs == len(pairs) == len(groups) - sum(summary.skipped.values())
+    for p in pairs:
+        scores = [s.response.score() for s in groups[p.question_id]]
+        assert p.chosen.score() == max(scores) and p.rejected.score() == min(scores)
+        assert p.chosen.score() > p.rejected.score()
+
+
+def test_deterministic_whatever_the_file_order():
+    samples = bundled_samples()
+    shuffled = samples[:]
+    random.Random(0).shuffle(shuffled)
+    key = lambda pairs: sorted((p.pair_id, p.chosen.text, p.rejected.text) for p in pairs)  # noqa: E731
+    assert key(build_pairs(samples)[0]) == key(build_pairs(shuffled)[0])
+
+
+def test_several_pairs_per_question_and_minimum_gap():
+    samples = bundled_samples()
+    one, _ = build_pairs(samples)
+    two, _ = build_pairs(samples, pairs_per_question=2)
+    assert len(two) > len(one)
+    assert {p.pair_id for p in one} <= {p.pair_id for p in two}
+    for p in two:  # never the same sample on both sides, never a reversed preference
+        chosen_id, rejected_id = p.pair_id.split(":")[1].split(">")
+        assert chosen_id != rejected_id and p.chosen.score() > p.rejected.score()
+    strict, summary = build_pairs(samples, min_gap=0.9)
+    assert all(p.chosen.score() - p.rejected.score() >= 0.9 for p in strict)
+    assert summary.skipped["gap_below_minimum"] == len(one) - len(strict)
+    assert any("score gap" in line for line in summary.lines())
+    with pytest.raises(ValueError, match="pairs_per_question"):
+        build_pairs(samples, pairs_per_question=0)
+
+
+def texts(text, language="en"):
+    return [text[a:b] for a, b in split_sentences(text, language)]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Dr. Smith moved to the U.S. in 1990. He met J. K. Rowling! Did he? Yes; twice.",
+     ["Dr. Smith moved to the U.S. in 1990.", "He met J. K. Rowling!", "Did he?", "Yes;", "twice."]),
+    ("Facts:\n1. Water boils at 100 C.\n2. It costs 3.5 dollars.\n\n- A bullet. Another.",
+     ["Facts:", "1. Water boils at 100 C.", "2. It costs 3.5 dollars.", "- A bullet.", "Another."]),
+    ('He said "stop." Then he left (quickly.) End', ['He said "stop."', "Then he left (quickly.)", "End"]),
+    ("It opened in 1889.It is tall.", ["It opened in 1889.It is tall."]),  # no whitespace: no split
+    ("e.g. this and i.e. that. Next", ["e.g. this and i.e. that.", "Next"]),
+    ("   ", []),
+])
+def test_english_rules(text, expected):
+    assert texts(text) == expected
+
+
+def test_chinese_rules():
+    text = "北京是中国的首都。它有2100万人口！真的吗？\n1. 第一项；第二项。故宫很大"
+    assert texts(text, "zh") == ["北京是中国的首都。", "它有2100万人口！", "真的吗？", "1. 第一项；", "第二项。", "故宫很大"]
+
+
+def test_spans_are_exact_and_trimmed():
+    text = "  One.  Two!\n\n Three "
+    spans = split_sentences(text)
+    assert [text[a:b] for a, b in spans] == ["One.", "Two!", "Three"]
+    assert all(not text[a].isspace() and not text[b - 1].isspace() for a, b in spans)

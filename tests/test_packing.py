@@ -13,7 +13,7 @@ def side(n, prompt, seed):
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, 50, n).tolist()  # id 0 appears: it is an ordinary token
     weights = [0.0] * prompt + rng.choice([0.0, 1.0, 0.5], n - prompt).tolist()
-    return EncodedSide(ids, weights, prompt, 0)
+    return EncodedSide(ids, weights, prompt, 0, sum(w > 0 for w in weights))
 
 
 def pairs(lengths):

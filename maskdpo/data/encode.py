@@ -144,7 +144,8 @@ def _load_cache(path: Path) -> EncodeResult:
         meta = json.loads(str(data["meta"]))
         bounds = np.concatenate([[0], np.cumsum(data["lengths"])])
         ids, weights = data["input_ids"], data["weights"]
-        sides = [EncodedSide(ids[a:b].tolist(), weights[a:b].tolist(), int(p), int(t))
+        sides = [EncodedSide(ids[a:b].tolist(), weights[a:b].tolist(), int(p), int(t),
+                             int(np.count_nonzero(weights[a:b] > 0)))
                  for a, b, p, t in zip(bounds[:-1], bounds[1:], data["prompt_lengths"], data["truncated"])]
     pairs = [EncodedPair(pid, sides[2 * i], sides[2 * i + 1]) for i, pid in enumerate(meta["pair_ids"])]
     r = meta["report"]

@@ -55,7 +55,7 @@ def render_side(pair: Pair, side: EncodedSide, name: str, tokenizer, color: bool
 
 def side_counts(side: EncodedSide) -> str:
     response = len(side.input_ids) - side.prompt_length
-    kept = sum(1 for w in side.weights if w > 0)
+    kept = side.kept_tokens
     text = (f"{len(side.input_ids)} tokens: {side.prompt_length} prompt/template, {response} response "
             f"({kept} kept, {response - kept} masked)")
     return text + (f", {side.truncated} truncated" if side.truncated else "")

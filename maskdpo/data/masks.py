@@ -28,10 +28,7 @@ class EncodedSide:
     weights: list[float]  # weights[i]: the weight of predicting input_ids[i]
     prompt_length: int    # tokens before the first response token
     truncated: int        # tokens dropped from the tail by max_length
-
-    @property
-    def kept_tokens(self) -> int:
-        return sum(1 for w in self.weights if w > 0)
+    kept_tokens: int      # tokens with weight > 0
 
 
 @dataclass(frozen=True)
@@ -103,7 +100,8 @@ def encode_side(response: Response, keep_correct: bool, prefix: str, full: str, 
     truncated = max(0, len(ids) - max_length)
     if truncated:
         ids, weights = ids[:max_length], weights[:max_length]
-    return EncodedSide(ids.tolist(), weights.tolist(), min(prompt_length, len(ids)), truncated)
+    return EncodedSide(ids.tolist(), weights.tolist(), min(prompt_length, len(ids)), truncated,
+                       int(np.count_nonzero(weights > 0)))
 
 
 def encode_pair(pair: Pair, tokenizer, max_length: int = 1024, count_eot: bool = False) -> EncodedPair:

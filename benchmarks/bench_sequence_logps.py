@@ -109,6 +109,15 @@ def providers(include_compiled: bool = True):
     return table
 
 
+def run_provider(fn, leaf, labels, weights, seq_ids, num_seqs, grad_out=None):
+    """Call a provider as a training step would: on a non-leaf view of the logits (as the LM head's
+    output is; in-place providers need one), then backward if grad_out is given."""
+    out = fn(leaf.view_as(leaf), labels, weights, seq_ids, num_seqs)
+    if grad_out is not None:
+        out.backward(grad_out)
+    return out
+
+
 def _timed(fn) -> float:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -138,9 +147,7 @@ def measure(table, inputs, reps: int, warmup: int):
         return logits.clone().requires_grad_(True)
 
     def step(fn, x, backward):
-        out = fn(x, labels, weights, seq_ids, num_seqs)
-        if backward:
-            out.backward(grad_out)
+        run_provider(fn, x, labels, weights, seq_ids, num_seqs, grad_out if backward else None)
 
     for rep in range(warmup + reps):
         order = list(table)

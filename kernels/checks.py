@@ -68,6 +68,8 @@ def check_inputs(
     _check_vector(api, "labels", labels, (n,), device, integer=True)
     _check_vector(api, "weights", weights, (n,), device, integer=False)
     _check_vector(api, "seq_ids", seq_ids, (n,), device, integer=True)
+    if weights.requires_grad:
+        _fail(api, "weights require grad, but they are data (sentence masks): pass weights.detach()")
     if check_values is None:
         check_values = device.type == "cpu"
     if not check_values or n == 0:
@@ -80,3 +82,10 @@ def check_inputs(
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
         _fail(api, f"seq_ids[{i}] = {int(seq_ids[i])} is outside [-1, num_seqs={num_seqs})")
+
+
+def check_inplace(api: str, logits: torch.Tensor, inplace_backward: bool) -> None:
+    """inplace_backward overwrites the logits; a leaf's storage would then be its own gradient."""
+    if inplace_backward and logits.is_leaf and logits.requires_grad:
+        _fail(api, "inplace_backward=True needs logits produced by an op (such as the LM head), not a "
+                   "leaf tensor that requires grad: its gradient would overwrite its own values")

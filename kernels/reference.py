@@ -8,8 +8,9 @@ row, and the backward recomputes each chunk's softmax.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
-from .checks import check_inputs, check_logits
+from .checks import check_inplace, check_inputs, check_logits
 
 # Rows per chunk: bounds the fp32 scratch to CHUNK_ELEMENTS values whatever the vocabulary.
 CHUNK_ELEMENTS = 1 << 24
@@ -25,8 +26,9 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _active(labels, seq_ids, num_seqs, ignore_index):
-    return (labels != ignore_index) & (seq_ids >= 0) & (seq_ids < num_seqs)
+def _active(labels, weights, seq_ids, num_seqs, ignore_index):
+    """Rows that contribute: a label, a sequence, and a non-zero weight (as in the kernel)."""
+    return (labels != ignore_index) & (seq_ids >= 0) & (seq_ids < num_seqs) & (weights != 0)
 
 
 class _ReferenceFunction(torch.autograd.Function):
@@ -34,7 +36,7 @@ class _ReferenceFunction(torch.autograd.Function):
     def forward(ctx, logits, labels, weights, seq_ids, num_seqs, ignore_index, inplace_backward):
         n, vocab = logits.shape
         acc = _acc(logits.dtype)
-        active = _active(labels, seq_ids, num_seqs, ignore_index)
+        active = _active(labels, weights, seq_ids, num_seqs, ignore_index)
         safe_labels = torch.where(active, labels, 0).long().clamp(0, vocab - 1)
         lse = torch.zeros(n, dtype=acc, device=logits.device)
         row_logps = torch.zeros(n, dtype=acc, device=logits.device)
@@ -46,7 +48,7 @@ class _ReferenceFunction(torch.autograd.Function):
         in_range = (labels >= 0) & (labels < vocab)
         row_logps = torch.where(active, torch.where(in_range, row_logps, float("nan")), 0.0)
         out = torch.zeros(num_seqs, dtype=acc, device=logits.device)
-        out.index_add_(0, torch.where(active, seq_ids, 0).long(), row_logps)
+        out.index_add_(0, seq_ids[active].long(), row_logps[active])
         if n and bool(((seq_ids < -1) | (seq_ids >= num_seqs)).any()):
             out.fill_(float("nan"))
         ctx.save_for_backward(logits, weights, seq_ids, safe_labels, active, lse)
@@ -54,6 +56,7 @@ class _ReferenceFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         logits, weights, seq_ids, safe_labels, active, lse = ctx.saved_tensors
         n, vocab = logits.shape
@@ -69,6 +72,8 @@ class _ReferenceFunction(torch.autograd.Function):
             chunk = -coef[rows, None] * p
             chunk.scatter_(1, label, coef[rows, None] * others)
             grad[rows] = chunk
+        if ctx.inplace_backward:
+            torch.autograd.graph.increment_version(logits)  # others that saved the logits must not use them
         return grad, None, None, None, None, None, None
 
 
@@ -87,4 +92,5 @@ def sequence_logps(
     check_logits("sequence_logps", logits, ndim=2)
     check_inputs("sequence_logps", logits.shape[0], logits.shape[1], logits.device, labels, weights,
                  seq_ids, num_seqs, ignore_index, check_values)
+    check_inplace("sequence_logps", logits, inplace_backward)
     return _ReferenceFunction.apply(logits, labels, weights, seq_ids, num_seqs, ignore_index, inplace_backward)

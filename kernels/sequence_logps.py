@@ -7,15 +7,17 @@ For rows i of logits (N, V) with labels y_i, weights w_i and sequence ids s_i th
 and its gradient g[s_i] * w_i * (onehot(y_i) - softmax(logits_i)) with respect to the logits.
 
 Layout of the work (one Triton program per row, the vocabulary streamed in blocks):
-- forward: one pass over the row with an online softmax (running max and rescaled sum, fp32);
-  the label logit is one scalar load. Saves the fp32 log-sum-exp per row and the row's weighted
-  log-prob. The per-sequence sums are then taken by a second, tiny kernel over the N row values in
+- forward: one pass over the row with an online softmax (running max and rescaled sums, fp32);
+  the label logit is one scalar load. Saves per row the fp32 log-sum-exp, 1 - p(label), and the
+  row's weighted log-prob. The per-sequence sums are then taken by a second, tiny kernel over the N row values in
   a fixed order (rows sorted stably by sequence id), so results are bitwise deterministic: no
   float atomics anywhere.
-- backward: one pass; rows whose coefficient g[s_i] * w_i is zero (prompt tokens, masked sentences,
-  ignored labels) only write zeros and never read their logits. The true-class gradient is
-  coef * sum_{j != y} p_j, accumulated in fp32 over the other classes, instead of coef * (p_y - 1):
-  for peaked rows (p_y close to 1) the subtraction would cancel and lose the gradient.
+- rows that contribute nothing (ignored label, seq id -1, weight 0: prompt tokens and masked
+  sentences) are never read: the forward skips them and the backward only writes their zeros.
+- backward: one pass, one vectorised store per element. The true-class gradient is
+  coef * (1 - p_y) with 1 - p_y = sum_{j != y} exp(x_j - m) / sum_j exp(x_j - m) accumulated by
+  the forward, instead of coef * (p_y - 1): for peaked rows (p_y close to 1) that subtraction
+  would cancel and lose the gradient.
 - `inplace_backward=True` writes the gradient over the logits' own storage (each element is read
   before it is overwritten, by the same thread), saving an N x V allocation.
 
@@ -30,11 +32,12 @@ import contextlib
 
 import torch
 import triton
+from torch.autograd.function import once_differentiable
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 from . import reference
-from .checks import check_inputs, check_logits
+from .checks import check_inplace, check_inputs, check_logits
 
 
 @triton.jit
@@ -63,41 +66,60 @@ def _store_grad(ptrs, x, mask, BF16_RTNE_BY_HAND: tl.constexpr):
 
 
 @triton.jit
+def _load_row(labels_ptr, seq_ids_ptr, weights_ptr, row, num_seqs, ignore_index, ACC: tl.constexpr):
+    """A row's label, sequence id and weight, and whether it contributes at all.
+
+    Rows with an ignored label, no sequence (-1), an out-of-range sequence id (those poison every
+    output in the segment sum instead) or weight 0 contribute nothing: their logits are never read.
+    """
+    label = tl.load(labels_ptr + row).to(tl.int64)
+    seq = tl.load(seq_ids_ptr + row).to(tl.int64)
+    w = tl.load(weights_ptr + row).to(ACC)
+    active = (label != ignore_index) & (seq >= 0) & (seq < num_seqs) & (w != 0)
+    return label, seq, w, active
+
+
+@triton.jit
 def _sequence_logps_fwd_kernel(
     logits_ptr, labels_ptr, weights_ptr, seq_ids_ptr,
-    lse_ptr, row_logps_ptr,
+    lse_ptr, rest_ptr, row_logps_ptr,
     V, T, num_seqs, ignore_index,
     stride_b, stride_t, stride_v,
     BLOCK_V: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    label = tl.load(labels_ptr + row).to(tl.int64)
-    seq = tl.load(seq_ids_ptr + row).to(tl.int64)
-    # Out-of-range sequence ids poison every output in the segment sum; skip their rows here.
-    active = (label != ignore_index) & (seq >= 0) & (seq < num_seqs)
+    label, seq, w, active = _load_row(labels_ptr, seq_ids_ptr, weights_ptr, row, num_seqs, ignore_index, ACC)
+    lse = tl.zeros([], ACC)
+    rest = tl.zeros([], ACC)
+    row_logp = tl.zeros([], ACC)
     if active:
         # Logits are addressed as a (B, T, V) view so that slices such as logits[:, :-1] need no copy.
         row_ptr = logits_ptr + (row // T) * stride_b + (row % T) * stride_t
+        in_range = (label >= 0) & (label < V)
+        label32 = tl.where(in_range, label, -1).to(tl.int32)
         cols = tl.arange(0, BLOCK_V)
         m = tl.full([], float("-inf"), ACC)
-        s = tl.zeros([], ACC)
+        s = tl.zeros([], ACC)        # sum of exp(x_j - m) over the row so far
+        s_other = tl.zeros([], ACC)  # the same without the label: 1 - p_label = s_other / s, exactly
         for start in range(0, V, BLOCK_V):
             idx = start + cols
             x = tl.load(row_ptr + _column_offsets(idx, stride_v, WIDE), mask=idx < V,
                         other=float("-inf")).to(ACC)
             new_m = tl.maximum(m, tl.max(x, 0))
-            s = s * tl.exp(m - new_m) + tl.sum(tl.exp(x - new_m), 0)
+            # While every logit so far is -inf, shift by 0 instead: -inf - -inf would be NaN.
+            shift = tl.where(new_m == float("-inf"), 0.0, new_m)
+            alpha = tl.where(m == float("-inf"), 0.0, tl.exp(m - shift))
+            e = tl.exp(x - shift)
+            s = s * alpha + tl.sum(e, 0)
+            s_other = s_other * alpha + tl.sum(tl.where(idx == label32, 0.0, e), 0)
             m = new_m
         lse = m + tl.log(s)
-        in_range = (label >= 0) & (label < V)
+        rest = s_other / s
         x_label = tl.load(row_ptr + tl.where(in_range, label, 0) * stride_v).to(ACC)
-        logp = tl.where(in_range, x_label - lse, float("nan"))
-        w = tl.load(weights_ptr + row).to(ACC)
-        tl.store(lse_ptr + row, lse)
-        tl.store(row_logps_ptr + row, w * logp)
-    else:
-        tl.store(lse_ptr + row, tl.zeros([], ACC))
-        tl.store(row_logps_ptr + row, tl.zeros([], ACC))
+        row_logp = w * tl.where(in_range, x_label - lse, float("nan"))
+    tl.store(lse_ptr + row, lse)
+    tl.store(rest_ptr + row, rest)
+    tl.store(row_logps_ptr + row, row_logp)
 
 
 @triton.jit
@@ -128,18 +150,15 @@ def _segment_sum_kernel(
 
 @triton.jit
 def _sequence_logps_bwd_kernel(
-    logits_ptr, grad_ptr, labels_ptr, weights_ptr, seq_ids_ptr, lse_ptr, grad_out_ptr,
+    logits_ptr, grad_ptr, labels_ptr, weights_ptr, seq_ids_ptr, lse_ptr, rest_ptr, grad_out_ptr,
     V, T, num_seqs, ignore_index, stride_grad_out,
     stride_b, stride_t, stride_v,
     gstride_b, gstride_t, gstride_v,
     BLOCK_V: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr, BF16_RTNE_BY_HAND: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    label = tl.load(labels_ptr + row).to(tl.int64)
-    seq = tl.load(seq_ids_ptr + row).to(tl.int64)
-    active = (label != ignore_index) & (seq >= 0) & (seq < num_seqs)
+    label, seq, w, active = _load_row(labels_ptr, seq_ids_ptr, weights_ptr, row, num_seqs, ignore_index, ACC)
     g = tl.load(grad_out_ptr + tl.where(active, seq, 0) * stride_grad_out, mask=active, other=0.0).to(ACC)
-    w = tl.load(weights_ptr + row).to(ACC)
     coef = tl.where(active, g * w, 0.0)
     grad_row = grad_ptr + (row // T) * gstride_b + (row % T) * gstride_t
     cols = tl.arange(0, BLOCK_V)
@@ -151,21 +170,17 @@ def _sequence_logps_bwd_kernel(
     else:
         row_ptr = logits_ptr + (row // T) * stride_b + (row % T) * stride_t
         lse = tl.load(lse_ptr + row)
-        others = tl.zeros([BLOCK_V], ACC)  # running sum of p_j over j != label, per lane
+        # The true class gets coef * (1 - p_label) from the forward's sum over the other classes:
+        # computing p_label - 1 here would cancel for peaked rows (p_label ~ 1).
+        label_grad = coef * tl.load(rest_ptr + row)
+        label32 = tl.where((label >= 0) & (label < V), label, -1).to(tl.int32)
         for start in range(0, V, BLOCK_V):
             idx = start + cols
             inside = idx < V
             x = tl.load(row_ptr + _column_offsets(idx, stride_v, WIDE), mask=inside,
                         other=float("-inf")).to(ACC)
-            p = tl.exp(x - lse)
-            is_label = idx == label
-            others += tl.where(is_label, 0.0, p)
-            # The label's cell is written once, after the loop, with the accurate value.
-            _store_grad(grad_row + _column_offsets(idx, gstride_v, WIDE), -coef * p,
-                        inside & (~is_label), BF16_RTNE_BY_HAND)
-        if (label >= 0) & (label < V):
-            grad_label = coef * tl.sum(others, 0)
-            _store_grad(grad_row + label * gstride_v, grad_label, None, BF16_RTNE_BY_HAND)
+            grad = tl.where(idx == label32, label_grad, -coef * tl.exp(x - lse))
+            _store_grad(grad_row + _column_offsets(idx, gstride_v, WIDE), grad, inside, BF16_RTNE_BY_HAND)
 
 
 def _interpreted() -> bool:
@@ -219,19 +234,20 @@ def _forward(logits, labels, weights, seq_ids, num_seqs, ignore_index):
     out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     acc = _acc_dtype(logits.dtype)
     lse = _new_buffer((n,), out_dtype, device)
+    rest = _new_buffer((n,), out_dtype, device)
     row_logps = _new_buffer((n,), out_dtype, device)
     out = _new_buffer((num_seqs,), out_dtype, device)
     if n == 0:
-        return out.zero_(), lse
+        return out.zero_(), lse, rest
     block_v, warps = _launch_config(vocab)
     t, sb, st, sv = _as_rows(logits)
     _sequence_logps_fwd_kernel[(n,)](
-        logits, labels, weights, seq_ids, lse, row_logps,
+        logits, labels, weights, seq_ids, lse, rest, row_logps,
         vocab, t, num_seqs, ignore_index, sb, st, sv,
         BLOCK_V=block_v, ACC=acc, WIDE=_wide(vocab, sv), num_warps=warps,
     )
     if num_seqs == 0:
-        return out, lse
+        return out, lse, rest
     # Stable sort + searchsorted give each sequence its rows in ascending order without a host sync.
     sorted_ids, order = torch.sort(seq_ids.to(torch.int64), stable=True)
     bounds = torch.searchsorted(sorted_ids, torch.arange(num_seqs + 1, device=device))
@@ -239,10 +255,10 @@ def _forward(logits, labels, weights, seq_ids, num_seqs, ignore_index):
         row_logps, order, sorted_ids, bounds, out, n, num_seqs,
         BLOCK=1024, ACC=acc, num_warps=4,
     )
-    return out, lse
+    return out, lse, rest
 
 
-def _backward(grad_out, logits, labels, weights, seq_ids, lse, num_seqs, ignore_index, inplace):
+def _backward(grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index, inplace):
     grad = logits if inplace else _new_buffer(logits.shape, logits.dtype, logits.device)
     n = logits.shape[0] * logits.shape[1]
     if n == 0:
@@ -252,7 +268,7 @@ def _backward(grad_out, logits, labels, weights, seq_ids, lse, num_seqs, ignore_
     t, sb, st, sv = _as_rows(logits)
     _, gsb, gst, gsv = _as_rows(grad)
     _sequence_logps_bwd_kernel[(n,)](
-        logits, grad, labels, weights, seq_ids, lse, grad_out,
+        logits, grad, labels, weights, seq_ids, lse, rest, grad_out,
         vocab, t, num_seqs, ignore_index, grad_out.stride(0) if num_seqs else 0,
         sb, st, sv, gsb, gst, gsv,
         BLOCK_V=block_v, ACC=_acc_dtype(logits.dtype), WIDE=_wide(vocab, sv, gsv), num_warps=warps,
@@ -267,19 +283,24 @@ class SequenceLogpsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, weights, seq_ids, num_seqs, ignore_index, inplace_backward):
         with _on_device(logits.device):
-            out, lse = _forward(logits, labels, weights, seq_ids, num_seqs, ignore_index)
-        ctx.save_for_backward(logits, labels, weights, seq_ids, lse)
+            out, lse, rest = _forward(logits, labels, weights, seq_ids, num_seqs, ignore_index)
+        ctx.save_for_backward(logits, labels, weights, seq_ids, lse, rest)
         ctx.num_seqs = num_seqs
         ctx.ignore_index = ignore_index
         ctx.inplace_backward = inplace_backward
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
-        logits, labels, weights, seq_ids, lse = ctx.saved_tensors
+        logits, labels, weights, seq_ids, lse, rest = ctx.saved_tensors
         with _on_device(logits.device):
-            grad = _backward(grad_out, logits, labels, weights, seq_ids, lse,
+            grad = _backward(grad_out, logits, labels, weights, seq_ids, lse, rest,
                              ctx.num_seqs, ctx.ignore_index, ctx.inplace_backward)
+        if ctx.inplace_backward:
+            # The logits now hold the gradient: anything else that saved them must fail loudly
+            # when it unpacks them, not compute with the gradient.
+            torch.autograd.graph.increment_version(logits)
         return grad, None, None, None, None, None, None
 
 
@@ -334,6 +355,7 @@ def sequence_logps(
     PyTorch reference (`maskdpo.kernels.reference`) otherwise.
     """
     check_logits("sequence_logps", logits, ndim=2)
+    check_inplace("sequence_logps", logits, inplace_backward)
     return _run("sequence_logps", logits.unsqueeze(0), labels, weights, seq_ids, num_seqs, ignore_index,
                 inplace_backward, check_values)
 
@@ -353,6 +375,7 @@ def masked_logps(
     read in place by the kernel, without a copy of the logits. Other arguments as `sequence_logps`.
     """
     check_logits("masked_logps", logits, ndim=3)
+    check_inplace("masked_logps", logits, inplace_backward)
     b, t, _ = logits.shape
     for name, tensor in (("labels", labels), ("weights", weights)):
         shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__

@@ -6,7 +6,8 @@ import torch
 def oracle_sequence_logps(logits, labels, weights, seq_ids, num_seqs, grad_out=None, ignore_index=-100):
     """Return (out, grad_logits) in float64 for the rows' weighted log-prob sums per sequence."""
     x = logits.detach().double().requires_grad_(True)
-    active = (labels != ignore_index) & (seq_ids >= 0)
+    # Contributing rows: a label, a sequence and a non-zero weight (weight-0 rows are never read).
+    active = (labels != ignore_index) & (seq_ids >= 0) & (weights != 0)
     logp = torch.log_softmax(x, dim=-1).gather(1, torch.where(active, labels, 0).long()[:, None]).squeeze(1)
     contrib = weights.double() * logp
     out = torch.zeros(num_seqs, dtype=torch.float64).index_add(0, seq_ids[active].long(), contrib[active])

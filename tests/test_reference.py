@@ -71,3 +71,11 @@ def test_cpu_without_interpreter_runs_the_reference(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "reference path ok" in result.stdout
+
+
+def test_reference_with_no_sequences():
+    logits, labels, weights, seq_ids = make_rows(5, 11, 0, torch.float32, seed=0)
+    x = logits.clone().requires_grad_(True)
+    out = reference.sequence_logps(x, labels, weights, seq_ids, 0)
+    out.sum().backward()
+    assert out.shape == (0,) and torch.equal(x.grad, torch.zeros_like(x))

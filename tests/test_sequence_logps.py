@@ -4,6 +4,7 @@ import importlib
 
 import pytest
 import torch
+import triton
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,17 @@ from oracle import make_rows, oracle_sequence_logps
 OUT_TOL = {torch.float32: (1e-5, 1e-4), torch.bfloat16: (1e-5, 1e-4), torch.float16: (1e-5, 1e-4)}
 GRAD_TOL = {torch.float32: (1e-5, 1e-6), torch.bfloat16: (2 ** -8, 1e-6), torch.float16: (2 ** -10, 1e-7)}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+KERNEL = importlib.import_module("maskdpo.kernels.sequence_logps")  # the package re-exports a same-named function
+
+
+@pytest.fixture(params=["whole-row", "multi-block"])
+def blocks(request, monkeypatch):
+    """The interpreter takes a row in one block; GPUs stream it in several. Test both paths."""
+    if request.param == "multi-block":
+        monkeypatch.setattr(KERNEL, "_launch_config", lambda vocab: (max(16, triton.next_power_of_2(vocab) // 4), 1))
+    return request.param
 
 
 def test_kernels_run_under_the_interpreter():
@@ -38,7 +50,7 @@ def assert_close(actual, expected, rtol, atol):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n,vocab", [(1, 1), (1, 127), (37, 1), (37, 127), (37, 32000), (4, 128256)])
-def test_matches_float64(dtype, n, vocab):
+def test_matches_float64(blocks, dtype, n, vocab):
     num_seqs = 5  # more sequences than some layouts fill: empty sequences must come out 0
     logits, labels, weights, seq_ids = make_rows(n, vocab, num_seqs, dtype, seed=n + vocab)
     grad_out = torch.randn(num_seqs, generator=torch.Generator().manual_seed(1))
@@ -75,7 +87,7 @@ def test_low_precision_error_at_most_twice_torch_own(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("gap", [17.5, 24.0])
-def test_peaked_rows_keep_an_accurate_true_class_gradient(dtype, gap):
+def test_peaked_rows_keep_an_accurate_true_class_gradient(blocks, dtype, gap):
     """p(label) ~ 0.999 and ~ 1 - 1e-6: the true-class gradient coef * (1 - p) must stay accurate."""
     n, vocab = 8, 32000
     gen = torch.Generator().manual_seed(3)
@@ -141,7 +153,7 @@ def test_masked_logps_reads_a_shifted_view_in_place():
 
 def test_every_output_element_is_written(monkeypatch):
     """Scratch and output buffers are NaN-poisoned: any element the kernels skip shows up."""
-    module = importlib.import_module("maskdpo.kernels.sequence_logps")  # the package re-exports a same-named function
+    module = KERNEL
     def poisoned(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
@@ -240,3 +252,55 @@ def test_unchecked_bad_values_are_never_silently_dropped():
     bad_seq = seq_ids.clone()
     bad_seq[0] = 3
     assert torch.isnan(sequence_logps(logits, labels, weights, bad_seq, 3, check_values=False)).all()
+
+
+def test_leading_blocks_of_minus_inf_stay_finite(blocks):
+    """Vocabulary masking can fill whole blocks with -inf; the online softmax must not make NaN."""
+    logits, labels, weights, seq_ids = make_rows(9, 300, 2, torch.float32, seed=12, holes=False)
+    logits[:, :200] = float("-inf")
+    logits[4] = float("-inf")
+    logits[4, 250] = 1.0  # a row with a single finite logit
+    labels = torch.randint(200, 300, (9,), generator=torch.Generator().manual_seed(0))
+    labels[4] = 250
+    out, grad = run_kernel(logits, labels, weights, seq_ids, 2)
+    ref_out, ref_grad = oracle_sequence_logps(logits, labels, weights, seq_ids, 2)
+    assert torch.isfinite(out).all()
+    assert_close(out, ref_out, 1e-5, 1e-4)
+    assert_close(grad, ref_grad, 1e-5, 1e-6)
+
+
+def test_weight_zero_rows_are_not_read():
+    """Masked rows contribute nothing: NaN in their logits does not reach the sums or gradients."""
+    logits, labels, weights, seq_ids = make_rows(8, 127, 1, torch.float32, seed=3, holes=False)
+    weights[2] = 0.0
+    clean = run_kernel(logits, labels, weights, seq_ids, 1)
+    logits[2] = float("nan")
+    dirty = run_kernel(logits, labels, weights, seq_ids, 1)
+    assert torch.equal(clean[0], dirty[0]) and torch.equal(clean[1], dirty[1])
+
+
+def test_weights_that_require_grad_are_refused():
+    logits, labels, weights, seq_ids = make_rows(5, 11, 1, torch.float32, seed=0)
+    with pytest.raises(ValueError, match="weights require grad"):
+        sequence_logps(logits, labels, weights.requires_grad_(True), seq_ids, 1)
+
+
+def test_inplace_backward_guards():
+    logits, labels, weights, seq_ids = make_rows(6, 11, 1, torch.float32, seed=0, holes=False)
+    leaf = logits.clone().requires_grad_(True)
+    with pytest.raises(ValueError, match="inplace_backward=True needs logits produced by an op"):
+        sequence_logps(leaf, labels, weights, seq_ids, 1, inplace_backward=True)
+    # Another op that saved the same logits fails loudly instead of using the gradient as values.
+    produced = leaf * 1
+    loss = (produced ** 2).sum() + sequence_logps(produced, labels, weights, seq_ids, 1, inplace_backward=True).sum()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_double_backward_is_refused():
+    logits, labels, weights, seq_ids = make_rows(6, 11, 1, torch.float64, seed=0, holes=False)
+    x = logits.clone().requires_grad_(True)
+    out = sequence_logps(x, labels, weights, seq_ids, 1)
+    (grad,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)  # grad_out depends on x
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()

@@ -1,0 +1,66 @@
+"""Causal attention over packed sequences (cu_seqlens), with interchangeable backends.
+
+Backends, chosen automatically in this order, or named explicitly:
+  flash_attn    flash-attn's varlen kernel (CUDA, when the flash-attn package is installed)
+  torch_varlen  torch's own FlashAttention for packed sequences (CUDA; torch >= 2.10)
+  sdpa          a loop over sequences with torch's scaled_dot_product_attention (any device; the
+                CPU path). It reads cu_seqlens on the host, so on CUDA it synchronises.
+Every backend computes the same thing: each sequence attends causally to itself only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("flash_attn", "torch_varlen", "sdpa")
+
+
+def available_backends(device: torch.device) -> list[str]:
+    """Backends that can run on `device`, best first."""
+    out = []
+    if device.type == "cuda":
+        if importlib.util.find_spec("flash_attn") is not None:
+            out.append("flash_attn")
+        if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
+            out.append("torch_varlen")
+    out.append("sdpa")
+    return out
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """'auto' -> the best available backend; a named one must be available, or a ValueError says why."""
+    available = available_backends(device)
+    if name == "auto":
+        return available[0]
+    if name not in BACKENDS:
+        raise ValueError(f"attention backend must be one of auto, {', '.join(BACKENDS)}; got {name!r}")
+    if name not in available:
+        raise ValueError(f"attention backend {name!r} cannot run on {device.type} here; available: {', '.join(available)}")
+    return name
+
+
+def packed_causal_attention(q, k, v, cu_seqlens, max_seqlen: int, backend: str, scale: float):
+    """q (T, Hq, D), k and v (T, Hkv, D); cu_seqlens (S + 1,) int32 boundaries -> (T, Hq, D)."""
+    if backend == "flash_attn":
+        from flash_attn import flash_attn_varlen_func
+
+        return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
+                                      softmax_scale=scale, causal=True)
+    if backend == "torch_varlen":
+        from torch.nn.attention.varlen import varlen_attn
+
+        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale,
+                           window_size=(-1, 0), enable_gqa=q.shape[1] != k.shape[1])
+    out = torch.zeros_like(q)
+    bounds = cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end > start:
+            # (H, L, D) per sequence; enable_gqa lets Hq be a multiple of Hkv.
+            out[start:end] = F.scaled_dot_product_attention(
+                q[start:end].transpose(0, 1), k[start:end].transpose(0, 1), v[start:end].transpose(0, 1),
+                is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1],
+            ).transpose(0, 1)
+    return out

@@ -1,0 +1,119 @@
+"""Hugging Face Llama checkpoints: config.json + (sharded) safetensors, read and written.
+
+Our blocks keep HF's parameter names inside each block, so names map by prefix:
+  embedding.embed_tokens.weight  <-> model.embed_tokens.weight
+  layers.{i}.<rest>              <-> model.layers.{i}.<rest>
+  head.norm.weight               <-> model.norm.weight
+  head.lm_head.weight            <-> lm_head.weight   (absent with tied embeddings)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .llama import Llama, LlamaConfig
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+def to_hf_name(name: str) -> str:
+    if name.startswith("embedding."):
+        return "model." + name[len("embedding."):]
+    if name.startswith("layers."):
+        return "model." + name
+    if name == "head.norm.weight":
+        return "model.norm.weight"
+    if name == "head.lm_head.weight":
+        return "lm_head.weight"
+    raise KeyError(f"no Hugging Face name for parameter {name!r}")
+
+
+def load_config(path: str | Path) -> LlamaConfig:
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no config.json (expected a Hugging Face model directory)")
+    return LlamaConfig.from_hf(json.loads(file.read_text()))
+
+
+def load_hf_tensors(path: str | Path, names: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors (only `names`, if given: a pipeline stage reads just its own shards)."""
+    path = Path(path)
+    if (path / INDEX).is_file():
+        weight_map = json.loads((path / INDEX).read_text())["weight_map"]
+        files = sorted({f for n, f in weight_map.items() if names is None or n in names})
+    elif (path / SINGLE).is_file():
+        files = [SINGLE]
+    else:
+        raise FileNotFoundError(f"{path}: no {SINGLE} or {INDEX}")
+    tensors = {}
+    for file in files:
+        for name, tensor in load_file(str(path / file)).items():
+            if names is None or name in names:
+                tensors[name] = tensor
+    return tensors
+
+
+def load_state_dict(module: torch.nn.Module, path: str | Path, name_map=to_hf_name) -> None:
+    """Copy an HF checkpoint into `module` (names mapped by `name_map`); every parameter must be found."""
+    wanted = {name: name_map(name) for name, _ in module.named_parameters()}
+    tensors = load_hf_tensors(path, set(wanted.values()))
+    missing = sorted(hf for hf in wanted.values() if hf not in tensors)
+    if missing:
+        raise KeyError(f"{path}: checkpoint lacks {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            source = tensors[wanted[name]]
+            if source.shape != param.shape:
+                raise ValueError(f"{path}: {wanted[name]} has shape {tuple(source.shape)}, model expects {tuple(param.shape)}")
+            param.copy_(source.to(param.dtype))
+
+
+def load_llama(path: str | Path, backend: str = "sdpa", dtype: torch.dtype = torch.float32) -> Llama:
+    model = Llama(load_config(path), backend).to(dtype)
+    load_state_dict(model, path)
+    return model
+
+
+def save_hf(tensors: dict[str, torch.Tensor], config: LlamaConfig, path: str | Path,
+            max_shard_bytes: int = 5 * 1024 ** 3, dtype: torch.dtype | None = None) -> None:
+    """Write an HF checkpoint (HF names -> tensors) that AutoModelForCausalLM.from_pretrained loads.
+
+    Shards of at most max_shard_bytes with an index when there is more than one; files are written
+    under temporary names and renamed, so an interrupted save leaves no half-written shard.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    shards, current, size = [], {}, 0
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu", dtype or tensors[name].dtype).contiguous()
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = tensor
+        size += nbytes
+    shards.append(current)
+    names = [SINGLE] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                                               for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        save_file(shard, str(path / (name + ".tmp")), metadata={"format": "pt"})
+        os.replace(path / (name + ".tmp"), path / name)
+    if len(shards) > 1:
+        total = sum(t.numel() * t.element_size() for s in shards for t in s.values())
+        index = {"metadata": {"total_size": total},
+                 "weight_map": {n: f for f, s in zip(names, shards) for n in s}}
+        (path / INDEX).write_text(json.dumps(index, indent=2))
+    hf_config = config.to_hf()
+    if dtype is not None:
+        hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    (path / "config.json").write_text(json.dumps(hf_config, indent=2))
+
+
+def save_llama(model: Llama, path: str | Path, **kwargs) -> None:
+    save_hf({to_hf_name(n): p for n, p in model.named_parameters()}, model.config, path, **kwargs)

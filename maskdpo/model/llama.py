@@ -1,0 +1,218 @@
+"""Llama in plain PyTorch, over packed sequences.
+
+The model works on a flat stream of T tokens holding several sequences end to end (positions
+restart per sequence, cu_seqlens marks the boundaries): exactly what the packed micro-batches hold
+and what the pipeline sends between stages. Submodule and parameter names follow Hugging Face's
+LlamaForCausalLM inside each block, so checkpoints map over by prefix (see hf.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .attention import packed_causal_attention
+
+
+@dataclass
+class LlamaConfig:
+    """The architecture, in Hugging Face's config.json terms."""
+
+    vocab_size: int = 128256
+    hidden_size: int = 4096
+    intermediate_size: int = 14336
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 8
+    head_dim: int | None = None  # default hidden_size // num_attention_heads
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    # Llama-3.1 scaling: {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"}; None for plain RoPE.
+    rope_scaling: dict | None = None
+    max_position_embeddings: int = 131072
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | list | None = None
+    extra: dict = field(default_factory=dict)  # other config.json keys, written back unchanged
+
+    def __post_init__(self):
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                             f"num_key_value_heads ({self.num_key_value_heads})")
+
+    FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "rope_scaling",
+              "max_position_embeddings", "tie_word_embeddings", "bos_token_id", "eos_token_id")
+
+    @classmethod
+    def from_hf(cls, data: dict) -> "LlamaConfig":
+        data = dict(data)
+        if data.get("model_type", "llama") != "llama":
+            raise ValueError(f"config.json: model_type {data['model_type']!r} is not llama")
+        # transformers 5 nests theta and scaling under rope_parameters.
+        rope = data.pop("rope_parameters", None) or {}
+        if "rope_theta" not in data and "rope_theta" in rope:
+            data["rope_theta"] = rope["rope_theta"]
+        if data.get("rope_scaling") is None and rope.get("rope_type", "default") != "default":
+            data["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+        known = {k: data.pop(k) for k in cls.FIELDS if k in data}
+        if known.get("rope_scaling") and "type" in known["rope_scaling"] and "rope_type" not in known["rope_scaling"]:
+            known["rope_scaling"] = {**known["rope_scaling"], "rope_type": known["rope_scaling"]["type"]}
+        return cls(**known, extra=data)
+
+    def to_hf(self) -> dict:
+        out = {**self.extra, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+        out.update({k: getattr(self, k) for k in self.FIELDS})
+        return out
+
+
+def rope_inv_freq(config: LlamaConfig) -> torch.Tensor:
+    """Inverse frequencies of the rotary embedding, with Llama-3.1 frequency-dependent scaling."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = config.rope_scaling
+    if not scaling or scaling.get("rope_type", "default") == "default":
+        return inv_freq
+    if scaling.get("rope_type") != "llama3":
+        raise ValueError(f"rope_scaling type {scaling.get('rope_type')!r} is not supported (default, llama3)")
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    original = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    # Long wavelengths (low frequencies) are slowed by `factor`, short ones kept, and the band in
+    # between interpolated smoothly.
+    scaled = torch.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= original / high) & (wavelen <= original / low)
+    return torch.where(medium, blended, scaled)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x):
+        # Normalise in fp32, scale in the input dtype (as Llama's reference does).
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def _rotate_half(x):
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for given positions; computed in fp32 for every call (no cache to go stale)."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+
+    def forward(self, position_ids, dtype):
+        freqs = position_ids.float()[:, None] * self.inv_freq.to(position_ids.device)[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: LlamaConfig, backend: str):
+        super().__init__()
+        h, d = config.hidden_size, config.head_dim
+        self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, d
+        self.q_proj = nn.Linear(h, self.heads * d, bias=False)
+        self.k_proj = nn.Linear(h, self.kv_heads * d, bias=False)
+        self.v_proj = nn.Linear(h, self.kv_heads * d, bias=False)
+        self.o_proj = nn.Linear(self.heads * d, h, bias=False)
+        self.backend = backend
+
+    def forward(self, x, cos, sin, cu_seqlens, max_seqlen):
+        t = x.shape[0]
+        q = self.q_proj(x).view(t, self.heads, self.head_dim)
+        k = self.k_proj(x).view(t, self.kv_heads, self.head_dim)
+        v = self.v_proj(x).view(t, self.kv_heads, self.head_dim)
+        cos, sin = cos[:, None, :], sin[:, None, :]
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        out = packed_causal_attention(q, k, v, cu_seqlens, max_seqlen, self.backend, self.head_dim ** -0.5)
+        return self.o_proj(out.reshape(t, self.heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm attention and SwiGLU MLP blocks with residuals. Parameters named as HF's layer."""
+
+    def __init__(self, config: LlamaConfig, backend: str = "sdpa"):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, backend)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+        self.rotary = Rotary(config)
+
+    def forward(self, x, position_ids, cu_seqlens, max_seqlen: int):
+        cos, sin = self.rotary(position_ids, x.dtype)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cu_seqlens, max_seqlen)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Embedding(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+
+    def forward(self, input_ids):
+        return self.embed_tokens(input_ids)
+
+
+class Head(nn.Module):
+    """Final norm and LM head. With tied embeddings the head reuses the embedding matrix."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def forward(self, x, embedding_weight=None):
+        weight = embedding_weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(self.norm(x), weight)
+
+
+class Llama(nn.Module):
+    """The whole model on one device: packed tokens in, logits out."""
+
+    def __init__(self, config: LlamaConfig, backend: str = "sdpa"):
+        super().__init__()
+        self.config = config
+        self.embedding = Embedding(config)
+        self.layers = nn.ModuleList(DecoderLayer(config, backend) for _ in range(config.num_hidden_layers))
+        self.head = Head(config)
+
+    def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen: int | None = None):
+        """input_ids, position_ids (T,); cu_seqlens (S + 1,) int32 -> logits (T, V)."""
+        if max_seqlen is None:
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        x = self.embedding(input_ids)
+        for layer in self.layers:
+            x = layer(x, position_ids, cu_seqlens, max_seqlen)
+        return self.head(x, self.embedding.embed_tokens.weight)

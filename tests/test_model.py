@@ -1,0 +1,105 @@
+"""Ours vs theirs: our Llama and transformers' LlamaForCausalLM, same weights, same logits."""
+
+import pytest
+import torch
+import transformers
+
+from maskdpo.model.attention import available_backends, packed_causal_attention, resolve_backend
+from maskdpo.model.hf import load_config, load_llama, save_llama
+
+from model_helpers import CONFIGS, tiny_hf_llama
+
+LENGTHS = [7, 1, 12, 5]
+
+
+def packed_inputs(lengths, vocab, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    seqs = [torch.randint(0, vocab, (n,), generator=gen) for n in lengths]
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+    positions = torch.cat([torch.arange(n) for n in lengths])
+    return seqs, torch.cat(seqs), positions, cu
+
+
+@pytest.mark.parametrize("variant", list(CONFIGS))
+def test_packed_logits_match_transformers_per_sequence(tmp_path, variant):
+    theirs = tiny_hf_llama(tmp_path, variant, shard="60KB")  # sharded safetensors with an index
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    ours = load_llama(tmp_path)
+    seqs, ids, positions, cu = packed_inputs(LENGTHS, theirs.config.vocab_size)
+    with torch.no_grad():
+        got = ours(ids, positions, cu)
+        expected = torch.cat([theirs(s[None]).logits[0] for s in seqs])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", list(CONFIGS))
+def test_padded_batch_logits_match_transformers(tmp_path, variant):
+    theirs = tiny_hf_llama(tmp_path, variant)
+    ours = load_llama(tmp_path)
+    seqs, ids, positions, cu = packed_inputs(LENGTHS, theirs.config.vocab_size, seed=2)
+    width = max(LENGTHS)
+    batch = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        batch[i, :len(s)], mask[i, :len(s)] = s, 1
+    with torch.no_grad():
+        expected = theirs(batch, attention_mask=mask).logits[mask.bool()]
+        got = ours(ids, positions, cu)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_rope_scaling_matches_transformers_and_changes_frequencies(tmp_path):
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from maskdpo.model.llama import rope_inv_freq
+
+    theirs = tiny_hf_llama(tmp_path)
+    config = load_config(tmp_path)
+    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](theirs.config)
+    torch.testing.assert_close(rope_inv_freq(config), expected)
+    config.rope_scaling = None
+    assert not torch.allclose(rope_inv_freq(config), expected)
+
+
+@pytest.mark.parametrize("variant", list(CONFIGS))
+def test_saved_checkpoint_loads_in_transformers(tmp_path, variant):
+    tiny_hf_llama(tmp_path / "start", variant)
+    ours = load_llama(tmp_path / "start")
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # "trained": differs from the start
+    save_llama(ours, tmp_path / "out", max_shard_bytes=50_000)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
+    seqs, ids, positions, cu = packed_inputs([9, 4], reloaded.config.vocab_size, seed=3)
+    with torch.no_grad():
+        expected = torch.cat([reloaded(s[None]).logits[0] for s in seqs])
+        got = ours(ids, positions, cu)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert reloaded.config.tie_word_embeddings == CONFIGS[variant]["tie_word_embeddings"]
+
+
+def test_attention_backends_agree_where_they_run():
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(24, 4, 16, generator=gen).to(device)
+    k, v = (torch.randn(24, 2, 16, generator=gen).to(device) for _ in range(2))
+    cu = torch.tensor([0, 5, 5, 17, 24], dtype=torch.int32, device=device)  # an empty sequence too
+    # Independent reference: one dense masked softmax per sequence, GQA by repeating heads.
+    expected = torch.zeros_like(q)
+    for a, b in [(0, 5), (5, 17), (17, 24)]:
+        kk, vv = k[a:b].repeat_interleave(2, 1), v[a:b].repeat_interleave(2, 1)
+        scores = torch.einsum("qhd,khd->hqk", q[a:b], kk) / 4.0
+        scores = scores.masked_fill(torch.ones(b - a, b - a, dtype=torch.bool, device=device).triu(1), float("-inf"))
+        expected[a:b] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), vv)
+    backends = available_backends(device)
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    for backend in backends:
+        got = packed_causal_attention(q.to(dtype), k.to(dtype), v.to(dtype), cu, 12, backend, 0.25)
+        torch.testing.assert_close(got.float(), expected, rtol=2e-2 if dtype != torch.float32 else 1e-5,
+                                   atol=2e-2 if dtype != torch.float32 else 1e-5, msg=backend)
+    assert resolve_backend("auto", device) == backends[0]
+    with pytest.raises(ValueError, match="attention backend must be one of"):
+        resolve_backend("xformers", device)
+    if device.type == "cpu":
+        with pytest.raises(ValueError, match="cannot run on cpu"):
+            resolve_backend("flash_attn", device)

@@ -1,0 +1,72 @@
+"""The Mask-DPO loss from per-sequence masked log-prob sums.
+
+    r_w = policy_chosen - ref_chosen        (sums over kept tokens: correct sentences)
+    r_l = policy_rejected - ref_rejected    (sums over kept tokens: hallucinated sentences)
+    z   = r_w - r_l
+
+    sigmoid: -(1 - eps) * log sigmoid(beta * z) - eps * log sigmoid(-beta * z)   (eps: label smoothing)
+    ipo:     (z' - 1 / (2 * beta))^2 with z' from sums divided by kept-token counts
+    hinge:   relu(1 - beta * z)
+
+Mean over pairs. All-ones masks over the responses give plain DPO. Knows nothing of DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+
+
+def mask_dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    chosen_kept: torch.Tensor | None = None,
+    rejected_kept: torch.Tensor | None = None,
+    chosen_tokens: torch.Tensor | None = None,
+    rejected_tokens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(loss, metrics) for P pairs; every input is a (P,) tensor.
+
+    chosen_kept / rejected_kept: kept-token counts (sums of mask weights) per side; ipo needs them,
+    and with chosen_tokens / rejected_tokens (response tokens per side) they give the kept fractions.
+    Metrics are 0-d tensors (no host sync): rewards beta * (policy - ref) per side, reward accuracy
+    (chosen reward > rejected), reward margin, and kept-token fractions when counts are given.
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}; got {loss_type!r}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if beta <= 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    chosen_ratio = policy_chosen.float() - ref_chosen.float()
+    rejected_ratio = policy_rejected.float() - ref_rejected.float()
+    if loss_type == "sigmoid":
+        z = beta * (chosen_ratio - rejected_ratio)
+        losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * (chosen_ratio - rejected_ratio))
+    else:
+        if chosen_kept is None or rejected_kept is None:
+            raise ValueError("loss_type='ipo' needs chosen_kept and rejected_kept (kept-token counts)")
+        z = chosen_ratio / chosen_kept.float().clamp(min=1) - rejected_ratio / rejected_kept.float().clamp(min=1)
+        losses = (z - 1 / (2 * beta)) ** 2
+    chosen_rewards = beta * chosen_ratio.detach()
+    rejected_rewards = beta * rejected_ratio.detach()
+    metrics = {
+        "loss": losses.detach().mean(),
+        "rewards/chosen": chosen_rewards.mean(),
+        "rewards/rejected": rejected_rewards.mean(),
+        "rewards/accuracy": (chosen_rewards > rejected_rewards).float().mean(),
+        "rewards/margin": (chosen_rewards - rejected_rewards).mean(),
+    }
+    for side, kept, tokens in (("chosen", chosen_kept, chosen_tokens), ("rejected", rejected_kept, rejected_tokens)):
+        if kept is not None and tokens is not None:
+            metrics[f"kept_fraction/{side}"] = kept.float().sum() / tokens.float().sum().clamp(min=1)
+    return losses.mean(), metrics

@@ -31,6 +31,7 @@ def mask_dpo_loss(
     rejected_kept: torch.Tensor | None = None,
     chosen_tokens: torch.Tensor | None = None,
     rejected_tokens: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(loss, metrics) for P pairs; every input is a (P,) tensor.
 
@@ -38,6 +39,8 @@ def mask_dpo_loss(
     and with chosen_tokens / rejected_tokens (response tokens per side) they give the kept fractions.
     Metrics are 0-d tensors (no host sync): rewards beta * (policy - ref) per side, reward accuracy
     (chosen reward > rejected), reward margin, and kept-token fractions when counts are given.
+    valid: (P,) bool, False for the empty pair slots of a packed micro-batch; means (loss and
+    metrics) are over valid pairs only, and 0 when there are none.
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}; got {loss_type!r}")
@@ -57,16 +60,23 @@ def mask_dpo_loss(
             raise ValueError("loss_type='ipo' needs chosen_kept and rejected_kept (kept-token counts)")
         z = chosen_ratio / chosen_kept.float().clamp(min=1) - rejected_ratio / rejected_kept.float().clamp(min=1)
         losses = (z - 1 / (2 * beta)) ** 2
+    w = torch.ones_like(losses) if valid is None else valid.to(losses.dtype)
+    count = w.sum().clamp(min=1)
+
+    def mean(x):
+        return (x * w).sum() / count
+
     chosen_rewards = beta * chosen_ratio.detach()
     rejected_rewards = beta * rejected_ratio.detach()
+    loss = mean(torch.where(w > 0, losses, 0.0))
     metrics = {
-        "loss": losses.detach().mean(),
-        "rewards/chosen": chosen_rewards.mean(),
-        "rewards/rejected": rejected_rewards.mean(),
-        "rewards/accuracy": (chosen_rewards > rejected_rewards).float().mean(),
-        "rewards/margin": (chosen_rewards - rejected_rewards).mean(),
+        "loss": loss.detach(),
+        "rewards/chosen": mean(chosen_rewards),
+        "rewards/rejected": mean(rejected_rewards),
+        "rewards/accuracy": mean((chosen_rewards > rejected_rewards).float()),
+        "rewards/margin": mean(chosen_rewards - rejected_rewards),
     }
     for side, kept, tokens in (("chosen", chosen_kept, chosen_tokens), ("rejected", rejected_kept, rejected_tokens)):
         if kept is not None and tokens is not None:
-            metrics[f"kept_fraction/{side}"] = kept.float().sum() / tokens.float().sum().clamp(min=1)
-    return losses.mean(), metrics
+            metrics[f"kept_fraction/{side}"] = (kept.float() * w).sum() / (tokens.float() * w).sum().clamp(min=1)
+    return loss, metrics

@@ -1,0 +1,230 @@
+"""DeepSpeed pipeline (PP) x data parallel (DP, ZeRO-1) training of Llama with the Mask-DPO loss.
+
+This is the only place that knows about stages, ranks and DeepSpeed. A step takes
+gradient_accumulation_steps x DP packed micro-batches (see maskdpo.data.packing); DP rank r gets
+every DP-th of them, so the same list of micro-batches gives the same gradients whatever PP and DP.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .data.packing import IGNORE_INDEX, MicroBatch
+from .model.llama import LlamaConfig
+from .model.pipeline import PIPELINE_ZERO_STAGES, build_pipeline, load_hf_into_stage, stage_hf_tensors
+from .stage_loss import StageLoss
+
+
+def check_parallelism(pipeline_stages: int, zero_stage: int, world_size: int) -> int:
+    """Validate a layout before any process starts; return the data-parallel degree."""
+    if pipeline_stages < 1:
+        raise ValueError(f"pipeline_stages must be at least 1, got {pipeline_stages}")
+    if world_size % pipeline_stages:
+        raise ValueError(f"{world_size} processes cannot form {pipeline_stages} pipeline stages: "
+                         f"the process count must be a multiple of pipeline_stages")
+    if zero_stage not in PIPELINE_ZERO_STAGES:
+        raise ValueError(f"ZeRO stage {zero_stage} cannot be combined with a DeepSpeed pipeline "
+                         f"(it supports stages {PIPELINE_ZERO_STAGES}); use zero_stage=1 for sharded "
+                         f"optimizer states")
+    return world_size // pipeline_stages
+
+
+def deepspeed_config(gradient_accumulation_steps: int, data_parallel: int, zero_stage: int = 1,
+                     bf16: bool = False, gradient_clipping: float = 0.0) -> dict:
+    config = {
+        "train_micro_batch_size_per_gpu": 1,  # one packed micro-batch: many pairs, fixed token budget
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "train_batch_size": gradient_accumulation_steps * data_parallel,
+        "zero_optimization": {"stage": zero_stage},
+        "zero_allow_untested_optimizer": True,  # we pass torch optimizers we build ourselves
+        "gradient_clipping": gradient_clipping,
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+    if bf16:
+        config["bf16"] = {"enabled": True}
+        config["data_types"] = {"grad_accum_dtype": "fp32"}  # bf16 compute, fp32 accumulation
+    return config
+
+
+def micro_batch_tensors(mb: MicroBatch, ref_logps: torch.Tensor):
+    """(inputs, labels) for DeepSpeed: stage 0 reads inputs, the last stage reads labels."""
+    inputs = (torch.from_numpy(mb.input_ids), torch.from_numpy(mb.position_ids), torch.from_numpy(mb.cu_seqlens))
+    labels = (torch.from_numpy(mb.labels), torch.from_numpy(mb.weights), torch.from_numpy(mb.seq_ids),
+              ref_logps.float(), torch.from_numpy(mb.pair_index))
+    return inputs, labels
+
+
+def empty_micro_batch(like: MicroBatch) -> MicroBatch:
+    """A micro-batch with no pairs (pads a DP rank's share so every rank runs the same schedule)."""
+    budget = like.input_ids.shape[0]
+    return MicroBatch(
+        input_ids=np.zeros_like(like.input_ids), position_ids=np.arange(budget, dtype=np.int64),
+        cu_seqlens=np.concatenate([[0], np.full(like.cu_seqlens.shape[0] - 1, budget)]).astype(np.int32),
+        labels=np.full(budget, IGNORE_INDEX, dtype=np.int64), weights=np.zeros(budget, dtype=np.float32),
+        seq_ids=np.full(budget, -1, dtype=np.int64), pair_index=np.full_like(like.pair_index, -1),
+    )
+
+
+@dataclass
+class Layout:
+    pipeline_stages: int
+    data_parallel: int
+    stage: int
+    dp_rank: int
+
+
+class PipelineTrainer:
+    """A Llama pipeline engine with Mask-DPO loss: reference pass, steps, checkpoints, HF export.
+
+    Call inside a launched process group (deepspeed / torchrun set RANK, WORLD_SIZE, ...).
+    """
+
+    def __init__(self, config: LlamaConfig, *, pipeline_stages: int, gradient_accumulation_steps: int,
+                 optimizer_factory, hf_path: str | Path | None = None, zero_stage: int = 1, bf16: bool = False,
+                 gradient_clipping: float = 0.0, beta: float = 0.1, loss_type: str = "sigmoid",
+                 label_smoothing: float = 0.0, attention_backend: str = "sdpa",
+                 activation_checkpointing: bool = False, lr_scheduler_factory=None, seed: int = 0):
+        import deepspeed
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        data_parallel = check_parallelism(pipeline_stages, zero_stage, world)
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.manual_seed(seed)  # the same random initialisation on every rank
+        self.config = config
+        self.loss = StageLoss(beta, loss_type, label_smoothing)
+        module = build_pipeline(config, pipeline_stages, self.loss, attention_backend,
+                                activation_checkpointing=activation_checkpointing)
+        if hf_path is not None:
+            load_hf_into_stage(module, hf_path, config.num_hidden_layers)
+        if bf16:
+            module = module.to(torch.bfloat16)
+        optimizer = optimizer_factory([p for p in module.parameters() if p.requires_grad])
+        scheduler = lr_scheduler_factory(optimizer) if lr_scheduler_factory else None
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=module, optimizer=optimizer, lr_scheduler=scheduler,
+            config=deepspeed_config(gradient_accumulation_steps, data_parallel, zero_stage, bf16, gradient_clipping),
+        )
+        self.module = module
+        self.layout = Layout(pipeline_stages, data_parallel, self.engine.stage_id,
+                             self.engine.grid.get_data_parallel_rank())
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        return self.gradient_accumulation_steps * self.layout.data_parallel
+
+    def _my_share(self, micro_batches: list[MicroBatch]) -> list[MicroBatch]:
+        dp, rank = self.layout.data_parallel, self.layout.dp_rank
+        padded = micro_batches + [empty_micro_batch(micro_batches[0])] * (-len(micro_batches) % dp)
+        return padded[rank::dp]
+
+    def reference_logps(self, micro_batches: list[MicroBatch], num_pairs: int) -> torch.Tensor:
+        """(num_pairs, 2) sums of the current (frozen, starting) model, by pair index; on every rank.
+
+        Pairs that appear in none of the micro-batches stay NaN."""
+        self.loss.mode, self.loss.records = "reference", []
+        mine = self._my_share(micro_batches)
+        zeros = torch.zeros(2 * micro_batches[0].pair_index.shape[0])
+        try:
+            for start in range(0, len(mine), self.gradient_accumulation_steps):
+                chunk = mine[start:start + self.gradient_accumulation_steps]
+                self.engine.eval_batch(iter([micro_batch_tensors(mb, zeros) for mb in chunk]),
+                                       num_micro_batches=len(chunk))
+        finally:
+            self.loss.mode = "train"
+        local = [(idx.cpu(), sums.float().cpu()) for idx, sums in self.loss.records]
+        self.loss.records = []
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, local)
+        table = torch.full((num_pairs, 2), float("nan"))
+        for records in gathered:
+            for idx, sums in records:
+                keep = idx >= 0
+                table[idx[keep]] = sums[keep]
+        present = sorted({int(i) for mb in micro_batches for i in mb.pair_index if i >= 0})
+        missing = [i for i in present if torch.isnan(table[i]).any()]
+        if missing:
+            raise RuntimeError(f"reference pass produced no log-probs for pairs {missing[:10]}")
+        return table
+
+    def train_step(self, micro_batches: list[MicroBatch], reference: torch.Tensor) -> dict[str, float]:
+        """One optimizer step over micro_batches_per_step micro-batches; metrics averaged over pairs."""
+        if len(micro_batches) != self.micro_batches_per_step:
+            raise ValueError(f"a step takes {self.micro_batches_per_step} micro-batches "
+                             f"(gradient_accumulation_steps x data_parallel), got {len(micro_batches)}")
+        self.loss.records = []
+        mine = self._my_share(micro_batches)
+        batches = [micro_batch_tensors(mb, self._ref_for(mb, reference)) for mb in mine]
+        loss = self.engine.train_batch(iter(batches))
+        return {"loss": float(loss), **self._reduce_metrics()}
+
+    @staticmethod
+    def _ref_for(mb: MicroBatch, reference: torch.Tensor) -> torch.Tensor:
+        index = torch.from_numpy(mb.pair_index)
+        values = reference[index.clamp(min=0)] * (index >= 0)[:, None]
+        return values.reshape(-1)
+
+    def _reduce_metrics(self) -> dict[str, float]:
+        """Pair-weighted means over every micro-batch of every DP replica (recorded on last stages)."""
+        names = ["rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin",
+                 "kept_fraction/chosen", "kept_fraction/rejected"]
+        totals = torch.zeros(len(names) + 1, dtype=torch.float64)
+        for m in self.loss.records:
+            pairs = m["pairs"].double().cpu()
+            totals[:-1] += torch.stack([m[n].double().cpu() for n in names]) * pairs
+            totals[-1] += pairs
+        self.loss.records = []
+        dist.all_reduce(totals)
+        count = max(totals[-1].item(), 1.0)
+        return {**{n: totals[i].item() / count for i, n in enumerate(names)}, "pairs": totals[-1].item()}
+
+    def save_checkpoint(self, directory: str | Path, tag: str, client_state: dict | None = None) -> None:
+        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state or {})
+
+    def load_checkpoint(self, directory: str | Path, tag: str | None = None) -> dict:
+        path, client_state = self.engine.load_checkpoint(str(directory), tag=tag)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint in {directory}" + (f" with tag {tag}" if tag else ""))
+        return client_state
+
+    def export_hf(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
+        """One HF checkpoint from all stages: each stage writes its own shard, rank 0 the index."""
+        import json
+
+        from safetensors.torch import save_file
+
+        from .model.hf import INDEX
+
+        path = Path(path)
+        shard = f"model-stage-{self.layout.stage + 1:05d}-of-{self.layout.pipeline_stages:05d}.safetensors"
+        names = []
+        if self.layout.dp_rank == 0:
+            path.mkdir(parents=True, exist_ok=True)
+            tensors = stage_hf_tensors(self.module, self.config.num_hidden_layers)
+            if self.layout.stage != 0:  # a tied embedding is written once, by the first stage
+                tensors = {n: t for n, t in tensors.items() if n != "model.embed_tokens.weight"}
+            tensors = {n: t.detach().to("cpu", dtype or t.dtype).contiguous() for n, t in tensors.items()}
+            save_file(tensors, str(path / (shard + ".tmp")), metadata={"format": "pt"})
+            os.replace(path / (shard + ".tmp"), path / shard)
+            names = [(n, shard, t.numel() * t.element_size()) for n, t in tensors.items()]
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, names)
+        if dist.get_rank() == 0:
+            entries = [e for part in gathered for e in part]
+            index = {"metadata": {"total_size": sum(e[2] for e in entries)},
+                     "weight_map": {n: f for n, f, _ in sorted(entries)}}
+            (path / INDEX).write_text(json.dumps(index, indent=2))
+            hf_config = self.config.to_hf()
+            if dtype is not None:
+                hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
+            (path / "config.json").write_text(json.dumps(hf_config, indent=2))
+        dist.barrier()

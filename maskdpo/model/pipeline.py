@@ -1,0 +1,121 @@
+"""Llama as a DeepSpeed PipelineModule whose last stage computes the Mask-DPO loss.
+
+Layer layout (pipeline layer index -> block):
+  0            EmbeddingPipe         (input_ids, position_ids, cu_seqlens) -> (hidden, position_ids, cu_seqlens)
+  1 .. L       DecoderLayerPipe      the same triple, hidden updated
+  L + 1        FinalNormPipe         -> normed hidden
+  L + 2        LMHeadPipe, or the embedding tied back in (TiedLayerSpec)   -> logits (T, V)
+then `loss_fn(logits, labels)` on the last stage. Only the hidden state is a float tensor between
+stages (DeepSpeed sends a gradient back for every float tensor); positions and cu_seqlens travel as
+integers. The stages never know about data or the loss beyond the callable they are given.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .llama import DecoderLayer, Embedding, LlamaConfig, RMSNorm
+
+# ZeRO stages DeepSpeed accepts together with a PipelineModule (2 and 3 raise inside the engine).
+PIPELINE_ZERO_STAGES = (0, 1)
+
+
+class EmbeddingPipe(Embedding):
+    def forward(self, inputs):
+        input_ids, position_ids, cu_seqlens = inputs
+        return super().forward(input_ids), position_ids, cu_seqlens
+
+
+class DecoderLayerPipe(DecoderLayer):
+    def forward(self, inputs):
+        hidden, position_ids, cu_seqlens = inputs
+        # max_seqlen bounds the kernels' work; the token budget is a valid bound needing no host sync.
+        return super().forward(hidden, position_ids, cu_seqlens, hidden.shape[0]), position_ids, cu_seqlens
+
+
+class FinalNormPipe(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, inputs):
+        return self.norm(inputs[0])
+
+
+class LMHeadPipe(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def forward(self, hidden):
+        return self.lm_head(hidden)
+
+
+def _tied_head(embedding: EmbeddingPipe, hidden):
+    """The tied embedding matrix used as the LM head on the last stage."""
+    return F.linear(hidden, embedding.embed_tokens.weight)
+
+
+def layer_specs(config: LlamaConfig, backend: str):
+    from deepspeed.pipe import LayerSpec, TiedLayerSpec
+
+    if config.tie_word_embeddings:
+        first = TiedLayerSpec("embed", EmbeddingPipe, config, tied_weight_attr="embed_tokens.weight")
+        last = TiedLayerSpec("embed", EmbeddingPipe, config, forward_fn=_tied_head,
+                             tied_weight_attr="embed_tokens.weight")
+    else:
+        first, last = LayerSpec(EmbeddingPipe, config), LayerSpec(LMHeadPipe, config)
+    decoders = [LayerSpec(DecoderLayerPipe, config, backend) for _ in range(config.num_hidden_layers)]
+    return [first, *decoders, LayerSpec(FinalNormPipe, config), last]
+
+
+def build_pipeline(config: LlamaConfig, num_stages: int, loss_fn, backend: str = "sdpa",
+                   partition_method: str = "type:DecoderLayerPipe", activation_checkpointing: bool = False):
+    """The PipelineModule (torch.distributed must be initialised). Decoder layers are split evenly
+    across stages by default ("parameters" balances parameter counts instead)."""
+    from deepspeed.pipe import PipelineModule
+
+    if num_stages > config.num_hidden_layers:
+        raise ValueError(f"{num_stages} pipeline stages for {config.num_hidden_layers} decoder layers: "
+                         "every stage needs at least one")
+    return PipelineModule(
+        layers=layer_specs(config, backend),
+        num_stages=num_stages,
+        loss_fn=loss_fn,
+        partition_method=partition_method,
+        activation_checkpoint_interval=1 if activation_checkpointing else 0,
+        checkpointable_layers=["DecoderLayerPipe"],
+    )
+
+
+def hf_name(pipe_name: str, num_layers: int) -> str:
+    """A PipelineModule parameter name ("3.mlp.up_proj.weight", "tied_modules.embed....") -> HF name."""
+    if pipe_name.startswith("tied_modules.embed."):
+        return "model." + pipe_name[len("tied_modules.embed."):]
+    match = re.fullmatch(r"(\d+)\.(.+)", pipe_name)
+    if match is None:
+        raise KeyError(f"no Hugging Face name for pipeline parameter {pipe_name!r}")
+    index, rest = int(match.group(1)), match.group(2)
+    if index == 0:
+        return "model." + rest
+    if index <= num_layers:
+        return f"model.layers.{index - 1}.{rest}"
+    if index == num_layers + 1:
+        return "model." + rest  # norm.weight
+    return rest  # lm_head.weight
+
+
+def stage_hf_tensors(module: nn.Module, num_layers: int) -> dict[str, torch.Tensor]:
+    """This stage's parameters under HF names (a tied embedding appears once)."""
+    return {hf_name(n, num_layers): p for n, p in module.named_parameters()}
+
+
+def load_hf_into_stage(module: nn.Module, path, num_layers: int) -> None:
+    """Fill this stage's parameters from an HF checkpoint directory, reading only its own tensors."""
+    from .hf import load_state_dict
+
+    load_state_dict(module, path, name_map=lambda n: hf_name(n, num_layers))

@@ -1,0 +1,86 @@
+"""Run under torchrun by test_pipeline.py: real DeepSpeed pipelines on CPU (gloo), results to files.
+
+Scenarios, in one launch of WORLD_SIZE processes:
+  grads-pp{P}   one SGD(lr=1) step with P pipeline stages (DP = WORLD_SIZE / P): parameter deltas
+                are minus the gradients; also the step's loss and metrics
+  resume        PP=2: checkpoint after step 1, steps 2-3, then a fresh engine loads the checkpoint
+                and repeats steps 2-3; then an HF export
+  train         PP=2 AdamW: a few steps on the bundled pairs, losses and reward accuracies
+"""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from maskdpo.engine import PipelineTrainer
+from maskdpo.model.hf import load_config
+from maskdpo.model.pipeline import stage_hf_tensors
+
+from pipeline_data import micro_batches
+
+
+def save_params(trainer, out: Path, name: str):
+    if trainer.layout.dp_rank == 0:
+        tensors = {n: t.detach().clone() for n, t in stage_hf_tensors(trainer.module, trainer.config.num_hidden_layers).items()}
+        torch.save(tensors, out / f"{name}-stage{trainer.layout.stage}.pt")
+
+
+def write(out: Path, name: str, data):
+    if dist.get_rank() == 0:
+        (out / f"{name}.json").write_text(json.dumps(data))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--hf", type=Path, required=True)
+    parser.add_argument("--hf-tied", type=Path, default=None, help="a tied-embedding model for grads-*-tied")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--scenarios", nargs="+", required=True)
+    args = parser.parse_args()
+    config = load_config(args.hf)
+    mbs, num_pairs = micro_batches()
+    world = int(os.environ["WORLD_SIZE"])
+    sgd = lambda params: torch.optim.SGD(params, lr=1.0)  # noqa: E731
+
+    for scenario in args.scenarios:
+        if scenario.startswith("grads-pp"):
+            pp = int(scenario[len("grads-pp"):].removesuffix("-tied"))
+            hf = args.hf_tied if scenario.endswith("-tied") else args.hf
+            trainer = PipelineTrainer(load_config(hf), pipeline_stages=pp,
+                                      gradient_accumulation_steps=len(mbs) * pp // world, optimizer_factory=sgd, hf_path=hf)
+            ref = trainer.reference_logps(mbs, num_pairs)
+            metrics = trainer.train_step(mbs, ref)
+            save_params(trainer, args.out, scenario)
+            write(args.out, scenario, {"metrics": metrics, "reference": ref.tolist()})
+        elif scenario == "resume":
+            def make():
+                return PipelineTrainer(config, pipeline_stages=2, gradient_accumulation_steps=2,
+                                       optimizer_factory=lambda p: torch.optim.AdamW(p, lr=1e-3), hf_path=args.hf)
+            trainer = make()
+            ref = trainer.reference_logps(mbs, num_pairs)
+            steps = [mbs[0:2], mbs[2:4], mbs[0:2]]
+            trainer.train_step(steps[0], ref)
+            trainer.save_checkpoint(args.out / "ckpt", tag="step1", client_state={"step": 1})
+            straight = [trainer.train_step(s, ref)["loss"] for s in steps[1:]]
+            save_params(trainer, args.out, "straight")
+            resumed_trainer = make()
+            state = resumed_trainer.load_checkpoint(args.out / "ckpt", tag="step1")
+            resumed = [resumed_trainer.train_step(s, ref)["loss"] for s in steps[1:]]
+            save_params(resumed_trainer, args.out, "resumed")
+            resumed_trainer.export_hf(args.out / "export")
+            write(args.out, "resume", {"straight": straight, "resumed": resumed, "client_state": state.get("step")})
+        elif scenario == "train":
+            trainer = PipelineTrainer(config, pipeline_stages=2, gradient_accumulation_steps=2,
+                                      optimizer_factory=lambda p: torch.optim.AdamW(p, lr=2e-3), hf_path=args.hf)
+            ref = trainer.reference_logps(mbs, num_pairs)
+            history = [trainer.train_step(mbs[(2 * i) % len(mbs):(2 * i) % len(mbs) + 2], ref) for i in range(8)]
+            write(args.out, "train", history)
+        dist.barrier()
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,10 @@ import torch.nn.functional as F
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def mask_dpo_loss(
     policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,
@@ -48,8 +52,8 @@ def mask_dpo_loss(
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
     if beta <= 0:
         raise ValueError(f"beta must be positive, got {beta}")
-    chosen_ratio = policy_chosen.float() - ref_chosen.float()
-    rejected_ratio = policy_rejected.float() - ref_rejected.float()
+    chosen_ratio = _at_least_fp32(policy_chosen) - _at_least_fp32(ref_chosen)
+    rejected_ratio = _at_least_fp32(policy_rejected) - _at_least_fp32(ref_rejected)
     if loss_type == "sigmoid":
         z = beta * (chosen_ratio - rejected_ratio)
         losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)

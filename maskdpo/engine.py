@@ -35,8 +35,24 @@ def check_parallelism(pipeline_stages: int, zero_stage: int, world_size: int) ->
     return world_size // pipeline_stages
 
 
+OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def deepspeed_config(gradient_accumulation_steps: int, data_parallel: int, zero_stage: int = 1,
-                     bf16: bool = False, gradient_clipping: float = 0.0) -> dict:
+                     bf16: bool = False, gradient_clipping: float = 0.0, overrides: dict | None = None) -> dict:
+    """The DeepSpeed config we run with; `overrides` (a template file's contents, see launch/) are
+    merged over it, except the batch-size keys, which follow from the packing and the layout."""
+    owned = [k for k in OWNED_KEYS if k in (overrides or {})]
+    if owned:
+        raise ValueError(f"DeepSpeed config overrides may not set {', '.join(owned)}: they follow from "
+                         "--gradient-accumulation-steps and the process layout")
     config = {
         "train_micro_batch_size_per_gpu": 1,  # one packed micro-batch: many pairs, fixed token budget
         "gradient_accumulation_steps": gradient_accumulation_steps,
@@ -50,6 +66,8 @@ def deepspeed_config(gradient_accumulation_steps: int, data_parallel: int, zero_
     if bf16:
         config["bf16"] = {"enabled": True}
         config["data_types"] = {"grad_accum_dtype": "fp32"}  # bf16 compute, fp32 accumulation
+    config = _merge(config, overrides or {})
+    check_parallelism(1, config["zero_optimization"].get("stage", 0), 1)
     return config
 
 
@@ -90,7 +108,8 @@ class PipelineTrainer:
                  optimizer_factory, hf_path: str | Path | None = None, zero_stage: int = 1, bf16: bool = False,
                  gradient_clipping: float = 0.0, beta: float = 0.1, loss_type: str = "sigmoid",
                  label_smoothing: float = 0.0, attention_backend: str = "sdpa",
-                 activation_checkpointing: bool = False, lr_scheduler_factory=None, seed: int = 0):
+                 activation_checkpointing: bool = False, lr_scheduler_factory=None, seed: int = 0,
+                 deepspeed_overrides: dict | None = None):
         import deepspeed
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -111,7 +130,8 @@ class PipelineTrainer:
         scheduler = lr_scheduler_factory(optimizer) if lr_scheduler_factory else None
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler,
-            config=deepspeed_config(gradient_accumulation_steps, data_parallel, zero_stage, bf16, gradient_clipping),
+            config=deepspeed_config(gradient_accumulation_steps, data_parallel, zero_stage, bf16, gradient_clipping,
+                                    deepspeed_overrides),
         )
         self.module = module
         self.layout = Layout(pipeline_stages, data_parallel, self.engine.stage_id,

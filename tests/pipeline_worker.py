@@ -5,6 +5,7 @@ Scenarios, in one launch of WORLD_SIZE processes:
                 are minus the gradients; also the step's loss and metrics
   resume        PP=2: checkpoint after step 1, steps 2-3, then a fresh engine loads the checkpoint
                 and repeats steps 2-3; then an HF export
+  bf16-checkpointing  PP=2 with bf16 weights, fp32 gradient accumulation, activation checkpointing
   train         PP=2 AdamW: a few steps on the bundled pairs, losses and reward accuracies
 """
 
@@ -73,6 +74,14 @@ def main():
             save_params(resumed_trainer, args.out, "resumed")
             resumed_trainer.export_hf(args.out / "export")
             write(args.out, "resume", {"straight": straight, "resumed": resumed, "client_state": state.get("step")})
+        elif scenario == "bf16-checkpointing":
+            trainer = PipelineTrainer(config, pipeline_stages=2, gradient_accumulation_steps=2, bf16=True,
+                                      activation_checkpointing=True, gradient_clipping=1.0,
+                                      optimizer_factory=lambda p: torch.optim.AdamW(p, lr=2e-3), hf_path=args.hf)
+            ref = trainer.reference_logps(mbs, num_pairs)
+            history = [trainer.train_step(mbs[(2 * i) % len(mbs):(2 * i) % len(mbs) + 2], ref) for i in range(4)]
+            dtypes = sorted({str(p.dtype) for p in trainer.module.parameters()})
+            write(args.out, "bf16-checkpointing", {"history": history, "dtypes": dtypes})
         elif scenario == "train":
             trainer = PipelineTrainer(config, pipeline_stages=2, gradient_accumulation_steps=2,
                                       optimizer_factory=lambda p: torch.optim.AdamW(p, lr=2e-3), hf_path=args.hf)

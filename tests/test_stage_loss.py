@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from maskdpo.data import LabelMap, Pair, Response, Sentence, encode_pair, load_tokenizer, pack_pairs
-from maskdpo.engine import check_parallelism, micro_batch_tensors
+from maskdpo.engine import check_parallelism, deepspeed_config, micro_batch_tensors
 from maskdpo.model.hf import load_llama
 from maskdpo.stage_loss import StageLoss
 
@@ -93,3 +93,17 @@ def test_zero_stages_the_pipeline_refuses_fail_before_launch():
         check_parallelism(2, 2, 4)
     with pytest.raises(ValueError, match="must be a multiple of pipeline_stages"):
         check_parallelism(3, 1, 4)
+
+
+def test_deepspeed_config_templates_merge_but_cannot_break_the_layout():
+    import json
+    from pathlib import Path
+
+    template = json.loads((Path(__file__).resolve().parents[1] / "launch" / "ds_zero1_bf16.json").read_text())
+    config = deepspeed_config(4, 2, overrides=template)
+    assert config["train_batch_size"] == 8 and config["zero_optimization"]["overlap_comm"] is True
+    assert config["bf16"] == {"enabled": True} and config["data_types"]["grad_accum_dtype"] == "fp32"
+    with pytest.raises(ValueError, match="may not set train_batch_size"):
+        deepspeed_config(4, 2, overrides={"train_batch_size": 3})
+    with pytest.raises(ValueError, match="ZeRO stage 3 cannot be combined"):
+        deepspeed_config(4, 2, overrides={"zero_optimization": {"stage": 3}})

@@ -34,6 +34,7 @@ class EncodeResult:
     lines: list[int] = field(default_factory=list)  # the file line each pair came from
     truncated: Counter = field(default_factory=Counter)  # sides truncated: {"chosen": n, "rejected": m}
     from_cache: bool = False
+    key: str | None = None  # the cache key (data, tokenizer, options), when a cache_dir was given
 
     def summary_lines(self) -> list[str]:
         tokens = sum(p.length for p in self.pairs)
@@ -91,9 +92,12 @@ def encode_file(
     if cache_dir is not None:
         key_options = {**options, "tokenizer_path": None,
                        "label_map": [sorted(label_map.correct), sorted(label_map.hallucinated)]}
-        cache_file = Path(cache_dir) / f"encoded-{cache_key(pairs_path, tokenizer_path, key_options)}.npz"
+        key = cache_key(pairs_path, tokenizer_path, key_options)
+        cache_file = Path(cache_dir) / f"encoded-{key}.npz"
         if cache_file.exists():
-            return _load_cache(cache_file)
+            result = _load_cache(cache_file)
+            result.key = key
+            return result
 
     report = ReadReport(str(pairs_path))
     total = count_records(pairs_path) if progress or workers > 1 else 0
@@ -112,6 +116,7 @@ def encode_file(
             result.truncated[name] += bool(getattr(pair, name).truncated)
     if cache_file is not None:
         _save_cache(cache_file, result)
+        result.key = key
     return result
 
 

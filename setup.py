@@ -31,6 +31,8 @@ setup(
         "transformers>=4.45",
         "jinja2",
         "tqdm",
+        "safetensors>=0.4",
+        "deepspeed>=0.16",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6", "pytest-timeout"],

@@ -24,12 +24,14 @@ class StageLoss:
         self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
         self.mode = "train"
         self.records: list = []
+        # Per-sequence masked log-prob sums; the fused kernel (benchmarks swap in an eager baseline).
+        self.sequence_logps = sequence_logps
 
     def __call__(self, logits, labels):
         token_labels, weights, seq_ids, ref_logps, pair_index = labels
         num_seqs = ref_logps.shape[0]
         # The gradient may overwrite the logits: nothing else needs them after this point.
-        sums = sequence_logps(logits, token_labels, weights, seq_ids, num_seqs,
+        sums = self.sequence_logps(logits, token_labels, weights, seq_ids, num_seqs,
                               inplace_backward=torch.is_grad_enabled() and logits.requires_grad)
         if self.mode == "reference":
             self.records.append((pair_index, sums.detach().view(-1, 2)))

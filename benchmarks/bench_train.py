@@ -1,0 +1,168 @@
+"""Benchmark Mask-DPO training throughput on one CUDA GPU: tokens/s and MFU.
+
+The real stack: PipelineTrainer (DeepSpeed, PP=1, DP=1, ZeRO-1, bf16 with fp32 accumulation,
+AdamW), randomly initialised Llama-3.2 shapes (1B, 3B), packed micro-batches of sequences of
+`--seq` tokens (chosen and rejected of `--pairs` pairs), 30% prompt tokens, about half of each
+response masked in sentence runs, reference log-probs given. Two losses on the same model:
+
+  maskdpo   the fused sequence-logps kernel (gradient written over the logits)
+  eager     fp32 log_softmax + gather + weighted per-sequence sum in plain PyTorch
+
+Reported: median step time over --steps steps after --warmup, tokens/s per GPU, MFU (flop count in
+maskdpo/flops.py over the device's dense bf16 peak), peak memory. Results go to
+benchmarks/results/<date>-<gpu>/train.{json,md}. Exits with status 2 on a machine without CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+SHAPES = {  # Llama-3.2 shapes (tied embeddings, Llama-3.1 rope scaling)
+    "llama3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                        num_key_value_heads=8),
+    "llama3.2-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+                        num_key_value_heads=8),
+}
+ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192}
+
+
+def eager_sequence_logps(logits, labels, weights, seq_ids, num_seqs, **_):
+    """The baseline: what a plain PyTorch DPO trainer does."""
+    keep = (labels != -100) & (seq_ids >= 0)
+    logp = torch.log_softmax(logits.float(), -1).gather(1, torch.where(keep, labels, 0)[:, None]).squeeze(1)
+    contrib = torch.where(keep, weights * logp, 0.0)
+    return torch.zeros(num_seqs, device=logits.device, dtype=contrib.dtype).index_add(0, seq_ids.clamp(min=0), contrib)
+
+
+def synthetic_micro_batch(pairs: int, seq: int, vocab: int, seed: int):
+    from maskdpo.data.packing import IGNORE_INDEX, MicroBatch
+
+    rng = np.random.default_rng(seed)
+    budget = 2 * pairs * seq
+    ids = rng.integers(0, vocab, budget)
+    labels = np.full(budget, IGNORE_INDEX)
+    weights = np.zeros(budget, dtype=np.float32)
+    seq_ids = np.full(budget, -1)
+    cu = np.arange(0, budget + 1, seq, dtype=np.int32)
+    prompt = int(0.3 * seq)
+    for s in range(2 * pairs):
+        a = s * seq
+        labels[a + prompt - 1:a + seq - 1] = ids[a + prompt:a + seq]
+        seq_ids[a + prompt - 1:a + seq - 1] = s
+        run = a + prompt - 1
+        while run < a + seq - 1:
+            length = int(rng.integers(8, 41))
+            weights[run:min(run + length, a + seq - 1)] = float(rng.random() < 0.5)
+            run += length
+    cu = np.append(cu, budget).astype(np.int32)  # the (empty) padding run closes the boundaries
+    return MicroBatch(ids, np.tile(np.arange(seq), 2 * pairs), cu, labels, weights, seq_ids, np.arange(pairs))
+
+
+def measure(shape: str, loss: str, args) -> dict:
+    from maskdpo.engine import PipelineTrainer
+    from maskdpo.flops import peak_bf16_flops, training_flops_per_token
+    from maskdpo.model.llama import LlamaConfig
+
+    config = LlamaConfig(vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0, rope_scaling=ROPE,
+                         **SHAPES[shape])
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    trainer = PipelineTrainer(config, pipeline_stages=1, gradient_accumulation_steps=1, bf16=True,
+                              optimizer_factory=lambda p: torch.optim.AdamW(p, lr=1e-6),
+                              attention_backend=args.attention, activation_checkpointing=args.checkpointing)
+    if loss == "eager":
+        trainer.loss.sequence_logps = eager_sequence_logps
+    batches = [synthetic_micro_batch(args.pairs, args.seq, config.vocab_size, seed) for seed in range(4)]
+    reference = -500 * torch.rand(args.pairs, 2)
+    times = []
+    for step in range(args.warmup + args.steps):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        trainer.train_step([batches[step % len(batches)]], reference)
+        torch.cuda.synchronize()
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    tokens = 2 * args.pairs * args.seq
+    flops = training_flops_per_token(config, args.seq) * tokens / seconds
+    peak = peak_bf16_flops(torch.cuda.get_device_name())
+    result = {"shape": shape, "loss": loss, "step_s": seconds, "tokens_per_s": tokens / seconds,
+              "model_tflops": flops / 1e12, "mfu": flops / peak if peak else None,
+              "peak_memory_gib": torch.cuda.max_memory_allocated() / 2 ** 30, "step_times_s": times}
+    trainer.engine.destroy()
+    del trainer
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--seq", type=int, default=1024, help="tokens per sequence")
+    parser.add_argument("--pairs", type=int, default=4, help="pairs per micro-batch (2 sequences each)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--attention", default="auto")
+    parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
+    parser.add_argument("--out-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("CUDA is not available: this benchmark times training on a GPU and has nothing to measure here.",
+              file=sys.stderr)
+        return 2
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+
+    import triton
+
+    rows = []
+    for shape in args.shapes:
+        for loss in ("maskdpo", "eager"):
+            try:
+                row = measure(shape, loss, args)
+            except torch.OutOfMemoryError:
+                row = {"shape": shape, "loss": loss, "error": "out of memory"}
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "step_times_s"}), flush=True)
+    gpu = torch.cuda.get_device_name()
+    env = {"gpu": gpu, "cuda": torch.version.cuda, "torch": torch.__version__, "triton": triton.__version__,
+           "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "seq": args.seq,
+           "pairs": args.pairs, "attention": args.attention, "checkpointing": args.checkpointing}
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", gpu).strip("-").lower()
+    out_dir = args.out_dir or RESULTS / f"{dt.date.today().isoformat()}-{slug}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "train.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
+    lines = [f"# Mask-DPO training throughput, {gpu}", "", json.dumps(env), "",
+             "| shape | loss | step s | tokens/s | model TFLOP/s | MFU | peak GiB |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['shape']} | {r['loss']} | {r['error']} | | | | |")
+        else:
+            mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+            lines.append(f"| {r['shape']} | {r['loss']} | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | "
+                         f"{r['model_tflops']:.0f} | {mfu} | {r['peak_memory_gib']:.1f} |")
+    (out_dir / "train.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out_dir}/train.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,13 +30,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def long_pairs(count: int, tokens: int) -> list[dict]:
     """Pairs whose sides hold about `tokens` tokens, built from the bundled annotated samples."""
-    from maskdpo.data import build_pairs, load_tokenizer, pair_to_json, parse_annotated
-    from maskdpo.data.cli import BUNDLED_DATA
-    from maskdpo.data.labels import LabelMap
+    from maskdpo.data import load_tokenizer, pair_to_json
+    from maskdpo.data.bundled import bundled_pairs
 
-    samples = [parse_annotated(json.loads(line), LabelMap())
-               for line in (BUNDLED_DATA / "annotated.jsonl").read_text(encoding="utf-8").splitlines()]
-    pairs = [pair_to_json(p) for p in build_pairs(samples)[0]]
+    pairs = [pair_to_json(p) for p in bundled_pairs()]
     tokenizer = load_tokenizer()
     chars_per_token = sum(len(p["chosen"]["response"]) for p in pairs) / sum(
         len(tokenizer(p["chosen"]["response"])["input_ids"]) for p in pairs)

@@ -108,7 +108,8 @@ class PipelineTrainer:
                  optimizer_factory, hf_path: str | Path | None = None, zero_stage: int = 1, bf16: bool = False,
                  gradient_clipping: float = 0.0, beta: float = 0.1, loss_type: str = "sigmoid",
                  label_smoothing: float = 0.0, attention_backend: str = "sdpa",
-                 activation_checkpointing: bool = False, lr_scheduler_factory=None, seed: int = 0,
+                 activation_checkpointing: bool = False, partition_method: str = "type:DecoderLayerPipe",
+                 lr_scheduler_factory=None, seed: int = 0,
                  deepspeed_overrides: dict | None = None):
         import deepspeed
 
@@ -120,7 +121,7 @@ class PipelineTrainer:
         torch.manual_seed(seed)  # the same random initialisation on every rank
         self.config = config
         self.loss = StageLoss(beta, loss_type, label_smoothing)
-        module = build_pipeline(config, pipeline_stages, self.loss, attention_backend,
+        module = build_pipeline(config, pipeline_stages, self.loss, attention_backend, partition_method,
                                 activation_checkpointing=activation_checkpointing)
         if hf_path is not None:
             load_hf_into_stage(module, hf_path, config.num_hidden_layers)

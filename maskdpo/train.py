@@ -42,6 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--bf16", action="store_true", help="bf16 weights and compute, fp32 gradient accumulation")
     p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--partition", default="type:DecoderLayerPipe",
+                   help="how layers split across stages: type:DecoderLayerPipe (equal decoder layers) or parameters")
     p.add_argument("--attention", default="auto", help="auto, flash_attn, torch_varlen or sdpa")
     p.add_argument("--deepspeed-config", type=Path, default=None,
                    help="JSON merged over the generated DeepSpeed config (templates in launch/)")
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
                                                            weight_decay=args.weight_decay),
         hf_path=args.model, zero_stage=args.zero_stage, bf16=args.bf16, gradient_clipping=args.gradient_clipping,
         beta=args.beta, loss_type=args.loss_type, label_smoothing=args.label_smoothing, attention_backend=backend,
-        activation_checkpointing=args.activation_checkpointing, seed=args.seed,
+        activation_checkpointing=args.activation_checkpointing, partition_method=args.partition, seed=args.seed,
         deepspeed_overrides=json.loads(args.deepspeed_config.read_text()) if args.deepspeed_config else None,
     )
 

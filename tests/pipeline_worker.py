@@ -6,7 +6,8 @@ Scenarios, in one launch of WORLD_SIZE processes:
   resume        PP=2: checkpoint after step 1, steps 2-3, then a fresh engine loads the checkpoint
                 and repeats steps 2-3; then an HF export
   bf16-checkpointing  PP=2 with bf16 weights, fp32 gradient accumulation, activation checkpointing
-  train         PP=2 AdamW: a few steps on the bundled pairs, losses and reward accuracies
+  train         PP=2 (split by parameter count) AdamW: a few steps on the bundled pairs, losses and
+                reward accuracies
 """
 
 import argparse
@@ -84,6 +85,7 @@ def main():
             write(args.out, "bf16-checkpointing", {"history": history, "dtypes": dtypes})
         elif scenario == "train":
             trainer = PipelineTrainer(config, pipeline_stages=2, gradient_accumulation_steps=2,
+                                      partition_method="parameters",
                                       optimizer_factory=lambda p: torch.optim.AdamW(p, lr=2e-3), hf_path=args.hf)
             ref = trainer.reference_logps(mbs, num_pairs)
             history = [trainer.train_step(mbs[(2 * i) % len(mbs):(2 * i) % len(mbs) + 2], ref) for i in range(8)]

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from maskdpo.data import LabelMap, SkippedPair, encode_pair, load_tokenizer, parse_pair
-from maskdpo.data.cli import BUNDLED_DATA
 
 from data_helpers import check_ground_truth, pair, rendered, response
 
@@ -45,12 +44,10 @@ def test_character_level_ground_truth(case):
 
 def bundled_pairs(fmt="ours"):
     """The bundled annotated samples turned into pairs, in our format or the authors'."""
-    from maskdpo.data import build_pairs, pair_to_json, parse_annotated
+    from maskdpo.data import pair_to_json
+    from maskdpo.data.bundled import bundled_pairs as pairs
 
-    samples = [parse_annotated(json.loads(line), LABELS)
-               for line in (BUNDLED_DATA / "annotated.jsonl").read_text(encoding="utf-8").splitlines()]
-    pairs, _ = build_pairs(samples)
-    records = [pair_to_json(p) for p in pairs]
+    records = [pair_to_json(p) for p in pairs()]
     if fmt == "authors":
         records = [to_authors(r) for r in records]
     return records

@@ -1,19 +1,11 @@
 """Pair construction and the rule-based sentence splitter."""
 
-import json
 import random
 
 import pytest
 
-from maskdpo.data import LabelMap, build_pairs, parse_annotated, split_sentences
-from maskdpo.data.cli import BUNDLED_DATA
-
-LABELS = LabelMap()
-
-
-def bundled_samples():
-    return [parse_annotated(json.loads(line), LABELS)
-            for line in (BUNDLED_DATA / "annotated.jsonl").read_text(encoding="utf-8").splitlines()]
+from maskdpo.data import build_pairs, split_sentences
+from maskdpo.data.bundled import bundled_samples
 
 
 def by_question(samples):

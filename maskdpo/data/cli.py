@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .errors import RecordError
 
-BUNDLED_DATA = Path(__file__).resolve().parents[1] / "assets" / "data"
+from .bundled import BUNDLED_DATA
 
 
 def _label_args(parser):

@@ -64,7 +64,7 @@ PAIR_CASES = [
     ("authors sentence not in response", AUTHORS_PAIR, ("chosen_item", "sents", 1), "It is tiny.",
      "chosen_item.sents[1]", "sentence not found"),
     ("authors sentences out of order", AUTHORS_PAIR, ("chosen_item", "sents"), ["It is big.", "Paris is in France."],
-     "chosen_item.sents[1]", "sentence not found"),
+     "chosen_item.sents[0]", "text between sentences is covered by none"),
     ("authors label count mismatch", AUTHORS_PAIR, ("chosen_item", "type"), ["no_hallucination"],
      "chosen_item.type", "1 labels for 2 sentences"),
     ("authors unknown label", AUTHORS_PAIR, ("rejected_item", "type", 0), "maybe", "rejected_item.type[0].label", "unknown label"),
@@ -116,3 +116,66 @@ def test_label_map_is_configurable():
     assert parse_annotated(sample, custom).response.sentences[0].correct == 0.0
     with pytest.raises(ValueError, match="both correct and hallucinated"):
         LabelMap.from_lists(correct="ok", hallucinated="ok")
+
+
+def test_authors_sentences_take_their_earliest_occurrence():
+    record = changed(AUTHORS_PAIR, ("chosen", 0, "content"), "Paris is in\nFrance.\nIt is big. Again: Paris is in France.")
+    spans = [(s.start, s.end) for s in parse_pair(record, LABELS).chosen.sentences]
+    assert spans == [(0, 19), (20, 30)]  # the folded first occurrence, not the later exact copy
+
+
+def test_cached_results_do_not_bypass_strict_mode_and_rewrite_rejects(tmp_path):
+    file = tmp_path / "pairs.jsonl"
+    file.write_text(json.dumps(GOOD_PAIR) + "\n" + json.dumps(changed(GOOD_PAIR, ("chosen",), KeyError)) + "\n")
+    cache = tmp_path / "cache"
+    first = encode_file(file, strict=False, rejects_path=tmp_path / "a.jsonl", cache_dir=cache)
+    again = encode_file(file, strict=False, rejects_path=tmp_path / "b.jsonl", cache_dir=cache)
+    assert again.from_cache and again.pairs == first.pairs
+    assert (tmp_path / "b.jsonl").read_text() == (tmp_path / "a.jsonl").read_text() != ""
+    with pytest.raises(RecordError, match=r":2: chosen: missing"):
+        encode_file(file, cache_dir=cache)  # strict: the cached skip-invalid run cannot stand in
+
+
+def test_failures_outside_our_parsing_are_located_and_skippable(tmp_path):
+    file = tmp_path / "pairs.jsonl"
+    bad_utf8 = json.dumps(GOOD_PAIR).encode().replace(b"France", b"Fr\xffnce")
+    with_cr = json.dumps(changed(GOOD_PAIR, ("chosen", "response"), "Paris is in France.\rYes.")).encode()
+    file.write_bytes(json.dumps(GOOD_PAIR).encode() + b"\n" + bad_utf8 + b"\n" + with_cr + b"\n")
+    with pytest.raises(RecordError, match=r":2: invalid UTF-8 at byte"):
+        encode_file(file)
+    result = encode_file(file, strict=False)
+    assert result.lines == [1, 3]  # a raw \r inside a record is not a line break
+
+    from maskdpo.data import masks
+
+    def refuse(*args, **kwargs):  # a chat template that raises, as Gemma's does for system turns
+        raise RuntimeError("System role not supported")
+
+    original = masks._render
+    masks._render = refuse
+    try:
+        with pytest.raises(RecordError, match=r":1: RuntimeError: System role not supported"):
+            encode_file(file)
+    finally:
+        masks._render = original
+
+
+@pytest.mark.parametrize("prompt,message", [
+    ([{"role": "usr", "content": "x"}], "unknown role 'usr'"),
+    ([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], "must end with a user turn"),
+])
+def test_prompt_roles_are_checked(prompt, message):
+    with pytest.raises(RecordError, match=message):
+        parse_pair(changed(GOOD_PAIR, ("prompt",), prompt), LABELS)
+    extra = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "x", "name": "ann"}]
+    assert parse_pair(changed(GOOD_PAIR, ("prompt",), extra), LABELS).prompt[1]["name"] == "ann"
+
+
+def test_sentence_text_must_match_its_span():
+    record = changed(GOOD_SAMPLE, ("response",), "I love 🍯 honey. Bees are fish.\n")
+    record["sentences"] = [{"start": 0, "end": 15, "label": "ok", "text": "I love 🍯 honey."},
+                           {"start": 16, "end": 30, "label": "contradictory", "text": "Bees are fish."}]
+    assert len(parse_annotated(record, LABELS).response.sentences) == 2
+    record["sentences"][1].update(start=17, end=31)  # UTF-16 offsets: one too far after the emoji
+    with pytest.raises(RecordError, match="offsets must count Unicode code points"):
+        parse_annotated(record, LABELS)

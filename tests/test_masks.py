@@ -196,3 +196,63 @@ def test_bundled_tokenizer_is_reproducible():
     script = Path(__file__).resolve().parents[1] / "scripts" / "build_tokenizer.py"
     run = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def tokenizer_variant(tmp_path, template=None, trim_offsets=False):
+    """The bundled tokenizer with another chat template or with offsets trimmed (RoBERTa-style)."""
+    from tokenizers import processors
+
+    from maskdpo.data.tokenizer import BUNDLED_TOKENIZER
+
+    TOKENIZER.save_pretrained(str(tmp_path))
+    if trim_offsets:
+        tok = Tokenizer.from_file(str(BUNDLED_TOKENIZER / "tokenizer.json"))
+        tok.post_processor = processors.ByteLevel(trim_offsets=True)
+        tok.save(str(tmp_path / "tokenizer.json"))
+    if template:
+        (tmp_path / "chat_template.jinja").write_text(template)
+    load_tokenizer.cache_clear()
+    return load_tokenizer(tmp_path)
+
+
+def test_end_of_turn_is_the_special_token_even_after_spaces(tmp_path):
+    # Llama-2 style: a space between the content and the end-of-turn token.
+    template = ("{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|> ' + m['content'] "
+                "+ ' <|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+                "{{ '<|start_header_id|>assistant<|end_header_id|> ' }}{% endif %}")
+    tokenizer = tokenizer_variant(tmp_path, template=template)
+    p = pair(response([("Old.", "ok"), ("New.", "ok")]), response([("Old.", "ok"), ("False.", "contradictory")]))
+    encoded = encode_pair(p, tokenizer, count_eot=True)
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    last = len(encoded.chosen.input_ids) - 1
+    assert encoded.chosen.input_ids[last] == eot and encoded.chosen.weights[last] == 1.0
+    assert encoded.chosen.weights[last - 1] == 0.0  # the space before it is not the end of turn
+
+
+def test_trimmed_offsets_keep_spaces_between_sentences_unweighted(tmp_path):
+    tokenizer = tokenizer_variant(tmp_path, trim_offsets=True)
+    zero_width = 0
+    for seed in range(30):
+        import random
+
+        rng = random.Random(seed)
+        items = [(rng.choice(["Yes it is.", "No way!", "Maybe so", "12 cats."]), rng.choice(["ok", "contradictory"]))
+                 for _ in range(rng.randint(1, 5))]
+        seps = [rng.choice([" ", "  ", "\n", " \n "]) for _ in items]
+        resp = response(items, seps)
+        p = pair(resp, resp)
+        try:
+            encoded = encode_pair(p, tokenizer)
+        except SkippedPair:
+            continue
+        full = rendered(tokenizer, p, "chosen")
+        at = full.index(resp.text.strip(), len(full) - len(resp.text) - 20)
+        offsets = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        for (a, b), w in zip(offsets, encoded.chosen.weights):
+            if a == b and a > at:
+                zero_width += 1
+                # Trimmed to the next sentence's first character, a space between sentences stays 0.
+                if not any(s.start < a - at < s.end for s in resp.sentences):
+                    assert w == 0, (full[a - 3:a + 3], w)
+    assert zero_width > 0  # the case really occurs
+    load_tokenizer.cache_clear()

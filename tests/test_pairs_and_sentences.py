@@ -82,3 +82,19 @@ def test_spans_are_exact_and_trimmed():
     spans = split_sentences(text)
     assert [text[a:b] for a, b in spans] == ["One.", "Two!", "Three"]
     assert all(not text[a].isspace() and not text[b - 1].isspace() for a, b in spans)
+
+
+def test_score_gaps_compare_exactly_and_bad_groups_are_skipped():
+    import dataclasses
+
+    samples = bundled_samples()
+    q = samples[0].question_id
+    group = [s for s in samples if s.question_id == q]
+    best = max(s.response.score() for s in group)
+    worst = min(s.response.score() for s in group)
+    pairs, _ = build_pairs(group, min_gap=best - worst)  # the gap exactly: kept despite float rounding
+    assert len(pairs) == 1
+    duplicate = group + [dataclasses.replace(group[0])]
+    assert build_pairs(duplicate)[1].skipped["duplicate_sample_ids"] == 1
+    other = [dataclasses.replace(group[0], sample_id="99", prompt=({"role": "user", "content": "else"},))]
+    assert build_pairs(group + other)[1].skipped["different_prompts"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -9,6 +10,13 @@ from pathlib import Path
 from .errors import RecordError
 
 from .bundled import BUNDLED_DATA
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def _label_args(parser):
@@ -30,9 +38,9 @@ def _record_args(parser):
 
 def _encode_args(parser):
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the bundled one)")
-    parser.add_argument("--max-length", type=int, default=1024, help="tokens per side, prompt included (default 1024)")
+    parser.add_argument("--max-length", type=_positive, default=1024, help="tokens per side, prompt included (default 1024)")
     parser.add_argument("--count-eot", action="store_true", help="the end-of-turn token takes its last sentence's weight")
-    parser.add_argument("--workers", type=int, default=1, help="processes for large files (default 1)")
+    parser.add_argument("--workers", type=_positive, default=1, help="processes for large files (default 1)")
     parser.add_argument("--cache-dir", default=".maskdpo-cache", help="encoded-pairs cache ('' to disable)")
 
 
@@ -117,7 +125,7 @@ def add_data_commands(sub) -> None:
     pairs.add_argument("input", nargs="?", type=Path, default=BUNDLED_DATA / "annotated.jsonl",
                        help="annotated samples JSONL (default: the bundled example)")
     pairs.add_argument("-o", "--output", type=Path, required=True, help="pairs JSONL to write")
-    pairs.add_argument("--pairs-per-question", type=int, default=1, help="k-th best vs k-th worst, k < this (default 1)")
+    pairs.add_argument("--pairs-per-question", type=_positive, default=1, help="k-th best vs k-th worst, k < this (default 1)")
     pairs.add_argument("--min-gap", type=float, default=0.0, help="least score difference for a pair (default 0)")
     _label_args(pairs)
     _record_args(pairs)
@@ -125,7 +133,7 @@ def add_data_commands(sub) -> None:
 
     encode = commands.add_parser("encode", help="pairs -> token ids and sentence masks (cached); packing report")
     encode.add_argument("pairs", type=Path, help="pairs JSONL (ours or the authors' format)")
-    encode.add_argument("--budget", type=int, default=0, help="also pack into micro-batches of this many tokens")
+    encode.add_argument("--budget", type=_positive, default=None, help="also pack into micro-batches of this many tokens")
     _encode_args(encode)
     _label_args(encode)
     _record_args(encode)
@@ -147,6 +155,6 @@ def run(args) -> int:
     """Run a data command; bad records and bad arguments end in one clear line and status 2."""
     try:
         return args.func(args)
-    except (RecordError, ValueError, FileNotFoundError) as e:
+    except (RecordError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -43,6 +43,11 @@ class EncodeResult:
         out = [self.report.summary() + (" (from cache)" if self.from_cache else "")]
         out.append(f"pairs: {len(self.pairs)}   tokens: {tokens}   response tokens kept: "
                    f"{kept}/{response} ({kept / max(response, 1):.1%})")
+        one_sided = {side: sum(1 for p in self.pairs if getattr(p, side).kept_tokens == 0)
+                     for side in ("chosen", "rejected")}
+        if sum(one_sided.values()):
+            out.append(f"pairs with nothing kept on one side: {one_sided['chosen']} chosen, "
+                       f"{one_sided['rejected']} rejected (they train that side only)")
         if sum(self.truncated.values()):
             out.append(f"truncated to max_length: {self.truncated['chosen']} chosen, "
                        f"{self.truncated['rejected']} rejected sides")
@@ -54,13 +59,24 @@ def _encode_record(obj, line: int, *, tokenizer_path, label_map, max_length, cou
     return encode_pair(pair, load_tokenizer(tokenizer_path), max_length=max_length, count_eot=count_eot)
 
 
+def _code_and_libraries() -> str:
+    """What else decides the masks: this package's data code and the template/tokenizer libraries."""
+    import tokenizers
+    import transformers
+
+    digest = hashlib.sha256(f"{__version__}:{transformers.__version__}:{tokenizers.__version__}".encode())
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
 def cache_key(pairs_path: Path, tokenizer_path, options: dict) -> str:
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(_code_and_libraries().encode())
     with open(pairs_path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     digest.update(tokenizer_fingerprint(tokenizer_path).encode())
-    digest.update(json.dumps({**options, "version": __version__}, sort_keys=True, default=sorted).encode())
+    digest.update(json.dumps(options, sort_keys=True, default=sorted).encode())
     return digest.hexdigest()[:32]
 
 
@@ -94,10 +110,11 @@ def encode_file(
                        "label_map": [sorted(label_map.correct), sorted(label_map.hallucinated)]}
         key = cache_key(pairs_path, tokenizer_path, key_options)
         cache_file = Path(cache_dir) / f"encoded-{key}.npz"
-        if cache_file.exists():
-            result = _load_cache(cache_file)
-            result.key = key
-            return result
+        cached = _load_cache(cache_file, pairs_path, rejects_path) if cache_file.exists() else None
+        # A cached run that skipped invalid records cannot stand in for a strict one: re-read, and fail.
+        if cached is not None and not (strict and cached.report.invalid):
+            cached.key = key
+            return cached
 
     report = ReadReport(str(pairs_path))
     total = count_records(pairs_path) if progress or workers > 1 else 0
@@ -126,8 +143,9 @@ def _save_cache(path: Path, result: EncodeResult) -> None:
     meta = {
         "pair_ids": [p.pair_id for p in result.pairs],
         "lines": result.lines,
-        "report": {"path": result.report.path, "read": result.report.read, "kept": result.report.kept,
-                   "skipped": dict(result.report.skipped), "rejects_path": result.report.rejects_path},
+        "report": {"read": result.report.read, "kept": result.report.kept, "skipped": dict(result.report.skipped),
+                   "invalid": result.report.invalid},
+        "rejects": Path(result.report.rejects_path).read_text(encoding="utf-8") if result.report.rejects_path else "",
         "truncated": dict(result.truncated),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +162,9 @@ def _save_cache(path: Path, result: EncodeResult) -> None:
     tmp.replace(path)  # atomic: a reader never sees a half-written cache
 
 
-def _load_cache(path: Path) -> EncodeResult:
+def _load_cache(path: Path, pairs_path: Path, rejects_path) -> EncodeResult:
+    """The cached result, reported for this file; its skipped records are written to this run's
+    rejects file, as an encoding run would."""
     with np.load(path) as data:
         meta = json.loads(str(data["meta"]))
         bounds = np.concatenate([[0], np.cumsum(data["lengths"])])
@@ -154,5 +174,10 @@ def _load_cache(path: Path) -> EncodeResult:
                  for a, b, p, t in zip(bounds[:-1], bounds[1:], data["prompt_lengths"], data["truncated"])]
     pairs = [EncodedPair(pid, sides[2 * i], sides[2 * i + 1]) for i, pid in enumerate(meta["pair_ids"])]
     r = meta["report"]
-    report = ReadReport(r["path"], r["read"], r["kept"], Counter(r["skipped"]), r["rejects_path"])
+    report = ReadReport(str(pairs_path), r["read"], r["kept"], Counter(r["skipped"]), None, r["invalid"])
+    rejects = Path(rejects_path or pairs_path.with_name(pairs_path.name + ".rejects.jsonl"))
+    rejects.unlink(missing_ok=True)
+    if meta["rejects"]:
+        rejects.write_text(meta["rejects"], encoding="utf-8")
+        report.rejects_path = str(rejects)
     return EncodeResult(pairs, report, meta["lines"], Counter(meta["truncated"]), from_cache=True)

@@ -23,6 +23,7 @@ class ReadReport:
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
     rejects_path: str | None = None
+    invalid: int = 0  # skipped records that were invalid (strict mode would have stopped at them)
 
     def summary(self) -> str:
         text = f"{self.path}: {self.read} records read, {self.kept} kept"
@@ -32,23 +33,32 @@ class ReadReport:
         return text
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    with path.open(encoding="utf-8") as lines:
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Non-blank lines as bytes, split on \n only (a raw \r inside a record is not a line break)."""
+    with path.open("rb") as lines:
         for number, line in enumerate(lines, start=1):
             if line.strip():
                 yield number, line
 
 
-def _parse_line(parse, number: int, line: str):
-    """(number, line, parse(obj) or the RecordError it raised)."""
+def _parse_line(parse, number: int, raw: bytes):
+    """(number, text, parse(obj) or the RecordError it raised). Any other failure of `parse` (a chat
+    template that refuses a prompt, say) becomes a RecordError too, so it is located and skippable."""
+    text = raw.decode("utf-8", errors="replace")
     try:
         try:
-            obj = json.loads(line)
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RecordError(f"invalid UTF-8 at byte {e.start} of the line") from None
+        try:
+            obj = json.loads(text)
         except json.JSONDecodeError as e:
             raise RecordError(f"malformed JSON: {e.msg} at column {e.colno}") from None
-        return number, line, parse(obj, number)
+        return number, text, parse(obj, number)
     except RecordError as e:
-        return number, line, e
+        return number, text, e
+    except Exception as e:  # noqa: BLE001 - reported with file and line, never swallowed
+        return number, text, RecordError(f"{type(e).__name__}: {e}")
 
 
 def _parse_chunk(parse, chunk):
@@ -97,6 +107,10 @@ def read_records(
     """
     path = Path(path)
     report = report if report is not None else ReadReport(str(path))
+    rejects_file = Path(rejects_path or path.with_name(path.name + ".rejects.jsonl"))
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, not a JSONL file")
+    rejects_file.unlink(missing_ok=True)  # a clean run leaves no stale rejects behind
     rejects = None
     try:
         for number, line, value in _parsed(path, parse, workers):
@@ -106,12 +120,14 @@ def read_records(
                 if strict and not error.skippable:
                     raise error
                 if rejects is None:
-                    report.rejects_path = str(rejects_path or path.with_name(path.name + ".rejects.jsonl"))
-                    rejects = open(report.rejects_path, "w", encoding="utf-8")
+                    report.rejects_path = str(rejects_file)
+                    rejects = open(rejects_file, "w", encoding="utf-8")
                 report.skipped[re.sub(r"\[-?\d+\]", "[]", error.field or "record")] += 1
+                if not error.skippable:
+                    report.invalid += 1
                 rejects.write(json.dumps({"file": str(path), "line": number, "field": error.field,
-                                          "error": error.message, "record": line.rstrip("\n")},
-                                         ensure_ascii=False) + "\n")
+                                          "error": error.message, "skippable": error.skippable,
+                                          "record": line.rstrip("\r\n")}, ensure_ascii=False) + "\n")
                 continue
             report.kept += 1
             yield number, value

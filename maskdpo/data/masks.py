@@ -65,7 +65,10 @@ def encode_side(response: Response, keep_correct: bool, prefix: str, full: str, 
                 max_length: int, count_eot: bool, field: str) -> EncodedSide:
     """Token ids and weights for one rendered side (see encode_pair)."""
     if not full.startswith(prefix):
-        raise RecordError("the chat template renders the prompt differently once a response follows", field)
+        diverge = next((i for i, (a, b) in enumerate(zip(prefix, full)) if a != b), min(len(prefix), len(full)))
+        raise RecordError(f"the chat template renders the prompt differently once a response follows (from "
+                          f"character {diverge}: {prefix[diverge:diverge + 40]!r} vs {full[diverge:diverge + 40]!r})",
+                          "prompt")
     text = response.text
     core = text.strip()
     lead = len(text) - len(text.lstrip())
@@ -89,11 +92,16 @@ def encode_side(response: Response, keep_correct: bool, prefix: str, full: str, 
     first = _first_nonspace_after(full)[start]
     # A token belongs to the sentence of its first non-space character; a whitespace-only token to
     # the sentence that holds it whole (inside a sentence), or to none (between sentences).
-    whole = np.where(holder[start] == holder[np.maximum(end - 1, start)], holder[start], -1)
+    # Zero-width tokens (tokenizers that trim offsets) belong to a sentence only from inside it.
+    last = np.where(end > start, end - 1, np.maximum(start - 1, 0))
+    whole = np.where(holder[start] == holder[last], holder[start], -1)
     owner = np.where(first < end, holder[first], whole)
     weights = sentence_weight[owner]  # owner -1 picks the trailing 0.0
     if count_eot and response.sentences:
-        after = np.nonzero(offsets[:, 0] >= at + len(core))[0]
+        # The end-of-turn token: the first special token after the response (templates may put
+        # spaces or newlines before it).
+        special = np.isin(ids, list(tokenizer.all_special_ids))
+        after = np.nonzero((offsets[:, 0] >= at + len(core)) & special)[0]
         if len(after):
             weights[after[0]] = sentence_weight[len(response.sentences) - 1]
     prompt_length = int(np.searchsorted(offsets[:, 1], at, side="right"))

@@ -7,6 +7,7 @@ DeepSpeed pipeline sends shapes between stages once.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,18 +65,23 @@ class Packing:
 
 
 def assign_bins(lengths: list[int], budget: int, max_pairs: int | None = None) -> list[list[int]]:
-    """First-fit decreasing: indices of pairs per micro-batch; deterministic (ties by index)."""
+    """Best-fit decreasing: indices of pairs per micro-batch; deterministic (ties by index).
+
+    Longest pairs first, each into the open micro-batch with the least room that still fits it
+    (O(n log n) lookups in a sorted list of (room, bin)); a full micro-batch leaves the list.
+    """
     bins: list[list[int]] = []
-    room: list[int] = []
+    open_rooms: list[tuple[int, int]] = []  # (room left, bin index), sorted
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        for b, free in enumerate(room):
-            if lengths[i] <= free and (max_pairs is None or len(bins[b]) < max_pairs):
-                bins[b].append(i)
-                room[b] -= lengths[i]
-                break
+        at = bisect.bisect_left(open_rooms, (lengths[i], -1))
+        if at < len(open_rooms):
+            room, b = open_rooms.pop(at)
         else:
-            bins.append([i])
-            room.append(budget - lengths[i])
+            room, b = budget, len(bins)
+            bins.append([])
+        bins[b].append(i)
+        if max_pairs is None or len(bins[b]) < max_pairs:
+            bisect.insort(open_rooms, (room - lengths[i], b))
     return [sorted(b) for b in bins]
 
 
@@ -86,6 +92,10 @@ def pack_pairs(pairs: list[EncodedPair], budget: int, pad_id: int, max_pairs: in
     by default it is the most any micro-batch of this packing needed. A pair longer than the budget
     is a ValueError that names it.
     """
+    if budget < 2:
+        raise ValueError(f"the token budget must be at least 2, got {budget}")
+    if max_pairs is not None and max_pairs < 1:
+        raise ValueError(f"max_pairs must be at least 1, got {max_pairs}")
     for pair in pairs:
         if pair.length > budget:
             raise ValueError(f"pair {pair.pair_id!r} has {pair.length} tokens (chosen {len(pair.chosen.input_ids)} "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
@@ -13,7 +15,11 @@ SKIP_REASONS = {
     "no_sentences": "fewer than two samples with sentences",
     "equal_scores": "all samples score the same",
     "gap_below_minimum": "best and worst differ by less than --min-gap",
+    "duplicate_sample_ids": "the same sample id twice",
+    "different_prompts": "samples with different prompts",
 }
+# Scores are ratios of small counts: compare gaps with a tolerance (0.7 - 0.6 < 0.1 in floats).
+EPSILON = 1e-9
 
 
 @dataclass
@@ -47,8 +53,9 @@ def build_pairs(samples: list[AnnotatedSample], pairs_per_question: int = 1, min
     """Return (pairs, PairSummary).
 
     Per question (in order of first appearance): score = correct sentences / all sentences; samples
-    are ranked by score, ties broken by sample id (lower first among the best, higher first among the
-    worst), so the result does not depend on file order. Pair k takes the k-th best and the k-th worst
+    are ranked by score, ties broken by sample id (the lower id wins among the best and among the
+    worst), so the result does not depend on file order. Questions whose samples repeat a sample id
+    or disagree on the prompt are skipped and counted. Pair k takes the k-th best and the k-th worst
     while they are distinct samples and their gap is positive and at least `min_gap`.
     """
     if pairs_per_question < 1:
@@ -61,6 +68,12 @@ def build_pairs(samples: list[AnnotatedSample], pairs_per_question: int = 1, min
     for question_id, group in by_question.items():
         scored = [s for s in group if s.response.sentences]
         summary.samples_without_sentences += len(group) - len(scored)
+        if len({s.sample_id for s in group}) < len(group):
+            summary.skipped["duplicate_sample_ids"] += 1
+            continue
+        if len({json.dumps(s.prompt, sort_keys=True) for s in group}) > 1:
+            summary.skipped["different_prompts"] += 1
+            continue
         if len(group) < 2:
             summary.skipped["single_sample"] += 1
             continue
@@ -73,7 +86,7 @@ def build_pairs(samples: list[AnnotatedSample], pairs_per_question: int = 1, min
         for k in range(min(pairs_per_question, len(scored) // 2)):
             chosen, rejected = best[k], worst[k]
             gap = chosen.response.score() - rejected.response.score()
-            if gap <= 0 or gap < min_gap:
+            if gap <= EPSILON or gap < min_gap - EPSILON:
                 break
             pairs.append(Pair(f"{question_id}:{chosen.sample_id}>{rejected.sample_id}", question_id,
                               chosen.language, chosen.prompt, chosen.response, rejected.response))
@@ -82,11 +95,11 @@ def build_pairs(samples: list[AnnotatedSample], pairs_per_question: int = 1, min
             made += 1
         if not made:
             top = best[0].response.score() - worst[0].response.score()
-            summary.skipped["equal_scores" if top <= 0 else "gap_below_minimum"] += 1
+            summary.skipped["equal_scores" if top <= EPSILON else "gap_below_minimum"] += 1
     summary.pairs = len(pairs)
     return pairs, summary
 
 
 def _sort_key(sample_id: str):
     """Numeric ids in numeric order, before any non-numeric ones in string order."""
-    return (0, int(sample_id), "") if sample_id.lstrip("-").isdigit() else (1, 0, sample_id)
+    return (0, int(sample_id), "") if re.fullmatch(r"-?[0-9]+", sample_id) else (1, 0, sample_id)

@@ -23,7 +23,8 @@ from .errors import RecordError
 from .labels import LabelMap
 from .locate import locate_sentences
 
-Message = dict  # {"role": str, "content": str}
+Message = dict  # {"role": str, "content": str, ...}
+ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,14 @@ def parse_prompt(value, field: str = "prompt") -> tuple[Message, ...]:
     for k, message in enumerate(value):
         if not isinstance(message, dict):
             raise RecordError("must be an object with role and content", f"{field}[{k}]")
-        messages.append({"role": _require(message, "role", str, f"{field}[{k}]."),
-                         "content": _require(message, "content", str, f"{field}[{k}].")})
+        role = _require(message, "role", str, f"{field}[{k}].")
+        _require(message, "content", str, f"{field}[{k}].")
+        if role not in ROLES:
+            raise RecordError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}", f"{field}[{k}].role")
+        messages.append(dict(message))  # other keys (name, tool calls) go to the chat template as given
+    if messages[-1]["role"] != "user":
+        raise RecordError(f"must end with a user turn (the response answers it), not {messages[-1]['role']!r}",
+                          f"{field}[{len(messages) - 1}].role")
     return tuple(messages)
 
 
@@ -134,6 +141,11 @@ def parse_response(obj: dict, label_map: LabelMap, field: str = "") -> Response:
             raise RecordError("must be an object with start, end and a label or weight", where)
         start = _require(raw, "start", int, f"{where}.")
         end = _require(raw, "end", int, f"{where}.")
+        # An optional "text" must be what the span holds: catches offsets counted in UTF-16 or bytes.
+        if "text" in raw and isinstance(raw["text"], str) and 0 <= start <= end <= len(text) \
+                and text[start:end].strip() != raw["text"].strip():
+            raise RecordError(f"span [{start}, {end}) holds {text[start:end][:40]!r}, not the sentence's text "
+                              f"{raw['text'][:40]!r} (offsets must count Unicode code points)", f"{where}.text")
         sentences.append(Sentence(start, end, *_correctness(raw, label_map, where)))
     check_spans(text, sentences, f"{field}sentences")
     return Response(text, tuple(sentences))

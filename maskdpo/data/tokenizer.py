@@ -28,10 +28,21 @@ def load_tokenizer(path: str | Path | None = None):
     return tokenizer
 
 
+# The files that define a tokenizer and its chat template. A model directory also holds the weights:
+# those are never read here.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model")
+
+
 def tokenizer_fingerprint(path: str | Path | None = None) -> str:
-    """sha256 over the tokenizer directory's files (names and bytes): the cache key's tokenizer part."""
+    """sha256 over the tokenizer's own files (names and bytes, streamed): the cache key's tokenizer part."""
     path = Path(path) if path is not None else BUNDLED_TOKENIZER
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.iterdir() if p.is_file()):
-        digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    for name in TOKENIZER_FILES:
+        file = path / name
+        if file.is_file():
+            digest.update(name.encode() + b"\0")
+            with open(file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
     return digest.hexdigest()

@@ -33,11 +33,14 @@ setup(
         "tqdm",
         "safetensors>=0.4",
         "deepspeed>=0.16",
+        "pyyaml",
+        "matplotlib",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6", "pytest-timeout"],
         "flash": ["flash-attn>=2.6"],
         "bench": ["liger-kernel>=0.5"],
+        "tensorboard": ["tensorboard"],
     },
     entry_points={"console_scripts": ["maskdpo=maskdpo.cli:main"]},
 )

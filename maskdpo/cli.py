@@ -21,6 +21,23 @@ def _kernel_demo(args: argparse.Namespace) -> int:
     return run_kernel_demo(vocab=args.vocab, seed=args.seed)
 
 
+def _train(argv: list[str]) -> int:
+    from maskdpo.train import main as train_main
+
+    return train_main(argv)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from maskdpo.plot import plot_run
+
+    try:
+        print(plot_run(args.run_dir))
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskdpo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -29,10 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.set_defaults(func=_kernel_demo)
     add_data_commands(sub)
+    # Listed for --help; `main` hands `maskdpo train ...` to maskdpo.train before argparse sees it.
+    sub.add_parser("train", help="train Mask-DPO (maskdpo train --config FILE [--section.key VALUE ...])")
+    plot = sub.add_parser("plot", help="plot a run's loss, reward accuracy and margin to RUN_DIR/metrics.png")
+    plot.add_argument("run_dir")
+    plot.set_defaults(func=_plot)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # its options are config fields (--optim.lr ...): parsed by maskdpo.train
+        return _train(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "data":
         return run_data_command(args)

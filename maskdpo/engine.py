@@ -194,22 +194,34 @@ class PipelineTrainer:
         values = reference[index.clamp(min=0)] * (index >= 0)[:, None]
         return values.reshape(-1)
 
-    def _reduce_metrics(self) -> dict[str, float]:
-        """Pair-weighted means over every micro-batch of every DP replica (recorded on last stages)."""
+    def _reduce_metrics(self) -> dict:
+        """Pair-weighted means over every micro-batch of every DP replica (recorded on last stages),
+        and `nonfinite_pairs`: the pair indices of micro-batches whose loss was NaN or inf."""
         names = ["rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin",
                  "kept_fraction/chosen", "kept_fraction/rejected"]
-        totals = torch.zeros(len(names) + 1, dtype=torch.float64)
+        totals = torch.zeros(len(names) + 2, dtype=torch.float64)
+        bad = []
         for m in self.loss.records:
             pairs = m["pairs"].double().cpu()
-            totals[:-1] += torch.stack([m[n].double().cpu() for n in names]) * pairs
-            totals[-1] += pairs
+            totals[:len(names)] += torch.stack([m[n].double().cpu() for n in names]) * pairs
+            totals[len(names)] += pairs
+            if not torch.isfinite(m["loss"]).item():
+                bad += [int(i) for i in m["pair_index"].cpu() if i >= 0]
+        totals[-1] = len(bad)
         self.loss.records = []
         dist.all_reduce(totals)
-        count = max(totals[-1].item(), 1.0)
-        return {**{n: totals[i].item() / count for i, n in enumerate(names)}, "pairs": totals[-1].item()}
+        nonfinite = []
+        if totals[-1].item():
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, bad)
+            nonfinite = sorted({i for part in gathered for i in part})
+        count = max(totals[len(names)].item(), 1.0)
+        return {**{n: totals[i].item() / count for i, n in enumerate(names)}, "pairs": totals[len(names)].item(),
+                "nonfinite_pairs": nonfinite}
 
-    def save_checkpoint(self, directory: str | Path, tag: str, client_state: dict | None = None) -> None:
-        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state or {})
+    def save_checkpoint(self, directory: str | Path, tag: str, client_state: dict | None = None,
+                        save_latest: bool = True) -> None:
+        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state or {}, save_latest=save_latest)
 
     def load_checkpoint(self, directory: str | Path, tag: str | None = None) -> dict:
         path, client_state = self.engine.load_checkpoint(str(directory), tag=tag)

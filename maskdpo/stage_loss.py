@@ -46,5 +46,6 @@ class StageLoss:
             chosen_tokens=tokens[0::2], rejected_tokens=tokens[1::2], valid=pair_index >= 0,
         )
         metrics["pairs"] = (pair_index >= 0).sum().float()
+        metrics["pair_index"] = pair_index  # to name the pairs of a micro-batch whose loss is not finite
         self.records.append(metrics)
         return loss

@@ -15,20 +15,19 @@ import transformers
 from maskdpo.reference import load_reference, reference_key, save_reference
 
 from model_helpers import tiny_hf_llama
-from test_data_cli import pairs_file  # noqa: F401  (fixture: the bundled pairs as a file)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_torchrun_launch_trains_and_exports(tmp_path, pairs_file):  # noqa: F811
+def test_torchrun_launch_trains_from_an_hf_checkpoint(tmp_path):
+    """launch/torchrun.sh with 2 CPU processes, starting from a Hugging Face checkpoint directory."""
     tiny_hf_llama(tmp_path / "hf", vocab_size=4096)
     env = {**os.environ, "PYTHON": sys.executable, "TRITON_INTERPRET": "0"}
-    command = ["bash", str(ROOT / "launch" / "torchrun.sh"), "2", "--model", str(tmp_path / "hf"),
-               "--pairs", str(pairs_file), "--tokenizer", str(ROOT / "maskdpo" / "assets" / "tokenizer"),
-               "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--pipeline-stages", "2",
-               "--budget", "512", "--max-length", "256", "--gradient-accumulation-steps", "2", "--steps", "3",
-               "--lr", "1e-3"]
+    command = ["bash", str(ROOT / "launch" / "torchrun.sh"), "2", "--config",
+               str(ROOT / "launch" / "configs" / "tiny-cpu.yaml"), "--model.path", str(tmp_path / "hf"),
+               "--logging.run_dir", str(tmp_path / "run"), "--data.cache_dir", str(tmp_path / "cache"),
+               "--train.max_steps", "3"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "reference log-probs: computed" in result.stdout

@@ -1,0 +1,281 @@
+"""Training configuration: dataclasses whose fields carry their docs, YAML files, CLI overrides.
+
+    config = load_config("launch/configs/tiny-cpu.yaml", ["--optim.lr", "5e-6", "--train.epochs", "1"])
+
+Every key is checked: an unknown key or a wrong type is a ConfigError that says what to write
+instead, and incompatible settings are refused by `Config.validate` before any process starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None
+    """Hugging Face Llama directory to start from (config.json + safetensors); None: random init."""
+    architecture: dict = field(default_factory=dict)
+    """LlamaConfig fields (hidden_size, num_hidden_layers, ...) for a random init when path is None."""
+    attention: str = "auto"
+    """Attention backend: auto, flash_attn, torch_varlen or sdpa."""
+
+
+@dataclass
+class DataConfig:
+    pairs: str = "bundled"
+    """Pairs JSONL (ours or the authors' format); "bundled" builds pairs from the example data."""
+    tokenizer: str | None = None
+    """Tokenizer directory; default: model.path when it holds tokenizer.json, else the bundled one."""
+    max_length: int = 1024
+    """Tokens per side (prompt + response); longer sides lose their tail (counted)."""
+    token_budget: int = 4096
+    """Tokens per packed micro-batch; every pair must fit."""
+    count_eot: bool = False
+    """Whether the end-of-turn token takes the weight of the response's last sentence."""
+    correct_labels: str | None = None
+    """Comma-separated labels counted as correct (default: ok, nofact, no_hallucination)."""
+    hallucinated_labels: str | None = None
+    """Comma-separated labels counted as hallucinated (default: contradictory, unverifiable, hallucination)."""
+    skip_invalid: bool = False
+    """Skip invalid records (counted, written to a rejects file) instead of stopping at the first."""
+    cache_dir: str = ".maskdpo-cache"
+    """Where encoded pairs and reference log-probs are cached."""
+
+
+@dataclass
+class LossConfig:
+    beta: float = 0.1
+    """KL strength of DPO."""
+    type: str = "sigmoid"
+    """sigmoid, ipo or hinge."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the sigmoid loss, in [0, 0.5)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-7
+    """Peak learning rate (AdamW)."""
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_ratio: float = 0.03
+    """Fraction of the steps with a linear warmup from 0."""
+    schedule: str = "cosine"
+    """After warmup: cosine (to 0) or constant."""
+    gradient_clipping: float = 1.0
+    """Global gradient-norm clipping; 0 disables it."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    """Passes over the data."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (default: epochs' worth)."""
+    batch_pairs: int = 32
+    """Pairs per optimizer step over all data-parallel ranks: micro_batch_pairs x DP x accumulation."""
+    micro_batch_pairs: int = 4
+    """Pairs per packed micro-batch (at most; fewer if the token budget fills first)."""
+    seed: int = 0
+    """Seed for initialisation and data order."""
+
+
+@dataclass
+class ParallelConfig:
+    pipeline_stages: int = 1
+    """Pipeline stages; the processes are split into pipeline_stages x data-parallel ranks."""
+    zero_stage: int = 1
+    """DeepSpeed ZeRO stage (0 or 1 with a pipeline)."""
+    processes: int | None = None
+    """On CPU, processes `maskdpo train` starts itself (gloo); on GPUs the launcher decides."""
+    bf16: bool = False
+    """bf16 weights and compute with fp32 gradient accumulation."""
+    activation_checkpointing: bool = False
+    """Recompute decoder layers in the backward to save activation memory."""
+    partition: str = "type:DecoderLayerPipe"
+    """How layers split across stages: type:DecoderLayerPipe (equal decoder layers) or parameters."""
+    deepspeed_config: str | None = None
+    """JSON merged over the generated DeepSpeed config (templates in launch/)."""
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 100
+    """Save a checkpoint every this many steps (and always at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept; older ones are deleted once a newer one is complete."""
+
+
+@dataclass
+class LoggingConfig:
+    run_dir: str = "runs/maskdpo"
+    """Run directory: metrics.jsonl, checkpoints/, plots, hf/ export."""
+    tensorboard: bool = True
+    """Write TensorBoard events when tensorboard is installed."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def data_parallel(self, world_size: int) -> int:
+        return world_size // self.parallel.pipeline_stages
+
+    def accumulation_steps(self, world_size: int) -> int:
+        return self.train.batch_pairs // (self.train.micro_batch_pairs * self.data_parallel(world_size))
+
+    def validate(self, world_size: int) -> None:
+        """Cross-field checks; raise ConfigError saying what to change."""
+        from .engine import check_parallelism
+
+        p, t = self.parallel, self.train
+        try:
+            dp = check_parallelism(p.pipeline_stages, p.zero_stage, world_size)
+        except ValueError as e:
+            raise ConfigError(f"parallel: {e}") from None
+        if t.batch_pairs % (t.micro_batch_pairs * dp):
+            raise ConfigError(
+                f"train.batch_pairs ({t.batch_pairs}) must be a multiple of train.micro_batch_pairs "
+                f"({t.micro_batch_pairs}) x data-parallel ranks ({dp}); for example train.batch_pairs: "
+                f"{max(1, t.batch_pairs // (t.micro_batch_pairs * dp)) * t.micro_batch_pairs * dp}")
+        checks = [
+            (self.loss.type in ("sigmoid", "ipo", "hinge"), f"loss.type must be sigmoid, ipo or hinge, not {self.loss.type!r}"),
+            (0 <= self.loss.label_smoothing < 0.5, "loss.label_smoothing must be in [0, 0.5)"),
+            (self.loss.beta > 0, "loss.beta must be positive"),
+            (self.optim.schedule in ("cosine", "constant"), f"optim.schedule must be cosine or constant, not {self.optim.schedule!r}"),
+            (0 <= self.optim.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)"),
+            (self.optim.lr > 0, "optim.lr must be positive"),
+            (t.epochs >= 1 and t.micro_batch_pairs >= 1 and t.batch_pairs >= 1, "train.epochs, batch_pairs and micro_batch_pairs must be positive"),
+            (self.checkpoint.every >= 1 and self.checkpoint.keep_last >= 1, "checkpoint.every and keep_last must be positive"),
+            (self.model.path is not None or self.model.architecture, "model.path or model.architecture is needed"),
+            (self.data.max_length * 2 <= self.data.token_budget,
+             f"data.token_budget ({self.data.token_budget}) must hold a pair of max_length ({self.data.max_length}) sides"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if self.model.path is not None and not (Path(self.model.path) / "config.json").is_file():
+            raise ConfigError(f"model.path: {self.model.path} holds no config.json (a Hugging Face model directory)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def field_docs(section_type) -> dict[str, str]:
+    """The docstrings under each field (the docs `maskdpo train --help-config` prints)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(section_type))
+    docs, body = {}, tree.body[0].body
+    for node, following in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+            docs[node.target.id] = following.value.value
+    return docs
+
+
+def _check_type(value, annotation, where: str):
+    """Coerce a YAML/CLI value to the field's annotated type, or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(value, option, where)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    kind = origin or annotation
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads 5e-6 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if kind is int and isinstance(value, bool):
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where} must be {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _set(config: Config, key: str, value, source: str) -> None:
+    parts = key.split(".")
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    if len(parts) != 2 or parts[0] not in sections:
+        guess = difflib.get_close_matches(parts[0], list(sections), n=1)
+        hint = f"; did you mean {guess[0]!r}?" if guess else f"; sections: {', '.join(sections)}"
+        raise ConfigError(f"{source}: unknown key {key!r}{hint}")
+    section = getattr(config, parts[0])
+    hints = typing.get_type_hints(type(section))
+    if parts[1] not in hints:
+        guess = difflib.get_close_matches(parts[1], list(hints), n=1)
+        hint = f"; did you mean {parts[0]}.{guess[0]}?" if guess else f"; keys: {', '.join(hints)}"
+        raise ConfigError(f"{source}: unknown key {key!r}{hint}")
+    setattr(section, parts[1], _check_type(value, hints[parts[1]], f"{source}: {key}"))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file, then `--section.key value` overrides (values parsed as YAML)."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: must be a mapping of sections (model:, data:, ...)")
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: section {section!r} must be a mapping of keys")
+            for key, value in values.items():
+                _set(config, f"{section}.{key}", value, str(path))
+    overrides = list(overrides or [])
+    while overrides:
+        flag = overrides.pop(0)
+        if not flag.startswith("--") or "." not in flag:
+            raise ConfigError(f"command line: expected --section.key VALUE, got {flag!r}")
+        if "=" in flag:
+            flag, text = flag.split("=", 1)
+        elif overrides:
+            text = overrides.pop(0)
+        else:
+            raise ConfigError(f"command line: {flag} needs a value")
+        _set(config, flag[2:], yaml.safe_load(text), "command line")
+    return config
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

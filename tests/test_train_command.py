@@ -1,0 +1,113 @@
+"""`maskdpo train`: the tiny-cpu recipe end to end, kill and resume, and config errors."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "launch" / "configs" / "tiny-cpu.yaml"
+
+
+def train(run_dir, cache_dir, *extra, popen=False):
+    command = [sys.executable, "-m", "maskdpo.cli", "train", "--config", str(RECIPE),
+               "--logging.run_dir", str(run_dir), "--data.cache_dir", str(cache_dir), *extra]
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    if popen:
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def comparable(record):
+    return {k: v for k, v in record.items() if k not in ("seconds", "tokens_per_s")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    result = train(root / "run", root / "cache")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root / "run", result
+
+
+@pytest.mark.slow
+def test_tiny_cpu_recipe_trains_end_to_end(uninterrupted):
+    run_dir, result = uninterrupted
+    records = metrics(run_dir)
+    assert [r["step"] for r in records] == list(range(1, len(records) + 1)) and len(records) >= 6
+    assert abs(records[0]["loss"] - 0.6931) < 1e-3
+    assert records[-1]["loss"] < 0.8 * records[0]["loss"]
+    assert records[-1]["rewards/accuracy"] > records[0]["rewards/accuracy"]
+    assert (run_dir / "metrics.png").stat().st_size > 1000 and (run_dir / "config.yaml").exists()
+    assert "exported the policy" in result.stdout
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir())
+    assert len(checkpoints) == 2 and (run_dir / "checkpoints" / "latest").read_text() == checkpoints[-1]
+
+
+@pytest.mark.slow
+def test_hf_export_matches_the_trained_pipeline(uninterrupted):
+    from maskdpo.model.pipeline import hf_name
+
+    run_dir, _ = uninterrupted
+    exported = transformers.AutoModelForCausalLM.from_pretrained(str(run_dir / "hf"))
+    state = exported.state_dict()
+    latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text()
+    compared = 0
+    for layer_file in latest.glob("layer_*-model_states.pt"):
+        index = int(layer_file.name.split("_")[1].split("-")[0])
+        for name, tensor in torch.load(layer_file).items():
+            hf = hf_name(f"{index}.{name}", exported.config.num_hidden_layers)
+            assert torch.equal(state[hf], tensor), hf
+            compared += 1
+    assert compared == len(state)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_end(uninterrupted, tmp_path):
+    run_dir, _ = uninterrupted
+    total = len(metrics(run_dir))
+    kill_after = random.Random(os.getpid()).randint(2, total - 2)
+    process = train(tmp_path / "run", tmp_path / "cache", "--checkpoint.every", "1", popen=True)
+    metrics_file = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= kill_after:
+            break
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "run" / "hf").exists()  # really killed before the end
+    resumed = train(tmp_path / "run", tmp_path / "cache", "--checkpoint.every", "1")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "resumed from" in resumed.stdout
+    assert [comparable(r) for r in metrics(tmp_path / "run")] == [comparable(r) for r in metrics(run_dir)]
+    ours = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "run" / "hf")).state_dict()
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(str(run_dir / "hf")).state_dict()
+    assert all(torch.equal(ours[n], theirs[n]) for n in theirs)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--optim.lrr", "1e-3"], "unknown key 'optim.lrr'; did you mean optim.lr?"),
+    (["--optim.lr", "fast"], "optim.lr must be float"),
+    (["--parallel.zero_stage", "2"], "ZeRO stage 2 cannot be combined with a DeepSpeed pipeline"),
+    (["--train.batch_pairs", "7"], "train.batch_pairs (7) must be a multiple of train.micro_batch_pairs (2)"),
+    (["--trian.epochs", "1"], "unknown key 'trian.epochs'; did you mean 'train'?"),
+])
+def test_config_errors_stop_before_any_process_starts(tmp_path, extra, message):
+    started = time.perf_counter()
+    result = train(tmp_path / "run", tmp_path / "cache", *extra)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists() and time.perf_counter() - started < 30

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One node, N GPUs:   bash launch/deepspeed.sh 8 --model DIR --pairs pairs.jsonl --out runs/x --pipeline-stages 2 --bf16
+# One node, N GPUs:   bash launch/deepspeed.sh 8 --config launch/configs/llama3.1-8b-paper.yaml --model.path DIR
 # Several nodes:      HOSTFILE=hosts bash launch/deepspeed.sh 8 ...   (hostfile lines: "node1 slots=8")
 set -euo pipefail
 gpus="$1"; shift

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # N processes on this machine with torchrun: GPUs with NCCL, or CPU processes with gloo (no GPU).
-#   bash launch/torchrun.sh 2 --model DIR --pairs pairs.jsonl --out runs/x --pipeline-stages 2
+#   bash launch/torchrun.sh 2 --config launch/configs/tiny-cpu.yaml --logging.run_dir runs/x
 set -euo pipefail
 procs="$1"; shift
 port="${MASTER_PORT:-$("${PYTHON:-python3}" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"

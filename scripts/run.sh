@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main job: install, then run the fused kernel on a worked Mask-DPO example (CPU or GPU).
-# (Training replaces this once `maskdpo train` exists.)
+# The main job: install, then train Mask-DPO with the embedded tiny-cpu recipe (a tiny random Llama,
+# the bundled pairs and tokenizer, a 2-stage DeepSpeed pipeline on 2 CPU processes).
+# Extra arguments override the recipe, e.g.: bash scripts/run.sh --train.epochs 1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-exec "${VENV:-.venv}/bin/maskdpo" kernel-demo "$@"
+exec "${VENV:-.venv}/bin/maskdpo" train --config launch/configs/tiny-cpu.yaml "$@"

@@ -87,18 +87,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     if not launched and world > 1:
-        # CPU (or a quick try): start the processes ourselves, with gloo; the user needs no launcher.
-        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(world),
-                   "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "maskdpo.train", *argv]
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-               "LOGLEVEL": os.environ.get("LOGLEVEL", "WARNING")}
-        process = subprocess.Popen(command, env=env)
-        # Ctrl-C reaches the whole process group (the workers save a checkpoint and stop): keep
-        # waiting for them. A SIGTERM sent to this process alone is passed on.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum))
-        return process.wait()
+        return _launch_local(world, argv)
     return Run(config).execute()
+
+
+def _launch_local(world: int, argv: list[str]) -> int:
+    """CPU (or a quick try): start `world` processes ourselves, with gloo; the user needs no launcher.
+
+    SIGINT/SIGTERM are passed to every worker, which saves a checkpoint and stops at the end of its
+    step. If a worker fails, the others are stopped rather than left waiting in a collective.
+    """
+    port = str(_free_port())
+    workers = []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+               "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        workers.append(subprocess.Popen([sys.executable, "-m", "maskdpo.train", *argv], env=env))
+
+    def forward(signum, frame):
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    while any(w.poll() is None for w in workers):
+        if any(w.poll() not in (None, 0) for w in workers):
+            time.sleep(5)  # let the others report, then stop them
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.kill()
+            break
+        time.sleep(0.2)
+    return max(abs(w.wait()) for w in workers)
 
 
 class NonFiniteLoss(RuntimeError):

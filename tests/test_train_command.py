@@ -111,3 +111,20 @@ def test_config_errors_stop_before_any_process_starts(tmp_path, extra, message):
     result = train(tmp_path / "run", tmp_path / "cache", *extra)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not (tmp_path / "run").exists() and time.perf_counter() - started < 30
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    process = train(tmp_path / "run", tmp_path / "cache", "--checkpoint.every", "100", "--train.epochs", "50",
+                    popen=True)
+    metrics_file = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-3000:]
+    steps = len(metrics(tmp_path / "run"))
+    assert f"stopped by signal after step {steps}" in output
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == f"step-{steps:08d}"
+    assert not (tmp_path / "run" / "hf").exists()

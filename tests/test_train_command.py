@@ -128,3 +128,14 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert f"stopped by signal after step {steps}" in output
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == f"step-{steps:08d}"
     assert not (tmp_path / "run" / "hf").exists()
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_naming_step_pairs_and_checkpoint(tmp_path):
+    result = train(tmp_path / "run", tmp_path / "cache", "--optim.lr", "1e30", "--optim.warmup_ratio", "0",
+                   "--optim.gradient_clipping", "0", "--checkpoint.every", "1")
+    assert result.returncode == 1
+    line = next(l for l in result.stdout.replace("\r", "\n").splitlines() if "non-finite loss" in l)
+    step = int(line.split("at step ")[1].split()[0])
+    assert "in the micro-batch of pairs ['" in line
+    assert line.endswith(str(tmp_path / "run" / "checkpoints" / f"step-{step - 1:08d}"))

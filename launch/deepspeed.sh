@@ -5,4 +5,5 @@ set -euo pipefail
 gpus="$1"; shift
 hostfile=()
 [ -n "${HOSTFILE:-}" ] && hostfile=(--hostfile "$HOSTFILE")
-exec deepspeed "${hostfile[@]}" --num_gpus "$gpus" --master_port "${MASTER_PORT:-29500}" -m maskdpo.train "$@"
+exec deepspeed "${hostfile[@]}" --num_gpus "$gpus" --master_port "${MASTER_PORT:-29500}" \
+    --module --no_local_rank maskdpo.train "$@"

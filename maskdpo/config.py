@@ -160,6 +160,8 @@ class Config:
                 f"({t.micro_batch_pairs}) x data-parallel ranks ({dp}); for example train.batch_pairs: "
                 f"{max(1, t.batch_pairs // (t.micro_batch_pairs * dp)) * t.micro_batch_pairs * dp}")
         checks = [
+            (not (p.bf16 and p.zero_stage == 0), "parallel.bf16 needs parallel.zero_stage 1 (DeepSpeed accumulates "
+                                                  "bf16 gradients in fp32 only with ZeRO)"),
             (self.loss.type in ("sigmoid", "ipo", "hinge"), f"loss.type must be sigmoid, ipo or hinge, not {self.loss.type!r}"),
             (0 <= self.loss.label_smoothing < 0.5, "loss.label_smoothing must be in [0, 0.5)"),
             (self.loss.beta > 0, "loss.beta must be positive"),

@@ -16,9 +16,15 @@ import torch
 import torch.distributed as dist
 
 from .data.packing import IGNORE_INDEX, MicroBatch
+from .model.attention import resolve_backend
 from .model.llama import LlamaConfig
 from .model.pipeline import PIPELINE_ZERO_STAGES, build_pipeline, load_hf_into_stage, stage_hf_tensors
 from .stage_loss import StageLoss
+
+
+def collective_device() -> torch.device:
+    """Where small host-side tensors go for collectives: NCCL takes only CUDA tensors."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def check_parallelism(pipeline_stages: int, zero_stage: int, world_size: int) -> int:
@@ -121,6 +127,9 @@ class PipelineTrainer:
         torch.manual_seed(seed)  # the same random initialisation on every rank
         self.config = config
         self.loss = StageLoss(beta, loss_type, label_smoothing)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        attention_backend = resolve_backend(attention_backend, device, torch.bfloat16 if bf16 else torch.float32)
+        self.attention_backend = attention_backend
         module = build_pipeline(config, pipeline_stages, self.loss, attention_backend, partition_method,
                                 activation_checkpointing=activation_checkpointing)
         if hf_path is not None:
@@ -156,10 +165,9 @@ class PipelineTrainer:
         mine = self._my_share(micro_batches)
         zeros = torch.zeros(2 * micro_batches[0].pair_index.shape[0])
         try:
-            for start in range(0, len(mine), self.gradient_accumulation_steps):
-                chunk = mine[start:start + self.gradient_accumulation_steps]
-                self.engine.eval_batch(iter([micro_batch_tensors(mb, zeros) for mb in chunk]),
-                                       num_micro_batches=len(chunk))
+            # One pipelined pass over all of this rank's micro-batches (evaluation keeps two buffers
+            # whatever their number): one fill and drain instead of one per chunk.
+            self.engine.eval_batch(iter([micro_batch_tensors(mb, zeros) for mb in mine]), num_micro_batches=len(mine))
         finally:
             self.loss.mode = "train"
         local = [(idx.cpu(), sums.float().cpu()) for idx, sums in self.loss.records]
@@ -209,7 +217,9 @@ class PipelineTrainer:
                 bad += [int(i) for i in m["pair_index"].cpu() if i >= 0]
         totals[-1] = len(bad)
         self.loss.records = []
+        totals = totals.to(collective_device())
         dist.all_reduce(totals)
+        totals = totals.cpu()
         nonfinite = []
         if totals[-1].item():
             gathered = [None] * dist.get_world_size()
@@ -257,7 +267,7 @@ class PipelineTrainer:
                      "weight_map": {n: f for n, f, _ in sorted(entries)}}
             (path / INDEX).write_text(json.dumps(index, indent=2))
             hf_config = self.config.to_hf()
-            if dtype is not None:
-                hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
+            if dtype is not None:  # transformers 5 reads "dtype", older versions "torch_dtype"
+                hf_config["dtype"] = hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
             (path / "config.json").write_text(json.dumps(hf_config, indent=2))
         dist.barrier()

@@ -27,9 +27,11 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
-def reference_key(model_dir: str | Path, data_key: str, budget: int, max_pairs: int, num_pairs: int) -> str:
+def reference_key(model_dir: str | Path, data_key: str, budget: int, max_pairs: int, num_pairs: int,
+                  extra: dict | None = None) -> str:
+    """extra: what else changes the numbers (compute dtype, attention backend)."""
     parts = {"model": model_fingerprint(model_dir), "data": data_key, "budget": budget,
-             "max_pairs": max_pairs, "pairs": num_pairs, "version": __version__}
+             "max_pairs": max_pairs, "pairs": num_pairs, "version": __version__, **(extra or {})}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 

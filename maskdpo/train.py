@@ -1,7 +1,7 @@
 """`maskdpo train`: Mask-DPO through the DeepSpeed pipeline, one entry point for every launcher.
 
     maskdpo train --config launch/configs/tiny-cpu.yaml                 # CPU: starts its own processes
-    deepspeed --num_gpus 8 -m maskdpo.train --config launch/configs/llama3.1-8b-paper.yaml
+    deepspeed --num_gpus 8 --module --no_local_rank maskdpo.train --config launch/configs/llama3.1-8b-paper.yaml
     torchrun --nproc_per_node 8 -m maskdpo.train --config ... --optim.lr 5e-6
 
 Encodes and packs the pairs (cached), computes the reference log-probs with the starting model
@@ -41,6 +41,8 @@ def _split_argv(argv: list[str]):
             config_path, i = argv[i].split("=", 1)[1], i + 1
         elif argv[i] == "--resume":
             resume, i = True, i + 1
+        elif argv[i].startswith("--local_rank"):  # the deepspeed launcher's; LOCAL_RANK is read from the env
+            i += 1 if "=" in argv[i] else 2
         elif argv[i] in ("-h", "--help"):
             print(__doc__)
             print("Options: --config FILE, --resume, and --section.key VALUE for any config field "
@@ -305,11 +307,18 @@ class Run:
         )
 
     def _reference(self, trainer, model_path: Path, encoded, packing):
+        import torch.distributed as dist
+
         from .reference import load_reference, reference_key, save_reference
 
         key = reference_key(model_path, encoded.key, self.config.data.token_budget, packing.max_pairs,
-                            len(encoded.pairs))
-        table = load_reference(self.config.data.cache_dir, key)
+                            len(encoded.pairs), extra={"bf16": self.config.parallel.bf16,
+                                                       "attention": trainer.attention_backend})
+        # Rank 0 decides and shares the table: ranks that disagreed (a cache directory that is not
+        # shared across nodes) would enter different collectives and hang.
+        shared = [load_reference(self.config.data.cache_dir, key) if self.rank == 0 else None]
+        dist.broadcast_object_list(shared, src=0)
+        table = shared[0]
         if table is not None:
             self.say("reference log-probs: loaded from cache")
             return table
@@ -368,6 +377,8 @@ class Run:
         import torch.distributed as dist
         from tqdm import tqdm
 
+        from .engine import collective_device
+
         step = self._resume(trainer)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._request_stop)
@@ -402,7 +413,7 @@ class Run:
                 bar.set_postfix(epoch=epoch, loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracy']:.2f}",
                                 margin=f"{record['rewards/margin']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 bar.update(1)
-                stop = torch.tensor([float(self.stop_requested)])
+                stop = torch.tensor([float(self.stop_requested)], device=collective_device())
                 dist.all_reduce(stop)  # every rank stops at the same step
                 if step % self.config.checkpoint.every == 0 or step == self.total_steps or stop.item():
                     self._checkpoint(trainer, step)

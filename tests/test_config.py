@@ -65,3 +65,15 @@ def test_every_field_is_documented():
         docs = field_docs(section.default_factory)
         assert {f.name for f in dataclasses.fields(section.default_factory)} == set(docs), section.name
     assert "Peak learning rate" in field_docs(OptimConfig)["lr"]
+
+
+def test_bf16_needs_zero_1_and_deepspeed_local_rank_is_ignored():
+    from maskdpo.train import _split_argv
+
+    config = Config()
+    config.model.architecture = {"hidden_size": 8}
+    config.parallel.bf16, config.parallel.zero_stage = True, 0
+    with pytest.raises(ConfigError, match="parallel.bf16 needs parallel.zero_stage 1"):
+        config.validate(world_size=1)
+    path, overrides, _ = _split_argv(["--local_rank=3", "--config", "x.yaml", "--local_rank", "2", "--optim.lr", "1"])
+    assert path == "x.yaml" and overrides == ["--optim.lr", "1"]

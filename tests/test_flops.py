@@ -13,3 +13,4 @@ def test_flops_by_hand_and_parameter_count():
     assert non_embedding_params(config) == sum(p.numel() for p in model.parameters()) - 100 * 8
     assert training_flops_per_token(config, 16) == 6 * (1000 + 800) + 12 * 2 * 8 * 16
     assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12 and peak_bf16_flops("Tesla T4") is None
+    assert peak_bf16_flops("NVIDIA H100 PCIe") == 756e12

@@ -103,3 +103,43 @@ def test_attention_backends_agree_where_they_run():
     if device.type == "cpu":
         with pytest.raises(ValueError, match="cannot run on cpu"):
             resolve_backend("flash_attn", device)
+
+
+def test_rotary_frequencies_stay_fp32_in_a_bf16_model(tmp_path):
+    tiny_hf_llama(tmp_path)
+    model = load_llama(tmp_path).to(torch.bfloat16)
+    from maskdpo.model.llama import rope_inv_freq
+
+    for layer in model.layers:
+        assert layer.rotary.inv_freq.dtype == torch.float32
+        torch.testing.assert_close(layer.rotary.inv_freq, rope_inv_freq(model.config), rtol=0, atol=0)
+    assert model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("key,value", [("attention_bias", True), ("mlp_bias", True), ("hidden_act", "gelu")])
+def test_unsupported_architectures_are_refused(tmp_path, key, value):
+    import json
+
+    tiny_hf_llama(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config[key] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"{key}=.* is not supported"):
+        load_llama(tmp_path)
+
+
+def test_checkpoint_tensors_without_a_place_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tiny_hf_llama(tmp_path)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    tensors["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(64)
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(KeyError, match="no place for .*q_proj.bias"):
+        load_llama(tmp_path)
+
+
+def test_unknown_attention_backend_names_are_errors():
+    q = torch.randn(4, 2, 8)
+    with pytest.raises(ValueError, match="resolve 'auto' first"):
+        packed_causal_attention(q, q, q, torch.tensor([0, 4], dtype=torch.int32), 4, "auto", 1.0)

@@ -18,32 +18,44 @@ import torch.nn.functional as F
 BACKENDS = ("flash_attn", "torch_varlen", "sdpa")
 
 
-def available_backends(device: torch.device) -> list[str]:
-    """Backends that can run on `device`, best first."""
+def _importable(module: str) -> bool:
+    """Whether `module` imports (an installed flash-attn whose CUDA extension fails to load does not)."""
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - any failure means the backend cannot run here
+        return False
+    return True
+
+
+def available_backends(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> list[str]:
+    """Backends that can run on `device` with `dtype`, best first (the flash kernels take fp16/bf16)."""
     out = []
-    if device.type == "cuda":
-        if importlib.util.find_spec("flash_attn") is not None:
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        if _importable("flash_attn"):
             out.append("flash_attn")
-        if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
+        if _importable("torch.nn.attention.varlen"):
             out.append("torch_varlen")
     out.append("sdpa")
     return out
 
 
-def resolve_backend(name: str, device: torch.device) -> str:
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> str:
     """'auto' -> the best available backend; a named one must be available, or a ValueError says why."""
-    available = available_backends(device)
+    available = available_backends(device, dtype)
     if name == "auto":
         return available[0]
     if name not in BACKENDS:
         raise ValueError(f"attention backend must be one of auto, {', '.join(BACKENDS)}; got {name!r}")
     if name not in available:
-        raise ValueError(f"attention backend {name!r} cannot run on {device.type} here; available: {', '.join(available)}")
+        raise ValueError(f"attention backend {name!r} cannot run on {device.type} with {dtype} here; "
+                         f"available: {', '.join(available)}")
     return name
 
 
 def packed_causal_attention(q, k, v, cu_seqlens, max_seqlen: int, backend: str, scale: float):
     """q (T, Hq, D), k and v (T, Hkv, D); cu_seqlens (S + 1,) int32 boundaries -> (T, Hq, D)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {', '.join(BACKENDS)} (resolve 'auto' first); got {backend!r}")
     if backend == "flash_attn":
         from flash_attn import flash_attn_varlen_func
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -59,10 +60,33 @@ def load_hf_tensors(path: str | Path, names: set[str] | None = None) -> dict[str
     return tensors
 
 
+def load_hf_tensor_names(path: str | Path) -> list[str]:
+    path = Path(path)
+    if (path / INDEX).is_file():
+        return list(json.loads((path / INDEX).read_text())["weight_map"])
+    from safetensors import safe_open
+
+    with safe_open(str(path / SINGLE), "pt") as f:
+        return list(f.keys())
+
+
+# Every tensor a Llama checkpoint may hold (a pipeline stage loads only its own); anything else, such
+# as attention or MLP biases, means an architecture this model would silently get wrong.
+LLAMA_TENSOR = re.compile(
+    r"model\.embed_tokens\.weight|model\.norm\.weight|lm_head\.weight|model\.layers\.\d+\."
+    r"(self_attn\.[qkvo]_proj\.weight|mlp\.(gate|up|down)_proj\.weight|(input|post_attention)_layernorm\.weight"
+    r"|self_attn\.rotary_emb\.inv_freq)"
+)
+
+
 def load_state_dict(module: torch.nn.Module, path: str | Path, name_map=to_hf_name) -> None:
     """Copy an HF checkpoint into `module` (names mapped by `name_map`); every parameter must be found."""
     wanted = {name: name_map(name) for name, _ in module.named_parameters()}
     tensors = load_hf_tensors(path, set(wanted.values()))
+    unexpected = sorted(n for n in load_hf_tensor_names(path) if not LLAMA_TENSOR.fullmatch(n))
+    if unexpected:
+        raise KeyError(f"{path}: checkpoint holds tensors this Llama has no place for (an unsupported "
+                       f"architecture?): {', '.join(unexpected[:5])}")
     missing = sorted(hf for hf in wanted.values() if hf not in tensors)
     if missing:
         raise KeyError(f"{path}: checkpoint lacks {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
@@ -110,8 +134,8 @@ def save_hf(tensors: dict[str, torch.Tensor], config: LlamaConfig, path: str | P
                  "weight_map": {n: f for f, s in zip(names, shards) for n in s}}
         (path / INDEX).write_text(json.dumps(index, indent=2))
     hf_config = config.to_hf()
-    if dtype is not None:
-        hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    if dtype is not None:  # transformers 5 reads "dtype", older versions "torch_dtype"
+        hf_config["dtype"] = hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
     (path / "config.json").write_text(json.dumps(hf_config, indent=2))
 
 

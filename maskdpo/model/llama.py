@@ -62,6 +62,12 @@ class LlamaConfig:
             data["rope_theta"] = rope["rope_theta"]
         if data.get("rope_scaling") is None and rope.get("rope_type", "default") != "default":
             data["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+        for key, supported in (("attention_bias", False), ("mlp_bias", False), ("hidden_act", "silu")):
+            if data.get(key, supported) != supported:
+                raise ValueError(f"config.json: {key}={data[key]!r} is not supported (only {supported!r})")
+        # Hugging Face's defaults for keys a config.json may leave out.
+        data.setdefault("rope_theta", 10000.0)
+        data.setdefault("rms_norm_eps", 1e-6)
         known = {k: data.pop(k) for k in cls.FIELDS if k in data}
         if known.get("rope_scaling") and "type" in known["rope_scaling"] and "rope_type" not in known["rope_scaling"]:
             known["rope_scaling"] = {**known["rope_scaling"], "rope_type": known["rope_scaling"]["type"]}
@@ -113,11 +119,21 @@ def _rotate_half(x):
 
 
 class Rotary(nn.Module):
-    """cos/sin tables for given positions; computed in fp32 for every call (no cache to go stale)."""
+    """cos/sin tables for given positions; computed in fp32 for every call (no cache to go stale).
+
+    The inverse frequencies stay fp32 whatever the module is cast to: rounded to bf16 they would
+    shift the angles by radians at long positions (Hugging Face keeps them fp32 too).
+    """
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
-        self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+        self._inv_freq_fp32 = rope_inv_freq(config)
+        self.register_buffer("inv_freq", self._inv_freq_fp32.clone(), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.inv_freq = self._inv_freq_fp32.to(self.inv_freq.device)
+        return self
 
     def forward(self, position_ids, dtype):
         freqs = position_ids.float()[:, None] * self.inv_freq.to(position_ids.device)[None, :]

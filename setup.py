@@ -35,6 +35,7 @@ setup(
         "deepspeed>=0.16",
         "pyyaml",
         "matplotlib",
+        "openai>=1.40",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6", "pytest-timeout"],

@@ -7,6 +7,8 @@ import os
 import sys
 
 from maskdpo.data.cli import add_data_commands
+from maskdpo.loop_cli import add_loop_commands
+from maskdpo.loop_cli import run as run_loop_command
 from maskdpo.data.cli import run as run_data_command
 
 
@@ -46,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.set_defaults(func=_kernel_demo)
     add_data_commands(sub)
+    add_loop_commands(sub)
     # Listed for --help; `main` hands `maskdpo train ...` to maskdpo.train before argparse sees it.
     sub.add_parser("train", help="train Mask-DPO (maskdpo train --config FILE [--section.key VALUE ...])")
     plot = sub.add_parser("plot", help="plot a run's loss, reward accuracy and margin to RUN_DIR/metrics.png")
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "data":
         return run_data_command(args)
+    if args.command in ("sample", "annotate", "evaluate", "prepare"):
+        return run_loop_command(args)
     return args.func(args)
 
 

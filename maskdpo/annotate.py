@@ -1,0 +1,87 @@
+"""`maskdpo annotate`: sentence-level factuality labels through an annotator served over HTTP.
+
+Each response is split into sentences (maskdpo.data.sentences) and every sentence is judged in
+three chat turns against the question's reference document, as ANAH-v2 does:
+  1. facts present?            <Facts Present> / <No Facts>              (no facts: label nofact)
+  2. relevant reference text   the passages, or <No Reference Information>
+  3. verdict                   <No Hallucination> / <Contradictory> / <Unverifiable>
+                               -> ok / contradictory / unverifiable
+The prompts are template files ({question}, {response}, {sentence}, {reference}); the ANAH-v2
+model expects the ones it was trained with, so point --templates at those for it. A reply that
+matches no label is recorded as unparsed (`"unparsed": true`) and counted as unverifiable.
+Output: the annotated-samples format of maskdpo.data (one line per response, appended, resumable).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .data.sentences import split_sentences
+from .jobs import JobReport, run_jobs
+from .sample import sample_key
+
+TEMPLATES = Path(__file__).resolve().parent / "assets" / "templates"
+TEMPLATE_FILES = ("facts.txt", "reference.txt", "judge.txt")
+
+FACTS = {"factspresent": "facts", "nofacts": "nofact"}
+VERDICTS = {"nohallucination": "ok", "contradictory": "contradictory", "unverifiable": "unverifiable"}
+
+
+def load_templates(directory: str | Path | None = None) -> dict[str, str]:
+    directory = Path(directory) if directory else TEMPLATES
+    templates = {}
+    for name in TEMPLATE_FILES:
+        file = directory / name
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: annotation template missing (need {', '.join(TEMPLATE_FILES)})")
+        templates[name] = file.read_text(encoding="utf-8")
+    return templates
+
+
+def parse_tag(reply: str, tags: dict[str, str]) -> str | None:
+    """The label of the first known tag in a reply, tolerant of case, spaces, underscores and a
+    missing bracket ("<no hallucination>", "No_Hallucination", "**<Unverifiable>**"); None if none."""
+    folded = re.sub(r"[\s_\-*]+", "", reply.lower())
+    hits = [(folded.find(tag), label) for tag, label in tags.items() if tag in folded]
+    return min(hits)[1] if hits else None
+
+
+def annotate_sentence(client, templates, question: dict, response: str, sentence: str) -> tuple[str, bool]:
+    """(label, unparsed) for one sentence, by the three-turn dialogue."""
+    values = {"question": question["question"], "response": response, "sentence": sentence,
+              "reference": question.get("reference", "")}
+    messages = [{"role": "user", "content": templates["facts.txt"].format(**values)}]
+    reply = client.complete(messages, temperature=0.0)
+    facts = parse_tag(reply, FACTS)
+    if facts is None:
+        return "unverifiable", True
+    if facts == "nofact":
+        return "nofact", False
+    messages += [{"role": "assistant", "content": reply},
+                 {"role": "user", "content": templates["reference.txt"].format(**values)}]
+    reply = client.complete(messages, temperature=0.0)
+    messages += [{"role": "assistant", "content": reply},
+                 {"role": "user", "content": templates["judge.txt"].format(**values)}]
+    verdict = parse_tag(client.complete(messages, temperature=0.0), VERDICTS)
+    return (verdict, False) if verdict else ("unverifiable", True)
+
+
+def annotate(samples: list[dict], questions: dict[str, dict], output, client, templates: dict[str, str],
+             concurrency: int = 8) -> JobReport:
+    missing = sorted({s["question_id"] for s in samples} - set(questions))
+    if missing:
+        raise ValueError(f"samples refer to questions not in the questions file: {missing[:5]}")
+
+    def work(sample):
+        text = sample["response"]
+        sentences = []
+        for start, end in split_sentences(text, sample.get("language", "en")):
+            label, unparsed = annotate_sentence(client, templates, questions[sample["question_id"]], text,
+                                                text[start:end])
+            sentences.append({"start": start, "end": end, "label": label, **({"unparsed": True} if unparsed else {})})
+        return {"question_id": sample["question_id"], "sample_id": sample["sample_id"],
+                "language": sample.get("language", "en"), "prompt": sample["prompt"], "response": text,
+                "sentences": sentences, "annotator": {"source": client.server.base_url, "model": client.server.model}}
+
+    return run_jobs(samples, work, output, sample_key, concurrency, desc="annotating")

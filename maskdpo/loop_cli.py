@@ -1,0 +1,171 @@
+"""`maskdpo sample | annotate | evaluate | prepare`: the data loop against OpenAI-compatible servers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _server_args(parser, prefix: str = "", role: str = "policy"):
+    dash = f"--{prefix}" if prefix else "--"
+    parser.add_argument(f"{dash}base-url", dest=f"{prefix.replace('-', '_')}base_url",
+                        help=f"OpenAI-compatible endpoint of the {role}, e.g. http://localhost:8000/v1")
+    parser.add_argument(f"{dash}model", dest=f"{prefix.replace('-', '_')}model", help=f"{role} model name on that server")
+    if not prefix:
+        parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+        parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at most")
+        parser.add_argument("--max-retries", type=int, default=5, help="retries on timeouts, 5xx and malformed replies")
+        parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+        parser.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry (doubled each time)")
+
+
+def _client(args, prefix: str = ""):
+    from .client import ChatClient, ServerConfig
+
+    base_url, model = getattr(args, f"{prefix}base_url"), getattr(args, f"{prefix}model")
+    if not base_url or not model:
+        raise ValueError(f"--{prefix.replace('_', '-')}base-url and --{prefix.replace('_', '-')}model are needed")
+    return ChatClient(ServerConfig(base_url, model, args.api_key_env, args.timeout, args.max_retries, args.backoff))
+
+
+def _sampling_args(parser, samples: int, temperature: float):
+    parser.add_argument("--samples", type=int, default=samples, help=f"responses per question (default {samples})")
+    parser.add_argument("--temperature", type=float, default=temperature, help="0 is greedy")
+    parser.add_argument("--top-k", type=int, default=40)
+    parser.add_argument("--max-tokens", type=int, default=1024)
+    parser.add_argument("--local-model", default=None, help="sample with transformers from this directory instead")
+
+
+def _sample(args, questions_path, output, samples=None, temperature=None) -> int:
+    from .sample import SamplingConfig, read_questions, sample_local, sample_server
+
+    config = SamplingConfig(samples if samples is not None else args.samples,
+                            temperature if temperature is not None else args.temperature, args.top_k, args.max_tokens)
+    questions = read_questions(questions_path)
+    if args.local_model:
+        report = sample_local(questions, output, args.local_model, config)
+    else:
+        report = sample_server(questions, output, _client(args), config, args.concurrency)
+    print(report.summary(f"samples -> {output}"))
+    return 1 if report.failed else 0
+
+
+def _annotate(args, samples_path, questions_path, output) -> int:
+    from .annotate import annotate, load_templates
+    from .sample import read_questions
+
+    samples = [json.loads(line) for line in Path(samples_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    questions = {q["question_id"]: q for q in read_questions(questions_path)}
+    client = _client(args, "annotator_") if getattr(args, "annotator_base_url", None) else _client(args)
+    report = annotate(samples, questions, output, client, load_templates(args.templates), args.concurrency)
+    unparsed = sum(1 for line in Path(output).read_text(encoding="utf-8").splitlines() if line.strip()
+                   for s in json.loads(line)["sentences"] if s.get("unparsed"))
+    print(report.summary(f"annotations -> {output}"))
+    print(f"unparsed annotator replies (counted as unverifiable): {unparsed}; retried requests: {client.retried}")
+    return 1 if report.failed else 0
+
+
+def _evaluate(args) -> int:
+    from .evaluate import compare, markdown, score, write_results
+
+    if args.compare:
+        print(compare(*args.compare))
+        return 0
+    if not args.output:
+        raise ValueError("--output DIR is needed")
+    annotated = args.annotated
+    if annotated is None:
+        if not args.questions:
+            raise ValueError("give --annotated FILE, or --questions with the policy and annotator servers")
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        status = _sample(args, args.questions, out / "samples.jsonl", samples=1, temperature=args.temperature)
+        status = status or _annotate(args, out / "samples.jsonl", args.questions, out / "annotated.jsonl")
+        if status:
+            return status
+        annotated = out / "annotated.jsonl"
+    records = [json.loads(line) for line in Path(annotated).read_text(encoding="utf-8").splitlines() if line.strip()]
+    result = score(records)
+    path = write_results(result, args.output)
+    print(markdown(result))
+    print(f"wrote {path} and eval.md")
+    return 0
+
+
+def _prepare(args) -> int:
+    from .data.encode import encode_file
+    from .data.jsonl import ReadReport, read_records, write_jsonl
+    from .data.labels import LabelMap
+    from .data.pairs import build_pairs
+    from .data.records import pair_to_json, parse_annotated
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    status = _sample(args, args.questions, out / "samples.jsonl")
+    status = status or _annotate(args, out / "samples.jsonl", args.questions, out / "annotated.jsonl")
+    if status:
+        return status
+    report = ReadReport(str(out / "annotated.jsonl"))
+    samples = [s for _, s in read_records(out / "annotated.jsonl", lambda obj, line: parse_annotated(obj, LabelMap()),
+                                          report=report)]
+    pairs, summary = build_pairs(samples, args.pairs_per_question)
+    write_jsonl(out / "pairs.jsonl", (pair_to_json(p) for p in pairs))
+    print("\n".join(summary.lines()))
+    encoded = encode_file(out / "pairs.jsonl", args.tokenizer, max_length=args.max_length, cache_dir=args.cache_dir)
+    print("\n".join(encoded.summary_lines()))
+    print(f"ready to train: --data.pairs {out / 'pairs.jsonl'}")
+    return 0
+
+
+def add_loop_commands(sub) -> None:
+    sample = sub.add_parser("sample", help="N responses per question from a server (or a local model)")
+    sample.add_argument("--questions", required=True, help="questions JSONL")
+    sample.add_argument("--output", required=True, help="samples JSONL (appended; a rerun resumes)")
+    _server_args(sample)
+    _sampling_args(sample, samples=4, temperature=0.8)
+    sample.set_defaults(func=lambda a: _sample(a, a.questions, a.output))
+
+    annotate = sub.add_parser("annotate", help="label every sentence with the three-turn annotator dialogue")
+    annotate.add_argument("--samples", required=True, help="samples JSONL")
+    annotate.add_argument("--questions", required=True, help="questions JSONL (reference documents)")
+    annotate.add_argument("--output", required=True, help="annotated samples JSONL (appended; a rerun resumes)")
+    annotate.add_argument("--templates", default=None, help="directory with facts.txt, reference.txt, judge.txt")
+    _server_args(annotate)
+    annotate.set_defaults(func=lambda a: _annotate(a, a.samples, a.questions, a.output))
+
+    evaluate = sub.add_parser("evaluate", help="ANAH score of annotated responses (or sample greedily and annotate)")
+    evaluate.add_argument("--annotated", default=None, help="annotated responses JSONL to score")
+    evaluate.add_argument("--questions", default=None, help="test questions: sample (greedy) and annotate first")
+    evaluate.add_argument("--output", default=None, help="directory for eval.json and eval.md")
+    evaluate.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="print B minus A (eval dirs or files)")
+    evaluate.add_argument("--templates", default=None)
+    _server_args(evaluate)
+    _server_args(evaluate, "annotator-", role="annotator")
+    _sampling_args(evaluate, samples=1, temperature=0.0)
+    evaluate.set_defaults(func=_evaluate)
+
+    prepare = sub.add_parser("prepare", help="sample -> annotate -> pairs -> encoded, ready to train")
+    prepare.add_argument("--questions", required=True)
+    prepare.add_argument("--output", required=True, help="directory: samples, annotated, pairs")
+    prepare.add_argument("--templates", default=None)
+    prepare.add_argument("--pairs-per-question", type=int, default=1)
+    prepare.add_argument("--tokenizer", default=None, help="tokenizer for the encoded cache (default: bundled)")
+    prepare.add_argument("--max-length", type=int, default=1024)
+    prepare.add_argument("--cache-dir", default=".maskdpo-cache")
+    _server_args(prepare)
+    _server_args(prepare, "annotator-", role="annotator")
+    _sampling_args(prepare, samples=4, temperature=0.8)
+    prepare.set_defaults(func=_prepare)
+
+
+def run(args) -> int:
+    from .client import ChatError
+    from .data.errors import RecordError
+
+    try:
+        return args.func(args)
+    except (ValueError, OSError, RecordError, ChatError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -47,11 +47,18 @@ def parse_tag(reply: str, tags: dict[str, str]) -> str | None:
     return min(hits)[1] if hits else None
 
 
+def fill(template: str, values: dict[str, str]) -> str:
+    """Put values into {name} placeholders. Not str.format: responses and documents hold braces."""
+    for name, value in values.items():
+        template = template.replace("{" + name + "}", value)
+    return template
+
+
 def annotate_sentence(client, templates, question: dict, response: str, sentence: str) -> tuple[str, bool]:
     """(label, unparsed) for one sentence, by the three-turn dialogue."""
     values = {"question": question["question"], "response": response, "sentence": sentence,
               "reference": question.get("reference", "")}
-    messages = [{"role": "user", "content": templates["facts.txt"].format(**values)}]
+    messages = [{"role": "user", "content": fill(templates["facts.txt"], values)}]
     reply = client.complete(messages, temperature=0.0)
     facts = parse_tag(reply, FACTS)
     if facts is None:
@@ -59,10 +66,10 @@ def annotate_sentence(client, templates, question: dict, response: str, sentence
     if facts == "nofact":
         return "nofact", False
     messages += [{"role": "assistant", "content": reply},
-                 {"role": "user", "content": templates["reference.txt"].format(**values)}]
+                 {"role": "user", "content": fill(templates["reference.txt"], values)}]
     reply = client.complete(messages, temperature=0.0)
     messages += [{"role": "assistant", "content": reply},
-                 {"role": "user", "content": templates["judge.txt"].format(**values)}]
+                 {"role": "user", "content": fill(templates["judge.txt"], values)}]
     verdict = parse_tag(client.complete(messages, temperature=0.0), VERDICTS)
     return (verdict, False) if verdict else ("unverifiable", True)
 

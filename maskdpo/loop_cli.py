@@ -54,9 +54,9 @@ def _sample(args, questions_path, output, samples=None, temperature=None) -> int
 
 def _annotate(args, samples_path, questions_path, output) -> int:
     from .annotate import annotate, load_templates
-    from .sample import read_questions
+    from .sample import read_questions, read_samples
 
-    samples = [json.loads(line) for line in Path(samples_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    samples = read_samples(samples_path)
     questions = {q["question_id"]: q for q in read_questions(questions_path)}
     client = _client(args, "annotator_") if getattr(args, "annotator_base_url", None) else _client(args)
     report = annotate(samples, questions, output, client, load_templates(args.templates), args.concurrency)

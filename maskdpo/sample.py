@@ -39,6 +39,20 @@ def read_questions(path: str | Path) -> list[dict]:
     return [q for _, q in read_records(path, parse)]
 
 
+def read_samples(path: str | Path) -> list[dict]:
+    """Samples JSONL (what `sample` writes), with located errors for bad lines."""
+    def parse(obj, line):
+        if not isinstance(obj, dict):
+            raise RecordError("a sample must be a JSON object")
+        for key in ("question_id", "sample_id", "response", "prompt"):
+            if key not in obj:
+                raise RecordError("missing", key)
+        if not isinstance(obj["response"], str):
+            raise RecordError("must be a string", "response")
+        return obj
+    return [s for _, s in read_records(path, parse)]
+
+
 def sample_key(record: dict) -> tuple:
     return str(record["question_id"]), str(record["sample_id"])
 

@@ -202,3 +202,17 @@ def test_local_transformers_sampling(tmp_path):
     sample_local(QUESTIONS[:1], tmp_path / "g2.jsonl", tmp_path / "model", greedy)
     assert lines(tmp_path / "g1.jsonl")[0]["response"] == lines(tmp_path / "g2.jsonl")[0]["response"]
     assert lines(tmp_path / "s.jsonl")[0]["sampling"]["source"] == "local"
+
+
+def test_braces_in_responses_and_documents_reach_the_annotator_verbatim(tmp_path):
+    from maskdpo.annotate import fill
+
+    assert fill("Q: {question} / {sentence}", {"question": "f(x) = {x: 1}", "sentence": "{sentence}"}) == \
+        "Q: f(x) = {x: 1} / {sentence}"
+    samples = [{"question_id": "q0", "sample_id": 0, "language": "en", "prompt": [{"role": "user", "content": "x"}],
+                "response": "Use {braces} here. It is {tiny}."}]
+    with ChatServer(annotator_reply) as server:
+        client = ChatClient(ServerConfig(server.url, "anah", backoff=0.001))
+        report = annotate(samples, {"q0": {**QUESTIONS[0], "reference": "A {json: doc}"}}, tmp_path / "a.jsonl",
+                          client, load_templates(), concurrency=1)
+    assert report.done == 1 and any("{json: doc}" in m["content"] for b in server.requests for m in b["messages"])

@@ -26,6 +26,8 @@ TEMPLATE_FILES = ("facts.txt", "reference.txt", "judge.txt")
 
 FACTS = {"factspresent": "facts", "nofacts": "nofact"}
 VERDICTS = {"nohallucination": "ok", "contradictory": "contradictory", "unverifiable": "unverifiable"}
+_WORDS = {"factspresent": ["facts", "present"], "nofacts": ["no", "facts"], "nohallucination": ["no", "hallucination"],
+          "contradictory": ["contradictory"], "unverifiable": ["unverifiable"]}
 
 
 def load_templates(directory: str | Path | None = None) -> dict[str, str]:
@@ -40,11 +42,22 @@ def load_templates(directory: str | Path | None = None) -> dict[str, str]:
 
 
 def parse_tag(reply: str, tags: dict[str, str]) -> str | None:
-    """The label of the first known tag in a reply, tolerant of case, spaces, underscores and a
-    missing bracket ("<no hallucination>", "No_Hallucination", "**<Unverifiable>**"); None if none."""
-    folded = re.sub(r"[\s_\-*]+", "", reply.lower())
-    hits = [(folded.find(tag), label) for tag, label in tags.items() if tag in folded]
-    return min(hits)[1] if hits else None
+    """The label a reply gives, tolerant of case, spaces, underscores and markdown.
+
+    The last bracketed tag wins ("options: <A>, <B>. Answer: <B>", "not <A> but <B>"); without
+    brackets, the last tag written as whole words ("No_Hallucination", "verdict: unverifiable").
+    None when no tag appears.
+    """
+    def fold(text):
+        return re.sub(r"[\s_*]+", "", text.lower())
+
+    bracketed = [fold(m) for m in re.findall(r"<([^<>]{1,40})>", reply)]
+    labels = [tags[t] for t in bracketed if t in tags]
+    if labels:
+        return labels[-1]
+    words = {tag: r"\b" + r"[\s_*]*".join(re.escape(w) for w in _WORDS[tag]) + r"\b" for tag in tags}
+    hits = [(m.start(), tags[tag]) for tag, pattern in words.items() for m in re.finditer(pattern, reply.lower())]
+    return max(hits)[1] if hits else None
 
 
 def fill(template: str, values: dict[str, str]) -> str:
@@ -76,9 +89,19 @@ def annotate_sentence(client, templates, question: dict, response: str, sentence
 
 def annotate(samples: list[dict], questions: dict[str, dict], output, client, templates: dict[str, str],
              concurrency: int = 8) -> JobReport:
-    missing = sorted({s["question_id"] for s in samples} - set(questions))
+    missing = sorted({str(s["question_id"]) for s in samples} - set(questions))
     if missing:
         raise ValueError(f"samples refer to questions not in the questions file: {missing[:5]}")
+
+    annotator = {"source": client.server.base_url, "model": client.server.model}
+    responses = {sample_key(s): s["response"] for s in samples}
+
+    def mismatch(record):
+        if record.get("annotator") != annotator:
+            return f"annotator {record.get('annotator')} then, {annotator} now"
+        if sample_key(record) in responses and record.get("response") != responses[sample_key(record)]:
+            return "the response differs from the samples file's"
+        return None
 
     def work(sample):
         text = sample["response"]
@@ -89,6 +112,6 @@ def annotate(samples: list[dict], questions: dict[str, dict], output, client, te
             sentences.append({"start": start, "end": end, "label": label, **({"unparsed": True} if unparsed else {})})
         return {"question_id": sample["question_id"], "sample_id": sample["sample_id"],
                 "language": sample.get("language", "en"), "prompt": sample["prompt"], "response": text,
-                "sentences": sentences, "annotator": {"source": client.server.base_url, "model": client.server.model}}
+                "sentences": sentences, "annotator": annotator}
 
-    return run_jobs(samples, work, output, sample_key, concurrency, desc="annotating")
+    return run_jobs(samples, work, output, sample_key, concurrency, desc="annotating", mismatch=mismatch)

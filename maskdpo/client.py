@@ -11,6 +11,8 @@ import random
 import time
 from dataclasses import dataclass
 
+from .jobs import Counter
+
 
 class ChatError(RuntimeError):
     pass
@@ -36,7 +38,11 @@ class ChatClient:
         # Retries are ours (they also cover malformed replies), so the library makes one attempt.
         self.client = openai.OpenAI(base_url=server.base_url, api_key=os.environ.get(server.api_key_env, "EMPTY"),
                                     timeout=server.timeout, max_retries=0)
-        self.retried = 0
+        self.retries = Counter()
+
+    @property
+    def retried(self) -> int:
+        return self.retries.value
 
     def complete(self, messages: list[dict], **params) -> str:
         import openai
@@ -46,7 +52,7 @@ class ChatClient:
         last = None
         for attempt in range(self.server.max_retries + 1):
             if attempt:
-                self.retried += 1
+                self.retries.add()
                 time.sleep(self.server.backoff * 2 ** (attempt - 1) * (0.5 + random.random()))
             try:
                 reply = self.client.chat.completions.create(model=self.server.model, messages=messages, **params)

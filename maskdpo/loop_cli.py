@@ -8,6 +8,25 @@ import sys
 from pathlib import Path
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _at_least_zero(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _status(report) -> int:
+    """0 when everything is done; 130 when interrupted; 1 when items failed (a rerun continues)."""
+    return 130 if report.stopped == "interrupted" else (1 if report.failed or report.stopped else 0)
+
+
 def _server_args(parser, prefix: str = "", role: str = "policy"):
     dash = f"--{prefix}" if prefix else "--"
     parser.add_argument(f"{dash}base-url", dest=f"{prefix.replace('-', '_')}base_url",
@@ -15,56 +34,87 @@ def _server_args(parser, prefix: str = "", role: str = "policy"):
     parser.add_argument(f"{dash}model", dest=f"{prefix.replace('-', '_')}model", help=f"{role} model name on that server")
     if not prefix:
         parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-        parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at most")
-        parser.add_argument("--max-retries", type=int, default=5, help="retries on timeouts, 5xx and malformed replies")
+        parser.add_argument("--concurrency", type=_positive, default=8, help="requests in flight at most")
+        parser.add_argument("--max-retries", type=_at_least_zero, default=5,
+                            help="retries on timeouts, 5xx and malformed replies")
         parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
         parser.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry (doubled each time)")
 
 
 def _client(args, prefix: str = ""):
+    """The policy's client, or with prefix "annotator_" the annotator's (its base URL defaults to the
+    policy's: one server may serve both models)."""
     from .client import ChatClient, ServerConfig
 
-    base_url, model = getattr(args, f"{prefix}base_url"), getattr(args, f"{prefix}model")
+    base_url, model = getattr(args, f"{prefix}base_url", None), getattr(args, f"{prefix}model", None)
+    if prefix and not base_url:
+        base_url = args.base_url
+    flag = f"--{prefix.replace('_', '-')}"
     if not base_url or not model:
-        raise ValueError(f"--{prefix.replace('_', '-')}base-url and --{prefix.replace('_', '-')}model are needed")
+        raise ValueError(f"{flag}base-url and {flag}model are needed")
     return ChatClient(ServerConfig(base_url, model, args.api_key_env, args.timeout, args.max_retries, args.backoff))
 
 
+def _annotator(args):
+    """The annotator's client: its own flags when given (even just --annotator-model), else the policy's."""
+    if getattr(args, "annotator_base_url", None) or getattr(args, "annotator_model", None):
+        return _client(args, "annotator_")
+    return _client(args)
+
+
 def _sampling_args(parser, samples: int, temperature: float):
-    parser.add_argument("--samples", type=int, default=samples, help=f"responses per question (default {samples})")
+    parser.add_argument("--samples", type=_positive, default=samples, help=f"responses per question (default {samples})")
     parser.add_argument("--temperature", type=float, default=temperature, help="0 is greedy")
     parser.add_argument("--top-k", type=int, default=40)
-    parser.add_argument("--max-tokens", type=int, default=1024)
+    parser.add_argument("--top-p", type=float, default=1.0, help="sent explicitly: models may default to 0.9")
+    parser.add_argument("--max-tokens", type=_positive, default=1024)
     parser.add_argument("--local-model", default=None, help="sample with transformers from this directory instead")
 
 
-def _sample(args, questions_path, output, samples=None, temperature=None) -> int:
+def _sample(args, questions_path, output, samples=None, temperature=None, client=None) -> int:
     from .sample import SamplingConfig, read_questions, sample_local, sample_server
 
     config = SamplingConfig(samples if samples is not None else args.samples,
-                            temperature if temperature is not None else args.temperature, args.top_k, args.max_tokens)
+                            temperature if temperature is not None else args.temperature, args.top_k, args.top_p,
+                            args.max_tokens)
     questions = read_questions(questions_path)
     if args.local_model:
         report = sample_local(questions, output, args.local_model, config)
     else:
-        report = sample_server(questions, output, _client(args), config, args.concurrency)
+        report = sample_server(questions, output, client or _client(args), config, args.concurrency)
     print(report.summary(f"samples -> {output}"))
-    return 1 if report.failed else 0
+    return _status(report)
 
 
-def _annotate(args, samples_path, questions_path, output) -> int:
+def _annotate(args, samples_path, questions_path, output, client=None) -> int:
     from .annotate import annotate, load_templates
     from .sample import read_questions, read_samples
 
     samples = read_samples(samples_path)
     questions = {q["question_id"]: q for q in read_questions(questions_path)}
-    client = _client(args, "annotator_") if getattr(args, "annotator_base_url", None) else _client(args)
+    client = client or _annotator(args)
     report = annotate(samples, questions, output, client, load_templates(args.templates), args.concurrency)
     unparsed = sum(1 for line in Path(output).read_text(encoding="utf-8").splitlines() if line.strip()
                    for s in json.loads(line)["sentences"] if s.get("unparsed"))
     print(report.summary(f"annotations -> {output}"))
     print(f"unparsed annotator replies (counted as unverifiable): {unparsed}; retried requests: {client.retried}")
-    return 1 if report.failed else 0
+    return _status(report)
+
+
+def _read_annotated(path, strict: bool = True):
+    from .data.jsonl import ReadReport, read_records
+    from .data.labels import LabelMap
+    from .data.records import parse_annotated
+
+    def parse(obj, line):
+        parse_annotated(obj, LabelMap())  # checks fields, spans and labels, with file and line on error
+        return obj
+
+    report = ReadReport(str(path))
+    records = [r for _, r in read_records(path, parse, strict=strict, report=report)]
+    if report.skipped:
+        print(report.summary())
+    return records
 
 
 def _evaluate(args) -> int:
@@ -81,12 +131,16 @@ def _evaluate(args) -> int:
             raise ValueError("give --annotated FILE, or --questions with the policy and annotator servers")
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
-        status = _sample(args, args.questions, out / "samples.jsonl", samples=1, temperature=args.temperature)
-        status = status or _annotate(args, out / "samples.jsonl", args.questions, out / "annotated.jsonl")
+        policy, annotator = _client(args), _annotator(args)  # both checked before any request
+        status = _sample(args, args.questions, out / "samples.jsonl", samples=1, temperature=args.temperature,
+                         client=policy)
+        status = status or _annotate(args, out / "samples.jsonl", args.questions, out / "annotated.jsonl", annotator)
         if status:
             return status
         annotated = out / "annotated.jsonl"
-    records = [json.loads(line) for line in Path(annotated).read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = _read_annotated(annotated)
+    if not records:
+        raise ValueError(f"{annotated}: no annotated responses to score")
     result = score(records)
     path = write_results(result, args.output)
     print(markdown(result))
@@ -103,13 +157,16 @@ def _prepare(args) -> int:
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    status = _sample(args, args.questions, out / "samples.jsonl")
-    status = status or _annotate(args, out / "samples.jsonl", args.questions, out / "annotated.jsonl")
+    policy, annotator = (None if args.local_model else _client(args)), _annotator(args)  # checked up front
+    status = _sample(args, args.questions, out / "samples.jsonl", client=policy)
+    status = status or _annotate(args, out / "samples.jsonl", args.questions, out / "annotated.jsonl", annotator)
     if status:
         return status
+    # Unusable samples (an empty response, say) are skipped and reported, not fatal.
     report = ReadReport(str(out / "annotated.jsonl"))
     samples = [s for _, s in read_records(out / "annotated.jsonl", lambda obj, line: parse_annotated(obj, LabelMap()),
-                                          report=report)]
+                                          strict=False, report=report)]
+    print(report.summary())
     pairs, summary = build_pairs(samples, args.pairs_per_question)
     write_jsonl(out / "pairs.jsonl", (pair_to_json(p) for p in pairs))
     print("\n".join(summary.lines()))
@@ -150,7 +207,7 @@ def add_loop_commands(sub) -> None:
     prepare.add_argument("--questions", required=True)
     prepare.add_argument("--output", required=True, help="directory: samples, annotated, pairs")
     prepare.add_argument("--templates", default=None)
-    prepare.add_argument("--pairs-per-question", type=int, default=1)
+    prepare.add_argument("--pairs-per-question", type=_positive, default=1)
     prepare.add_argument("--tokenizer", default=None, help="tokenizer for the encoded cache (default: bundled)")
     prepare.add_argument("--max-length", type=int, default=1024)
     prepare.add_argument("--cache-dir", default=".maskdpo-cache")

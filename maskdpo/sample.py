@@ -25,17 +25,44 @@ class SamplingConfig:
     samples: int = 4
     temperature: float = 0.8
     top_k: int = 40
+    top_p: float = 1.0  # sent explicitly: a model's generation_config may default to 0.9
     max_tokens: int = 1024
+
+    def settings(self, source: str, model: str) -> dict:
+        """What each record keeps; a rerun into the same file must use the same."""
+        greedy = self.temperature == 0
+        return {"source": source, "model": model, "temperature": self.temperature,
+                "top_k": None if greedy else self.top_k, "top_p": None if greedy else self.top_p,
+                "max_tokens": self.max_tokens}
+
+
+def _same_settings(settings: dict):
+    def mismatch(record):
+        old = record.get("sampling", {})
+        changed = [f"{k}: {old.get(k)!r} then, {v!r} now" for k, v in settings.items() if old.get(k) != v]
+        return "; ".join(changed) or None
+    return mismatch
 
 
 def read_questions(path: str | Path) -> list[dict]:
+    """Questions JSONL, each line checked (errors name file, line and field); ids must be unique."""
+    seen = {}
+
     def parse(obj, line):
         if not isinstance(obj, dict):
             raise RecordError("a question must be a JSON object")
-        for key in QUESTION_FIELDS:
-            if not isinstance(obj.get(key), (str, int)) or isinstance(obj.get(key), bool):
-                raise RecordError("missing or not a string", key)
-        return {**obj, "question_id": str(obj["question_id"]), "language": obj.get("language", "en")}
+        if not isinstance(obj.get("question_id"), (str, int)) or isinstance(obj.get("question_id"), bool):
+            raise RecordError("missing, or not a string or integer", "question_id")
+        if not isinstance(obj.get("question"), str) or not obj["question"].strip():
+            raise RecordError("missing or empty", "question")
+        for key in ("language", "reference", "topic"):
+            if obj.get(key) is not None and not isinstance(obj[key], str):
+                raise RecordError("must be a string", key)
+        qid = str(obj["question_id"])
+        if qid in seen:
+            raise RecordError(f"duplicate question_id {qid!r} (first on line {seen[qid]})", "question_id")
+        seen[qid] = line
+        return {**obj, "question_id": qid, "language": obj.get("language") or "en"}
     return [q for _, q in read_records(path, parse)]
 
 
@@ -49,7 +76,7 @@ def read_samples(path: str | Path) -> list[dict]:
                 raise RecordError("missing", key)
         if not isinstance(obj["response"], str):
             raise RecordError("must be a string", "response")
-        return obj
+        return {**obj, "question_id": str(obj["question_id"])}
     return [s for _, s in read_records(path, parse)]
 
 
@@ -67,10 +94,10 @@ def _record(item: dict, response: str, sampling: dict) -> dict:
 def sample_server(questions: list[dict], output, client, config: SamplingConfig, concurrency: int = 8) -> JobReport:
     """Sample through a chat-completions server (top_k goes in the request body, as vLLM reads it)."""
     greedy = config.temperature == 0
-    sampling = {"source": client.server.base_url, "model": client.server.model, "temperature": config.temperature,
-                "top_k": None if greedy else config.top_k, "max_tokens": config.max_tokens}
+    sampling = config.settings(client.server.base_url, client.server.model)
     params = {"temperature": config.temperature, "max_tokens": config.max_tokens}
     if not greedy:
+        params["top_p"] = config.top_p
         params["extra_body"] = {"top_k": config.top_k}
 
     def work(item):
@@ -79,7 +106,7 @@ def sample_server(questions: list[dict], output, client, config: SamplingConfig,
 
     items = [{"question_id": q["question_id"], "sample_id": k, "question": q}
              for q in questions for k in range(config.samples)]
-    return run_jobs(items, work, output, sample_key, concurrency, desc="sampling")
+    return run_jobs(items, work, output, sample_key, concurrency, desc="sampling", mismatch=_same_settings(sampling))
 
 
 def sample_local(questions: list[dict], output, model_dir: str | Path, config: SamplingConfig,
@@ -91,8 +118,7 @@ def sample_local(questions: list[dict], output, model_dir: str | Path, config: S
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
     greedy = config.temperature == 0
-    sampling = {"source": "local", "model": str(model_dir), "temperature": config.temperature,
-                "top_k": None if greedy else config.top_k, "max_tokens": config.max_tokens}
+    sampling = config.settings("local", str(model_dir))
 
     def work(item):
         messages = [{"role": "user", "content": item["question"]["question"]}]
@@ -101,11 +127,12 @@ def sample_local(questions: list[dict], output, model_dir: str | Path, config: S
         torch.manual_seed(seed * 1_000_003 + zlib.crc32("/".join(sample_key(item)).encode()))  # per item: resumable
         with torch.no_grad():
             out = model.generate(ids, do_sample=not greedy, temperature=config.temperature if not greedy else None,
-                                 top_k=config.top_k if not greedy else None, max_new_tokens=config.max_tokens,
+                                 top_k=config.top_k if not greedy else None, top_p=config.top_p if not greedy else None,
+                                 max_new_tokens=config.max_tokens,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         return _record(item, tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True), sampling)
 
     items = [{"question_id": q["question_id"], "sample_id": k, "question": q}
              for q in questions for k in range(config.samples)]
-    return run_jobs(items, work, output, sample_key, concurrency=1, desc="sampling")
+    return run_jobs(items, work, output, sample_key, concurrency=1, desc="sampling", mismatch=_same_settings(sampling))
 

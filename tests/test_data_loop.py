@@ -46,8 +46,9 @@ def test_sampling_is_concurrent_retries_failures_and_records_settings(tmp_path):
     assert sorted((r["question_id"], r["sample_id"]) for r in records) == sorted((q["question_id"], k) for q in QUESTIONS for k in range(2))
     assert 2 <= server.max_in_flight <= 4
     assert client.retried >= 4
-    assert records[0]["sampling"] == {"source": server.url, "model": "policy", "temperature": 0.8, "top_k": 40, "max_tokens": 1024}
-    assert all(b["temperature"] == 0.8 and b["top_k"] == 40 for b in server.requests)
+    assert records[0]["sampling"] == {"source": server.url, "model": "policy", "temperature": 0.8, "top_k": 40,
+                                      "top_p": 1.0, "max_tokens": 1024}
+    assert all(b["temperature"] == 0.8 and b["top_k"] == 40 and b["top_p"] == 1.0 for b in server.requests)
 
 
 def test_a_request_that_never_succeeds_is_reported_not_written(tmp_path):
@@ -55,7 +56,7 @@ def test_a_request_that_never_succeeds_is_reported_not_written(tmp_path):
         server.failures = ["500"] * 50
         client = ChatClient(ServerConfig(server.url, "policy", max_retries=2, backoff=0.001))
         report = sample_server(QUESTIONS[:1], tmp_path / "s.jsonl", client, SamplingConfig(samples=1), concurrency=1)
-    assert report.done == 0 and len(report.failed) == 1 and "rerun to retry" in report.summary("x")
+    assert report.done == 0 and len(report.failed) == 1 and "rerun to continue" in report.summary("x")
     assert not lines(tmp_path / "s.jsonl")
 
 
@@ -136,6 +137,10 @@ def test_annotation_dialogue_labels_and_unparsed(tmp_path):
     ("<No Hallucination>", VERDICTS, "ok"), ("no_hallucination", VERDICTS, "ok"), ("**<Contradictory>**", VERDICTS, "contradictory"),
     ("The answer: < Unverifiable >", VERDICTS, "unverifiable"), ("hmm", VERDICTS, None),
     ("<No Facts>", FACTS, "nofact"), ("<Facts Present>", FACTS, "facts"),
+    ("not <Contradictory> but <No Hallucination>", VERDICTS, "ok"),
+    ("Nothing contradictory here. <No Hallucination>", VERDICTS, "ok"),
+    ("Options: <No Hallucination>, <Contradictory>, <Unverifiable>. Answer: <Contradictory>", VERDICTS, "contradictory"),
+    ("between <Facts Present> and <No Facts>: <No Facts>", FACTS, "nofact"),
 ])
 def test_reply_parsing_is_robust(reply, tags, label):
     assert parse_tag(reply, tags) == label
@@ -216,3 +221,44 @@ def test_braces_in_responses_and_documents_reach_the_annotator_verbatim(tmp_path
         report = annotate(samples, {"q0": {**QUESTIONS[0], "reference": "A {json: doc}"}}, tmp_path / "a.jsonl",
                           client, load_templates(), concurrency=1)
     assert report.done == 1 and any("{json: doc}" in m["content"] for b in server.requests for m in b["messages"])
+
+
+def test_resume_refuses_other_settings_and_damaged_files(tmp_path):
+    from maskdpo.data import RecordError
+
+    out = tmp_path / "s.jsonl"
+    with ChatServer(policy_reply) as server:
+        client = ChatClient(ServerConfig(server.url, "policy", backoff=0.001))
+        sample_server(QUESTIONS[:2], out, client, SamplingConfig(samples=1), concurrency=2)
+        other = ChatClient(ServerConfig(server.url, "other-model", backoff=0.001))
+        with pytest.raises(RecordError, match=r"s.jsonl:1: written by a run with other settings \(model: 'policy' then"):
+            sample_server(QUESTIONS[:2], out, other, SamplingConfig(samples=1), concurrency=2)
+        good = out.read_text().splitlines()
+        out.write_text(good[0] + "\n{broken\n" + good[1] + "\n")
+        with pytest.raises(RecordError, match=r"s.jsonl:2: not a complete record"):
+            sample_server(QUESTIONS[:2], out, client, SamplingConfig(samples=1), concurrency=2)
+        out.write_text(good[0] + "\n" + good[1])  # complete, but no final newline
+        report = sample_server(QUESTIONS[:3], out, client, SamplingConfig(samples=1), concurrency=2)
+    assert report.already_done == 2 and report.done == 1 and len(lines(out)) == 3
+
+
+def test_a_dead_server_stops_the_run_early(tmp_path):
+    from maskdpo import jobs
+
+    client = ChatClient(ServerConfig("http://127.0.0.1:9/v1", "policy", timeout=0.2, max_retries=0))
+    report = sample_server(QUESTIONS * 5, tmp_path / "s.jsonl", client, SamplingConfig(samples=2), concurrency=2)
+    assert report.stopped and "failed in a row" in report.stopped
+    assert len(report.failed) < len(QUESTIONS) * 10 and len(report.failed) >= jobs.CONSECUTIVE_FAILURES_TO_STOP
+
+
+def test_annotator_model_alone_selects_the_annotator(tmp_path):
+    questions = write_questions(tmp_path / "q.jsonl", QUESTIONS[:2])
+
+    def both(body):
+        return policy_reply(body) if body["model"] == "policy" else annotator_reply(body)
+
+    with ChatServer(both) as server:
+        assert main(["evaluate", "--base-url", server.url, "--model", "policy", "--annotator-model", "anah",
+                     "--questions", str(questions), "--output", str(tmp_path / "eval")]) == 0
+    assert {b["model"] for b in server.requests if len(b["messages"]) > 1 or "verifiable" in b["messages"][0]["content"]} == {"anah"}
+    assert all(r["annotator"]["model"] == "anah" for r in lines(tmp_path / "eval" / "annotated.jsonl"))

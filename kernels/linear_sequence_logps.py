@@ -1,0 +1,99 @@
+"""Per-sequence masked log-probs straight from hidden states: the LM head fused with the kernel.
+
+    seq_logps = linear_sequence_logps(hidden, lm_head_weight, labels, weights, seq_ids, num_seqs)
+    # == sequence_logps(hidden @ lm_head_weight.T, labels, weights, seq_ids, num_seqs)
+
+Design: chunked matmuls + the fused sequence-logps kernel, never the whole logits.
+- Rows that contribute nothing (ignored label, seq id -1, weight 0: prompt tokens, masked sentences,
+  padding) are compacted away before any matmul. Finding them is the one host synchronisation
+  (the number of contributing rows sizes the chunks).
+- Forward: for each chunk of `chunk_rows` contributing rows, logits = h @ W^T (chunk x V, in the
+  compute dtype) go through the kernel's forward and are freed.
+- Backward: each chunk's logits are recomputed, the kernel writes their gradient in place
+  (inplace_backward), and two matmuls give grad_h = G @ W and grad_W += G^T @ h.
+Extra memory: one chunk of logits (chunk_rows x V in the compute dtype) plus the compacted rows
+(n_active x H) and their gradient; with the default chunk of 4096 rows and V = 128256 in bf16 that
+is 1.05 GB of logits at most, whatever N.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .checks import check_inputs, check_logits
+from .sequence_logps import sequence_logps
+
+DEFAULT_CHUNK_ROWS = 4096
+
+
+class LinearSequenceLogpsFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, weights, seq_ids, num_seqs, ignore_index, chunk_rows):
+        active = (labels != ignore_index) & (seq_ids >= 0) & (seq_ids < num_seqs) & (weights != 0)
+        rows = active.nonzero().squeeze(1)  # the one host sync: how many rows contribute
+        h, lab, w, sid = hidden[rows], labels[rows], weights[rows], seq_ids[rows]
+        acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        out = torch.zeros(num_seqs, dtype=acc, device=hidden.device)
+        with torch.no_grad():
+            for start in range(0, rows.numel(), chunk_rows):
+                part = slice(start, start + chunk_rows)
+                logits = h[part] @ weight.t()
+                out += sequence_logps(logits, lab[part], w[part], sid[part], num_seqs, ignore_index=ignore_index,
+                                      check_values=False)
+        ctx.save_for_backward(hidden, weight, rows, lab, w, sid)
+        ctx.num_seqs, ctx.ignore_index, ctx.chunk_rows = num_seqs, ignore_index, chunk_rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, rows, lab, w, sid = ctx.saved_tensors
+        h = hidden[rows]
+        grad_h = torch.zeros_like(h)
+        grad_w = torch.zeros_like(weight, dtype=torch.float32 if weight.dtype != torch.float64 else torch.float64)
+        for start in range(0, rows.numel(), ctx.chunk_rows):
+            part = slice(start, start + ctx.chunk_rows)
+            with torch.enable_grad():
+                logits = (h[part] @ weight.t()).detach().requires_grad_(True)
+                produced = logits.view_as(logits)  # a non-leaf view: the gradient overwrites the logits
+                sums = sequence_logps(produced, lab[part], w[part], sid[part], ctx.num_seqs,
+                                      ignore_index=ctx.ignore_index, inplace_backward=True, check_values=False)
+                (grad_logits,) = torch.autograd.grad(sums, logits, grad_out)
+            grad_h[part] = grad_logits @ weight
+            grad_w += (grad_logits.t() @ h[part]).to(grad_w.dtype)
+        grad_hidden = torch.zeros_like(hidden).index_copy_(0, rows, grad_h)
+        return grad_hidden, grad_w.to(weight.dtype), None, None, None, None, None, None
+
+
+def linear_sequence_logps(
+    hidden: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    seq_ids: torch.Tensor,
+    num_seqs: int,
+    *,
+    ignore_index: int = -100,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    check_values: bool | None = None,
+) -> torch.Tensor:
+    """sequence_logps(hidden @ lm_head_weight.T, ...) without materialising the logits.
+
+    hidden (N, H) and lm_head_weight (V, H) in the same floating dtype; the rest as in
+    `sequence_logps`. Differentiable with respect to hidden and lm_head_weight. Peak extra memory is
+    one chunk of chunk_rows x V logits (see the module docstring).
+    """
+    check_logits("linear_sequence_logps", hidden, ndim=2)
+    if not isinstance(lm_head_weight, torch.Tensor) or lm_head_weight.dim() != 2 \
+            or lm_head_weight.shape[1] != hidden.shape[1]:
+        shape = tuple(lm_head_weight.shape) if isinstance(lm_head_weight, torch.Tensor) else type(lm_head_weight).__name__
+        raise ValueError(f"linear_sequence_logps: lm_head_weight must have shape (V, {hidden.shape[1]}) to match "
+                         f"hidden, got {shape}")
+    if lm_head_weight.dtype != hidden.dtype or lm_head_weight.device != hidden.device:
+        raise ValueError(f"linear_sequence_logps: lm_head_weight is {lm_head_weight.dtype} on {lm_head_weight.device} "
+                         f"but hidden is {hidden.dtype} on {hidden.device}")
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"linear_sequence_logps: chunk_rows must be a positive int, got {chunk_rows!r}")
+    check_inputs("linear_sequence_logps", hidden.shape[0], lm_head_weight.shape[0], hidden.device, labels, weights,
+                 seq_ids, num_seqs, ignore_index, check_values)
+    return LinearSequenceLogpsFunction.apply(hidden, lm_head_weight, labels, weights, seq_ids, num_seqs,
+                                             ignore_index, chunk_rows)

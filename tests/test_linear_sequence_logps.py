@@ -1,0 +1,87 @@
+"""linear_sequence_logps (hidden states in, never the whole logits) against float64 hidden @ W.T."""
+
+import pytest
+import torch
+
+from maskdpo.kernels import linear_sequence_logps
+
+from oracle import make_rows, oracle_sequence_logps
+
+TOL = {torch.float32: dict(out=(1e-5, 1e-3), grad=(1e-4, 1e-5)), torch.bfloat16: dict(out=(1e-2, 0.5), grad=(3e-2, 1e-2))}
+
+
+def oracle(hidden, weight, labels, weights, seq_ids, num_seqs, grad_out):
+    h = hidden.detach().double().requires_grad_(True)
+    w = weight.detach().double().requires_grad_(True)
+    logits = h @ w.t()
+    out, grad_logits = oracle_sequence_logps(logits, labels, weights, seq_ids, num_seqs, grad_out)
+    logits.backward(grad_logits)
+    return out, h.grad, w.grad
+
+
+def inputs(n, hidden_size, vocab, num_seqs, dtype, seed, zero_fraction=0.3):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, hidden_size, generator=gen).to(dtype)
+    weight = (torch.randn(vocab, hidden_size, generator=gen) / hidden_size ** 0.5).to(dtype)
+    _, labels, weights, seq_ids = make_rows(n, vocab, num_seqs, torch.float32, seed)
+    weights[torch.rand(n, generator=gen) < zero_fraction] = 0.0
+    return hidden, weight, labels, weights, seq_ids
+
+
+def run(hidden, weight, labels, weights, seq_ids, num_seqs, grad_out, **kw):
+    h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+    out = linear_sequence_logps(h, w, labels, weights, seq_ids, num_seqs, **kw)
+    out.backward(grad_out)
+    return out.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("dtype", list(TOL), ids=str)
+@pytest.mark.parametrize("n", [1, 333])
+def test_matches_float64(dtype, n):
+    num_seqs = 4
+    args = inputs(n, 48, 1000, num_seqs, dtype, seed=n)
+    grad_out = torch.randn(num_seqs, generator=torch.Generator().manual_seed(0))
+    out, grad_h, grad_w = run(*args, num_seqs, grad_out, chunk_rows=64)
+    ref_out, ref_h, ref_w = oracle(*args, num_seqs, grad_out)
+    assert grad_h.dtype == dtype and grad_w.dtype == dtype
+    (ro, ao), (rg, ag) = TOL[dtype]["out"], TOL[dtype]["grad"]
+    torch.testing.assert_close(out.double(), ref_out, rtol=ro, atol=ao)
+    torch.testing.assert_close(grad_h.double(), ref_h, rtol=rg, atol=ag)
+    torch.testing.assert_close(grad_w.double(), ref_w, rtol=rg, atol=ag)
+
+
+def test_chunk_size_invariance_and_compaction_when_most_weights_are_zero():
+    args = inputs(200, 48, 1000, 3, torch.float32, seed=5, zero_fraction=0.9)
+    grad_out = torch.tensor([1.0, -0.5, 2.0])
+    small = run(*args, 3, grad_out, chunk_rows=3)
+    large = run(*args, 3, grad_out, chunk_rows=10_000)
+    for a, b in zip(small, large):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    ref_out, ref_h, _ = oracle(*args, 3, grad_out)
+    torch.testing.assert_close(small[0].double(), ref_out, rtol=1e-5, atol=1e-3)
+    zero_rows = args[3] == 0
+    assert torch.all(small[1][zero_rows] == 0)  # compacted away: no gradient, no work
+
+
+def test_all_zero_weights_and_peaked_logits():
+    hidden, weight, labels, weights, seq_ids = inputs(40, 48, 1000, 2, torch.float32, seed=2)
+    out, grad_h, grad_w = run(hidden, weight, labels, torch.zeros(40), seq_ids, 2, torch.ones(2))
+    assert torch.equal(out, torch.zeros(2)) and not grad_h.any() and not grad_w.any()
+    weights = torch.ones(40)
+    seq_ids = torch.arange(40) % 2
+    labels = torch.randint(0, 1000, (40,), generator=torch.Generator().manual_seed(1))
+    weight = weight.clone()
+    weight[labels] += 3 * hidden / hidden.norm(dim=1, keepdim=True) * 8  # the label's logit far above the rest
+    out, grad_h, grad_w = run(hidden, weight, labels, weights, seq_ids, 2, torch.ones(2))
+    ref_out, ref_h, ref_w = oracle(hidden, weight, labels, weights, seq_ids, 2, torch.ones(2))
+    assert (ref_out / 20).exp().min() > 0.9  # really peaked: p(label) close to 1 on average
+    torch.testing.assert_close(grad_h.double(), ref_h, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grad_w.double(), ref_w, rtol=1e-4, atol=1e-6)
+
+
+def test_bad_shapes_are_named():
+    hidden, weight, labels, weights, seq_ids = inputs(5, 48, 100, 1, torch.float32, seed=0)
+    with pytest.raises(ValueError, match=r"lm_head_weight must have shape \(V, 48\)"):
+        linear_sequence_logps(hidden, weight[:, :40], labels, weights, seq_ids, 1)
+    with pytest.raises(ValueError, match="chunk_rows must be a positive int"):
+        linear_sequence_logps(hidden, weight, labels, weights, seq_ids, 1, chunk_rows=0)

@@ -30,6 +30,9 @@ class ModelConfig:
     """LlamaConfig fields (hidden_size, num_hidden_layers, ...) for a random init when path is None."""
     attention: str = "auto"
     """Attention backend: auto, flash_attn, torch_varlen or sdpa."""
+    fused_head: bool = True
+    """The last stage goes from hidden states to masked log-probs in chunks (linear_sequence_logps),
+    never materialising the logits; false: full logits and the sequence_logps kernel."""
 
 
 @dataclass

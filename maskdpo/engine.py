@@ -18,7 +18,7 @@ import torch.distributed as dist
 from .data.packing import IGNORE_INDEX, MicroBatch
 from .model.attention import resolve_backend
 from .model.llama import LlamaConfig
-from .model.pipeline import PIPELINE_ZERO_STAGES, build_pipeline, load_hf_into_stage, stage_hf_tensors
+from .model.pipeline import PIPELINE_ZERO_STAGES, build_pipeline, head_weight, load_hf_into_stage, stage_hf_tensors
 from .stage_loss import StageLoss
 
 
@@ -115,7 +115,7 @@ class PipelineTrainer:
                  gradient_clipping: float = 0.0, beta: float = 0.1, loss_type: str = "sigmoid",
                  label_smoothing: float = 0.0, attention_backend: str = "sdpa",
                  activation_checkpointing: bool = False, partition_method: str = "type:DecoderLayerPipe",
-                 lr_scheduler_factory=None, seed: int = 0,
+                 lr_scheduler_factory=None, seed: int = 0, fused_head: bool = True,
                  deepspeed_overrides: dict | None = None):
         import deepspeed
 
@@ -131,11 +131,13 @@ class PipelineTrainer:
         attention_backend = resolve_backend(attention_backend, device, torch.bfloat16 if bf16 else torch.float32)
         self.attention_backend = attention_backend
         module = build_pipeline(config, pipeline_stages, self.loss, attention_backend, partition_method,
-                                activation_checkpointing=activation_checkpointing)
+                                activation_checkpointing=activation_checkpointing, fused_head=fused_head)
         if hf_path is not None:
             load_hf_into_stage(module, hf_path, config.num_hidden_layers)
         if bf16:
             module = module.to(torch.bfloat16)
+        if fused_head and module.stage_id == module.num_stages - 1:
+            self.loss.head_weight = head_weight(module)
         optimizer = optimizer_factory([p for p in module.parameters() if p.requires_grad])
         scheduler = lr_scheduler_factory(optimizer) if lr_scheduler_factory else None
         self.engine, _, _, _ = deepspeed.initialize(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .kernels import sequence_logps
+from .kernels import linear_sequence_logps, sequence_logps
 from .loss import mask_dpo_loss
 
 
@@ -26,13 +26,18 @@ class StageLoss:
         self.records: list = []
         # Per-sequence masked log-prob sums; the fused kernel (benchmarks swap in an eager baseline).
         self.sequence_logps = sequence_logps
+        # With a fused head the last stage outputs hidden states and this weight makes the logits,
+        # a chunk at a time (linear_sequence_logps).
+        self.head_weight = None
 
     def __call__(self, logits, labels):
         token_labels, weights, seq_ids, ref_logps, pair_index = labels
         num_seqs = ref_logps.shape[0]
-        # The gradient may overwrite the logits: nothing else needs them after this point.
-        sums = self.sequence_logps(logits, token_labels, weights, seq_ids, num_seqs,
-                              inplace_backward=torch.is_grad_enabled() and logits.requires_grad)
+        if self.head_weight is not None:  # `logits` are the final hidden states here
+            sums = linear_sequence_logps(logits, self.head_weight, token_labels, weights, seq_ids, num_seqs)
+        else:  # the gradient may overwrite the logits: nothing else needs them after this point
+            sums = self.sequence_logps(logits, token_labels, weights, seq_ids, num_seqs,
+                                       inplace_backward=torch.is_grad_enabled() and logits.requires_grad)
         if self.mode == "reference":
             self.records.append((pair_index, sums.detach().view(-1, 2)))
             return sums.sum() * 0.0

@@ -301,7 +301,7 @@ class Run:
             gradient_clipping=c.optim.gradient_clipping, beta=c.loss.beta, loss_type=c.loss.type,
             label_smoothing=c.loss.label_smoothing, attention_backend=resolve_backend(c.model.attention, device),
             activation_checkpointing=c.parallel.activation_checkpointing, partition_method=c.parallel.partition,
-            seed=c.train.seed,
+            seed=c.train.seed, fused_head=c.model.fused_head,
             deepspeed_overrides=_json.loads(Path(c.parallel.deepspeed_config).read_text())
             if c.parallel.deepspeed_config else None,
         )

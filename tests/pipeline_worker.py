@@ -52,7 +52,8 @@ def main():
         if scenario.startswith("grads-pp"):
             pp = int(scenario[len("grads-pp"):].removesuffix("-tied"))
             hf = args.hf_tied if scenario.endswith("-tied") else args.hf
-            trainer = PipelineTrainer(load_config(hf), pipeline_stages=pp,
+            # PP=1 (DP=2) runs the unfused head (full logits + sequence_logps); the others the fused one.
+            trainer = PipelineTrainer(load_config(hf), pipeline_stages=pp, fused_head=pp != 1,
                                       gradient_accumulation_steps=len(mbs) * pp // world, optimizer_factory=sgd, hf_path=hf)
             ref = trainer.reference_logps(mbs, num_pairs)
             metrics = trainer.train_step(mbs, ref)

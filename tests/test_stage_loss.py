@@ -107,3 +107,31 @@ def test_deepspeed_config_templates_merge_but_cannot_break_the_layout():
         deepspeed_config(4, 2, overrides={"train_batch_size": 3})
     with pytest.raises(ValueError, match="ZeRO stage 3 cannot be combined"):
         deepspeed_config(4, 2, overrides={"zero_optimization": {"stage": 3}})
+
+
+def test_fused_head_gives_the_same_loss_and_gradients(models):
+    ours, _ = models
+    encoded = encode_pair(pair(["ok", "unverifiable", "ok"], ["ok", "contradictory", "unverifiable"]), TOKENIZER)
+    mb = pack_pairs([encoded], 256, TOKENIZER.pad_token_id).micro_batches[0]
+    (ids, pos, cu), labels = micro_batch_tensors(mb, torch.tensor([-100.0, -120.0]))
+    labels = (*labels[:3], labels[3].double(), labels[4])
+    x = ours.embedding(ids)
+    for layer in ours.layers:
+        x = layer(x, pos, cu, 256)
+    hidden = ours.head.norm(x).detach()
+    weight = ours.head.lm_head.weight
+
+    results = []
+    for fused in (False, True):
+        h = hidden.clone().requires_grad_(True)
+        weight.grad = None
+        loss_fn = StageLoss(beta=0.1)
+        if fused:
+            loss_fn.head_weight = weight
+            loss = loss_fn(h, labels)
+        else:
+            loss = loss_fn(h @ weight.t(), labels)
+        loss.backward()
+        results.append((loss.detach(), h.grad, weight.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

@@ -47,12 +47,16 @@ class FinalNormPipe(nn.Module):
 
 
 class LMHeadPipe(nn.Module):
-    def __init__(self, config: LlamaConfig):
+    """The LM head. With `fused`, it passes the hidden states through and the loss applies its
+    weight itself (linear_sequence_logps), so the whole logits never exist."""
+
+    def __init__(self, config: LlamaConfig, fused: bool = False):
         super().__init__()
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.fused = fused
 
     def forward(self, hidden):
-        return self.lm_head(hidden)
+        return hidden if self.fused else self.lm_head(hidden)
 
 
 def _tied_head(embedding: EmbeddingPipe, hidden):
@@ -60,21 +64,37 @@ def _tied_head(embedding: EmbeddingPipe, hidden):
     return F.linear(hidden, embedding.embed_tokens.weight)
 
 
-def layer_specs(config: LlamaConfig, backend: str):
+def _tied_head_fused(embedding: EmbeddingPipe, hidden):
+    return hidden  # the loss applies embedding.embed_tokens.weight itself
+
+
+def head_weight(module: nn.Module):
+    """The LM head's weight on this (last) stage: lm_head.weight, or the tied embedding."""
+    for layer in module.modules():
+        if isinstance(layer, LMHeadPipe):
+            return layer.lm_head.weight
+    tied = getattr(module, "tied_modules", {})
+    if "embed" in tied:
+        return tied["embed"].embed_tokens.weight
+    raise ValueError("this stage holds no LM head")
+
+
+def layer_specs(config: LlamaConfig, backend: str, fused_head: bool = False):
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
 
     if config.tie_word_embeddings:
         first = TiedLayerSpec("embed", EmbeddingPipe, config, tied_weight_attr="embed_tokens.weight")
-        last = TiedLayerSpec("embed", EmbeddingPipe, config, forward_fn=_tied_head,
+        last = TiedLayerSpec("embed", EmbeddingPipe, config, forward_fn=_tied_head_fused if fused_head else _tied_head,
                              tied_weight_attr="embed_tokens.weight")
     else:
-        first, last = LayerSpec(EmbeddingPipe, config), LayerSpec(LMHeadPipe, config)
+        first, last = LayerSpec(EmbeddingPipe, config), LayerSpec(LMHeadPipe, config, fused_head)
     decoders = [LayerSpec(DecoderLayerPipe, config, backend) for _ in range(config.num_hidden_layers)]
     return [first, *decoders, LayerSpec(FinalNormPipe, config), last]
 
 
 def build_pipeline(config: LlamaConfig, num_stages: int, loss_fn, backend: str = "sdpa",
-                   partition_method: str = "type:DecoderLayerPipe", activation_checkpointing: bool = False):
+                   partition_method: str = "type:DecoderLayerPipe", activation_checkpointing: bool = False,
+                   fused_head: bool = False):
     """The PipelineModule (torch.distributed must be initialised). Decoder layers are split evenly
     across stages by default ("parameters" balances parameter counts instead)."""
     from deepspeed.pipe import PipelineModule
@@ -83,7 +103,7 @@ def build_pipeline(config: LlamaConfig, num_stages: int, loss_fn, backend: str =
         raise ValueError(f"{num_stages} pipeline stages for {config.num_hidden_layers} decoder layers: "
                          "every stage needs at least one")
     return PipelineModule(
-        layers=layer_specs(config, backend),
+        layers=layer_specs(config, backend, fused_head),
         num_stages=num_stages,
         loss_fn=loss_fn,
         partition_method=partition_method,

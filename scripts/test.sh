@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test,bench
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+# DeepSpeed compiles a small comm op at first use; keep that build with this environment, so no
+# other checkout's half-finished build (a stale lock) can stall the tests.
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/${VENV:-.venv}/torch_extensions}"
 exec "${VENV:-.venv}/bin/python" -m pytest "$@"

@@ -22,13 +22,22 @@ import torch
 
 from .checks import check_inputs, check_logits
 from .sequence_logps import sequence_logps
+from .vocab_parallel import shard_offset, vocab_parallel_sequence_logps
 
 DEFAULT_CHUNK_ROWS = 4096
 
 
+def _chunk_logps(logits, labels, weights, seq_ids, num_seqs, ignore_index, group, inplace):
+    if group is not None:  # a vocabulary shard: statistics are exchanged, never logits
+        return vocab_parallel_sequence_logps(logits, labels, weights, seq_ids, num_seqs, ignore_index=ignore_index,
+                                             group=group)
+    return sequence_logps(logits, labels, weights, seq_ids, num_seqs, ignore_index=ignore_index,
+                          inplace_backward=inplace, check_values=False)
+
+
 class LinearSequenceLogpsFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, weights, seq_ids, num_seqs, ignore_index, chunk_rows):
+    def forward(ctx, hidden, weight, labels, weights, seq_ids, num_seqs, ignore_index, chunk_rows, group):
         active = (labels != ignore_index) & (seq_ids >= 0) & (seq_ids < num_seqs) & (weights != 0)
         rows = active.nonzero().squeeze(1)  # the one host sync: how many rows contribute
         h, lab, w, sid = hidden[rows], labels[rows], weights[rows], seq_ids[rows]
@@ -38,10 +47,9 @@ class LinearSequenceLogpsFunction(torch.autograd.Function):
             for start in range(0, rows.numel(), chunk_rows):
                 part = slice(start, start + chunk_rows)
                 logits = h[part] @ weight.t()
-                out += sequence_logps(logits, lab[part], w[part], sid[part], num_seqs, ignore_index=ignore_index,
-                                      check_values=False)
+                out += _chunk_logps(logits, lab[part], w[part], sid[part], num_seqs, ignore_index, group, False)
         ctx.save_for_backward(hidden, weight, rows, lab, w, sid)
-        ctx.num_seqs, ctx.ignore_index, ctx.chunk_rows = num_seqs, ignore_index, chunk_rows
+        ctx.num_seqs, ctx.ignore_index, ctx.chunk_rows, ctx.group = num_seqs, ignore_index, chunk_rows, group
         return out
 
     @staticmethod
@@ -55,13 +63,15 @@ class LinearSequenceLogpsFunction(torch.autograd.Function):
             with torch.enable_grad():
                 logits = (h[part] @ weight.t()).detach().requires_grad_(True)
                 produced = logits.view_as(logits)  # a non-leaf view: the gradient overwrites the logits
-                sums = sequence_logps(produced, lab[part], w[part], sid[part], ctx.num_seqs,
-                                      ignore_index=ctx.ignore_index, inplace_backward=True, check_values=False)
+                sums = _chunk_logps(produced, lab[part], w[part], sid[part], ctx.num_seqs, ctx.ignore_index,
+                                    ctx.group, True)
                 (grad_logits,) = torch.autograd.grad(sums, logits, grad_out)
             grad_h[part] = grad_logits @ weight
             grad_w += (grad_logits.t() @ h[part]).to(grad_w.dtype)
+        if ctx.group is not None:  # every vocabulary shard contributes to the hidden states' gradient
+            torch.distributed.all_reduce(grad_h, group=ctx.group)
         grad_hidden = torch.zeros_like(hidden).index_copy_(0, rows, grad_h)
-        return grad_hidden, grad_w.to(weight.dtype), None, None, None, None, None, None
+        return grad_hidden, grad_w.to(weight.dtype), None, None, None, None, None, None, None
 
 
 def linear_sequence_logps(
@@ -75,12 +85,15 @@ def linear_sequence_logps(
     ignore_index: int = -100,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     check_values: bool | None = None,
+    vocab_group=None,
 ) -> torch.Tensor:
     """sequence_logps(hidden @ lm_head_weight.T, ...) without materialising the logits.
 
     hidden (N, H) and lm_head_weight (V, H) in the same floating dtype; the rest as in
     `sequence_logps`. Differentiable with respect to hidden and lm_head_weight. Peak extra memory is
-    one chunk of chunk_rows x V logits (see the module docstring).
+    one chunk of chunk_rows x V logits (see the module docstring). With `vocab_group` (a
+    torch.distributed group), lm_head_weight is this rank's contiguous vocabulary shard (V_r, H) and
+    labels are global ids; ranks exchange per-row statistics, never logits (kernels/vocab_parallel.py).
     """
     check_logits("linear_sequence_logps", hidden, ndim=2)
     if not isinstance(lm_head_weight, torch.Tensor) or lm_head_weight.dim() != 2 \
@@ -93,7 +106,10 @@ def linear_sequence_logps(
                          f"but hidden is {hidden.dtype} on {hidden.device}")
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ValueError(f"linear_sequence_logps: chunk_rows must be a positive int, got {chunk_rows!r}")
-    check_inputs("linear_sequence_logps", hidden.shape[0], lm_head_weight.shape[0], hidden.device, labels, weights,
+    vocab = lm_head_weight.shape[0]
+    if vocab_group is not None:
+        vocab = shard_offset(vocab, vocab_group, hidden.device)[1]
+    check_inputs("linear_sequence_logps", hidden.shape[0], vocab, hidden.device, labels, weights,
                  seq_ids, num_seqs, ignore_index, check_values)
     return LinearSequenceLogpsFunction.apply(hidden, lm_head_weight, labels, weights, seq_ids, num_seqs,
-                                             ignore_index, chunk_rows)
+                                             ignore_index, chunk_rows, vocab_group)

@@ -331,6 +331,7 @@ def sequence_logps(
     ignore_index: int = -100,
     inplace_backward: bool = False,
     check_values: bool | None = None,
+    vocab_group=None,
 ) -> torch.Tensor:
     """Per-sequence sums of weighted label log-probs, differentiable with respect to `logits`.
 
@@ -346,6 +347,9 @@ def sequence_logps(
             logits must not be needed after the backward).
         check_values: read labels and seq_ids to range-check them. None (default) checks CPU tensors
             only, since on CUDA the check is a host synchronisation; unchecked bad values give NaN.
+        vocab_group: a torch.distributed group over which the vocabulary is split: logits are this
+            rank's contiguous shard (N, V_r), labels global ids; ranks exchange per-row statistics,
+            never logits (maskdpo.kernels.vocab_parallel; PyTorch, not the Triton kernel).
 
     Returns:
         (num_seqs,) float32 (float64 for float64 logits):
@@ -356,6 +360,14 @@ def sequence_logps(
     """
     check_logits("sequence_logps", logits, ndim=2)
     check_inplace("sequence_logps", logits, inplace_backward)
+    if vocab_group is not None:
+        from .vocab_parallel import shard_offset, vocab_parallel_sequence_logps
+
+        vocab = shard_offset(logits.shape[1], vocab_group, logits.device)[1]
+        check_inputs("sequence_logps", logits.shape[0], vocab, logits.device, labels, weights, seq_ids, num_seqs,
+                     ignore_index, check_values)
+        return vocab_parallel_sequence_logps(logits, labels, weights, seq_ids, num_seqs, ignore_index=ignore_index,
+                                             group=vocab_group)
     return _run("sequence_logps", logits.unsqueeze(0), labels, weights, seq_ids, num_seqs, ignore_index,
                 inplace_backward, check_values)
 

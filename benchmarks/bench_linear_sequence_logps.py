@@ -15,10 +15,8 @@ benchmarks/results/<date>-<gpu>/linear_sequence_logps.{json,md}. Exits with stat
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import random
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -27,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import cuda_missing, results_dir  # noqa: E402
 from bench_sequence_logps import IGNORE_INDEX, _timed, environment  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def make_inputs(n: int, hidden_size: int, vocab: int, device, dtype=torch.bfloat16, seed: int = 0):
@@ -94,9 +92,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("CUDA is not available: this benchmark times GPU kernels and has nothing to measure here.",
-              file=sys.stderr)
+    if cuda_missing("GPU kernels"):
         return 2
     env = environment()
     table = providers()
@@ -138,9 +134,7 @@ def main(argv=None) -> int:
             print(json.dumps(rows[-1]), flush=True)
         del inputs
         torch.cuda.empty_cache()
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", env["gpu"]).strip("-").lower()
-    out_dir = args.out_dir or RESULTS / f"{dt.date.today().isoformat()}-{slug}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = results_dir(env["gpu"], args.out_dir)
     (out_dir / "linear_sequence_logps.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
     lines = [f"# linear_sequence_logps benchmark, {env['gpu']}", "", json.dumps(env), "",
              "| N | provider | fwd+bwd ms | extra peak GiB | TFLOP/s on kept tokens |", "|---|---|---|---|---|"]

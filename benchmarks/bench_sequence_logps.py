@@ -33,7 +33,6 @@ import datetime as dt
 import json
 import platform
 import random
-import re
 import statistics
 import subprocess
 import sys
@@ -41,11 +40,12 @@ from pathlib import Path
 
 import torch
 
+from bench_common import cuda_missing, results_dir
+
 IGNORE_INDEX = -100
 SEQ_LEN = 1024
 PROMPT_FRACTION = 0.3
 PEAK_GAP = 20.0
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def make_inputs(n: int, vocab: int, peaked: bool, device, seed: int = 0):
@@ -257,9 +257,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", type=Path, default=None, help="default: results/<date>-<gpu>/")
     args = parser.parse_args(argv)
 
-    if not torch.cuda.is_available():
-        print("CUDA is not available: this benchmark times GPU kernels and has nothing to measure here.",
-              file=sys.stderr)
+    if cuda_missing("GPU kernels"):
         return 2
 
     env = environment()
@@ -281,9 +279,7 @@ def main(argv=None) -> int:
             del inputs
             torch.cuda.empty_cache()
 
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", env["gpu"]).strip("-").lower()
-    out_dir = args.out_dir or RESULTS / f"{dt.date.today().isoformat()}-{slug}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = results_dir(env["gpu"], args.out_dir)
     report = {"environment": env, "copy_bandwidth_bytes_per_s": bandwidth, "rows": rows}
     (out_dir / "sequence_logps.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "sequence_logps.md").write_text(markdown(env, bandwidth, rows))

@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import re
 import socket
 import statistics
 import sys
@@ -29,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench_common import cuda_missing, results_dir
+
 
 SHAPES = {  # Llama-3.2 shapes (tied embeddings, Llama-3.1 rope scaling)
     "llama3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -120,9 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("CUDA is not available: this benchmark times training on a GPU and has nothing to measure here.",
-              file=sys.stderr)
+    if cuda_missing("training on a GPU"):
         return 2
     for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
         os.environ.setdefault(key, value)
@@ -146,9 +144,7 @@ def main(argv=None) -> int:
     env = {"gpu": gpu, "cuda": torch.version.cuda, "torch": torch.__version__, "triton": triton.__version__,
            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "seq": args.seq,
            "pairs": args.pairs, "attention": args.attention, "checkpointing": args.checkpointing}
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", gpu).strip("-").lower()
-    out_dir = args.out_dir or RESULTS / f"{dt.date.today().isoformat()}-{slug}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = results_dir(gpu, args.out_dir)
     (out_dir / "train.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
     lines = [f"# Mask-DPO training throughput, {gpu}", "", json.dumps(env), "",
              "| shape | loss | step s | tokens/s | model TFLOP/s | MFU | peak GiB |", "|---|---|---|---|---|---|---|"]

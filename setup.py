@@ -40,7 +40,7 @@ setup(
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6", "pytest-timeout"],
         "flash": ["flash-attn>=2.6"],
-        "bench": ["liger-kernel>=0.5"],
+        "bench": ["liger-kernel>=0.5", "cut-cross-entropy>=25.1"],
         "tensorboard": ["tensorboard"],
     },
     entry_points={"console_scripts": ["maskdpo=maskdpo.cli:main"]},

@@ -26,3 +26,29 @@ def results_dir(device_name: str, out_dir: Path | None = None) -> Path:
     path = out_dir or RESULTS / f"{dt.date.today().isoformat()}-{slug}"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def interleaved_times(names, reps: int, warmup: int, time_one) -> tuple[dict, dict]:
+    """Time every name in rounds, in a new shuffled order each round, so that clocks and heat hit all
+    alike. time_one(name) runs one timed step and returns {kind: ms}; the first `warmup` rounds are
+    dropped. Returns ({name: {kind: [ms, ...]}}, {name: "out of memory"} for the names that ran out)."""
+    import random
+
+    times = {name: {} for name in names}
+    failed = {}
+    for rep in range(warmup + reps):
+        order = list(names)
+        random.Random(rep).shuffle(order)
+        for name in order:
+            if name in failed:
+                continue
+            try:
+                measured = time_one(name)
+            except torch.OutOfMemoryError:
+                failed[name] = "out of memory"
+                torch.cuda.empty_cache()
+                continue
+            if rep >= warmup:
+                for kind, ms in measured.items():
+                    times[name].setdefault(kind, []).append(ms)
+    return times, failed

@@ -1,22 +1,41 @@
-"""Benchmark the hidden-state level: masked per-sequence log-probs from hidden states and the LM head.
+"""Benchmark the hidden-state level: the Mask-DPO loss from hidden states and the LM head.
 
-Providers, on the same inputs (bf16, H = 4096, V = 128256, half the tokens with weight 0), forward
-and backward with respect to hidden and weight:
-  maskdpo-fused      maskdpo.kernels.linear_sequence_logps (compaction, chunked, never all logits)
-  linear+kernel      F.linear, then maskdpo.kernels.sequence_logps (full logits, fused kernel)
-  eager              F.linear, then fp32 log_softmax + gather + weighted per-sequence sum
-  liger-flce         Liger's fused linear cross entropy, reduction="none", then the weighting and
-                     the per-sequence sum (zero-weight tokens passed as ignore_index)
-Reported: median forward+backward time (CUDA events), extra peak memory, and TFLOP/s achieved on
-the tokens that count (6 * N_kept * H * V flops). Results go to
-benchmarks/results/<date>-<gpu>/linear_sequence_logps.{json,md}. Exits with status 2 without CUDA.
+Every provider computes the same thing on the same inputs: per-sequence masked log-probs of the
+label tokens under logits = hidden @ W.T, then the sigmoid DPO loss (beta 0.1) of the pairs, with
+precomputed reference log-probs of 0; forward and backward with respect to hidden and W.
+  maskdpo-fused  maskdpo.kernels.linear_sequence_logps (compaction, chunked, never all logits)
+  linear+kernel  F.linear, then maskdpo.kernels.sequence_logps (full logits, fused kernel)
+  eager          F.linear, then fp32 log_softmax + gather + weighted per-sequence sum
+  liger-flce     Liger's fused linear cross entropy, reduction="none", then the weighting and the
+                 per-sequence sum (zero-weight tokens passed as ignore_index)
+  liger-dpo      Liger's LigerFusedLinearDPOLoss (torch.compile'd unless --no-compile), binary masks
+                 as ignore_index, use_ref_model=False (it cannot take precomputed reference log-probs;
+                 without a reference model it does the same policy work as the others)
+  cce            Cut Cross-Entropy (apple/ml-cross-entropy, `cut-cross-entropy`), reduction="none",
+                 then the same glue as liger-flce; its default gradient filtering (filter_eps="high")
+                 is left on, as its users run it
+The per-sequence providers feed maskdpo.loss.mask_dpo_loss; the glue and the loss are timed.
+
+Workload (the issue's): bf16, H = 4096, V = 128256, N in {4096, 16384, 32768}, sequences of 1024
+tokens, the first half of the sequences chosen and the second half rejected (Liger's layout), each
+token kept (weight 1) with probability 1/2.
+
+Also timed: the floor, i.e. the two cuBLAS matmuls of F.linear's backward on all N tokens
+(grad_hidden = G @ W and grad_W = G.T @ hidden for a bf16 logits gradient G).
+
+Reported per (N, provider): median forward+backward time (CUDA events, providers interleaved), the
+ratios to liger-dpo and to the floor, extra peak memory (the peak during the step minus the inputs
+and the gradients it must return), and TFLOP/s on the tokens that count (6 * N_kept * H * V flops).
+Results go to benchmarks/results/<date>-<gpu>/linear_sequence_logps.{json,md}.
+Usage: python benchmarks/bench_linear_sequence_logps.py [--n 4096 16384 32768] [--reps 10]
+Exits with status 2 without CUDA.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import random
 import statistics
 import sys
 from pathlib import Path
@@ -25,23 +44,39 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import cuda_missing, results_dir  # noqa: E402
+from bench_common import cuda_missing, interleaved_times, results_dir  # noqa: E402
 from bench_sequence_logps import IGNORE_INDEX, _timed, environment  # noqa: E402
 
+BETA = 0.1
 
 
-def make_inputs(n: int, hidden_size: int, vocab: int, device, dtype=torch.bfloat16, seed: int = 0):
+def make_inputs(n: int, hidden_size: int, vocab: int, device, dtype=torch.bfloat16, seed: int = 0,
+                seq_len: int = 1024):
+    """(hidden, weight, labels, weights, seq_ids, num_seqs): n // seq_len sequences, an even number."""
+    if n % (2 * seq_len):
+        raise ValueError(f"n ({n}) must be a multiple of 2 * seq_len ({2 * seq_len}): whole pairs of sequences")
     gen = torch.Generator(device).manual_seed(seed)
     hidden = torch.randn(n, hidden_size, device=device, dtype=dtype, generator=gen)
     weight = (torch.randn(vocab, hidden_size, device=device, dtype=dtype, generator=gen) / hidden_size ** 0.5)
     labels = torch.randint(0, vocab, (n,), device=device, generator=gen)
     weights = (torch.rand(n, device=device, generator=gen) < 0.5).float()  # half the tokens count
-    seq_ids = torch.arange(n, device=device) // 1024
-    return hidden, weight, labels, weights, seq_ids, (n + 1023) // 1024
+    seq_ids = torch.arange(n, device=device) // seq_len
+    return hidden, weight, labels, weights, seq_ids, n // seq_len
+
+
+def dpo_loss(seq_logps: torch.Tensor) -> torch.Tensor:
+    """Sigmoid DPO loss of pairs (seq i, seq i + P), reference log-probs 0."""
+    from maskdpo.loss import mask_dpo_loss
+
+    chosen, rejected = seq_logps.chunk(2)
+    zeros = torch.zeros_like(chosen)
+    return mask_dpo_loss(chosen, rejected, zeros, zeros, beta=BETA)[0]
 
 
 def eager(hidden, weight, labels, weights, seq_ids, num_seqs):
-    logp = torch.log_softmax(F.linear(hidden, weight).float(), -1).gather(1, labels[:, None]).squeeze(1)
+    logits = F.linear(hidden, weight)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32, or float64 as a reference
+    logp = torch.log_softmax(logits, -1).gather(1, labels[:, None]).squeeze(1)
     return torch.zeros(num_seqs, device=hidden.device, dtype=logp.dtype).index_add(0, seq_ids, weights * logp)
 
 
@@ -57,30 +92,129 @@ def fused(hidden, weight, labels, weights, seq_ids, num_seqs):
     return linear_sequence_logps(hidden, weight, labels, weights, seq_ids, num_seqs)
 
 
+def _sum_token_losses(loss, weights, seq_ids, num_seqs):
+    """Glue for per-token cross-entropy providers: log-prob = -loss, weighted, summed per sequence."""
+    return torch.zeros(num_seqs, device=loss.device, dtype=torch.float32).index_add(0, seq_ids, -loss.float() * weights)
+
+
 def liger_flce(hidden, weight, labels, weights, seq_ids, num_seqs):
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
     target = torch.where(weights > 0, labels, IGNORE_INDEX)
     loss = liger_fused_linear_cross_entropy(hidden, weight, target, reduction="none", ignore_index=IGNORE_INDEX)
-    return torch.zeros(num_seqs, device=hidden.device, dtype=torch.float32).index_add(0, seq_ids, -loss.float() * weights)
+    return _sum_token_losses(loss, weights, seq_ids, num_seqs)
 
 
-def providers() -> dict:
-    table = {"maskdpo-fused": fused, "linear+kernel": linear_then_kernel, "eager": eager}
+def cce(hidden, weight, labels, weights, seq_ids, num_seqs, impl: str = "cce"):
+    """impl: "cce" (its Triton kernels, CUDA only) or "torch_compile" (its fallback, runs on CPU)."""
+    from cut_cross_entropy import linear_cross_entropy
+
+    target = torch.where(weights > 0, labels, IGNORE_INDEX)
+    loss = linear_cross_entropy(hidden, weight, target, ignore_index=IGNORE_INDEX, reduction="none", impl=impl)
+    return _sum_token_losses(loss, weights, seq_ids, num_seqs)
+
+
+def liger_dpo(hidden, weight, labels, weights, seq_ids, num_seqs, compiled: bool = True):
+    """Liger's whole fused linear DPO loss; sequences are contiguous rows of equal length."""
+    from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
+
+    target = torch.where(weights > 0, labels, IGNORE_INDEX).view(num_seqs, -1)
+    loss_fn = LigerFusedLinearDPOLoss(beta=BETA, use_ref_model=False, compiled=compiled)
+    return loss_fn(weight, hidden.view(num_seqs, -1, hidden.shape[-1]), target)[0]
+
+
+def providers(compiled: bool = True, cce_impl: str = "cce") -> dict:
+    """name -> (function, whether it returns the loss itself rather than per-sequence log-probs).
+    Peers that are not installed are skipped, with a line on stderr."""
+    table = {"maskdpo-fused": (fused, False), "linear+kernel": (linear_then_kernel, False), "eager": (eager, False)}
     try:
         import liger_kernel  # noqa: F401
     except ImportError:
         print("liger-kernel is not installed (pip install -e .[bench]): skipping it", file=sys.stderr)
     else:
-        table["liger-flce"] = liger_flce
+        table["liger-flce"] = (liger_flce, False)
+        table["liger-dpo"] = (functools.partial(liger_dpo, compiled=compiled), True)
+    try:
+        import cut_cross_entropy  # noqa: F401
+    except ImportError:
+        print("cut-cross-entropy is not installed (pip install -e .[bench]): skipping it", file=sys.stderr)
+    else:
+        table["cce"] = (functools.partial(cce, impl=cce_impl), False)
     return table
 
 
-def run(fn, inputs, grad_out):
-    hidden, weight, labels, weights, seq_ids, num_seqs = inputs
-    h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
-    fn(h, w, labels, weights, seq_ids, num_seqs).backward(grad_out)
-    return h, w
+def leaves(inputs):
+    """Fresh leaf copies of hidden and W for one step (made before any clock starts)."""
+    return inputs[0].clone().requires_grad_(True), inputs[1].clone().requires_grad_(True)
+
+
+def step(provider, h, w, inputs) -> torch.Tensor:
+    """Forward and backward of the DPO loss through one provider; returns the loss."""
+    fn, returns_loss = provider
+    out = fn(h, w, *inputs[2:])
+    loss = out if returns_loss else dpo_loss(out)
+    loss.backward()
+    return loss
+
+
+def floor_ms(inputs, reps: int) -> float:
+    """Median time of F.linear's backward alone (its two matmuls) on all N tokens."""
+    hidden, weight = inputs[0], inputs[1]
+    grad_logits = torch.randn(hidden.shape[0], weight.shape[0], device=hidden.device, dtype=hidden.dtype)
+
+    def backward():
+        grad_logits @ weight
+        grad_logits.t() @ hidden
+
+    for _ in range(2):
+        backward()
+    return statistics.median(_timed(backward) for _ in range(reps))
+
+
+def measure(table, inputs, reps: int, warmup: int) -> dict:
+    """name -> {"fwd_bwd_ms", "extra_peak_gib"} or {"error"}."""
+    def time_one(name):
+        h, w = leaves(inputs)  # made before the clock starts, freed on return
+        torch.cuda.synchronize()
+        return {"fwd_bwd": _timed(lambda: step(table[name], h, w, inputs))}
+
+    times, failed = interleaved_times(table, reps, warmup, time_one)
+    results = {}
+    for name in table:
+        if name in failed:
+            results[name] = {"error": failed[name]}
+            continue
+        h, w = leaves(inputs)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step(table[name], h, w, inputs)
+        torch.cuda.synchronize()
+        grads = h.numel() * h.element_size() + w.numel() * w.element_size()
+        results[name] = {"fwd_bwd_ms": statistics.median(times[name]["fwd_bwd"]),
+                         "extra_peak_gib": (torch.cuda.max_memory_allocated() - before - grads) / 2 ** 30}
+        del h, w
+        torch.cuda.empty_cache()
+    return results
+
+
+def markdown(env: dict, rows: list[dict]) -> str:
+    lines = [f"# linear_sequence_logps benchmark (Mask-DPO loss from hidden states), {env['gpu']}", "",
+             f"{env['date']}, commit {env['commit']}; driver {env['driver']}, CUDA {env['cuda']}, torch {env['torch']}, "
+             f"triton {env['triton']}, liger-kernel {env['liger_kernel']}, cut-cross-entropy {env['cut_cross_entropy']}.",
+             "", "Forward+backward of the DPO loss w.r.t. hidden and W; bf16; half the tokens kept. "
+             "Extra peak: beyond the inputs and the gradients returned. Floor: F.linear's two backward matmuls on "
+             "all N (its TFLOP/s: 4 * N * H * V flops, all tokens).",
+             "", "| N | provider | fwd+bwd ms | x liger-dpo | x floor | extra peak GiB | TFLOP/s on kept tokens |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['n']} | {r['provider']} | {r['error']} | | | | |")
+            continue
+        vs_liger = f"{r['vs_liger_dpo']:.2f}" if r.get("vs_liger_dpo") else ""
+        lines.append(f"| {r['n']} | {r['provider']} | {r['fwd_bwd_ms']:.2f} | {vs_liger} | {r['vs_floor']:.2f} | "
+                     f"{r['extra_peak_gib']:.2f} | {r['tflops_on_kept_tokens']:.0f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -90,61 +224,41 @@ def main(argv=None) -> int:
     parser.add_argument("--vocab", type=int, default=128256)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--no-compile", action="store_true", help="run Liger's DPO loss without torch.compile")
+    parser.add_argument("--providers", nargs="+", default=None, help="a subset of the providers, by name")
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     if cuda_missing("GPU kernels"):
         return 2
     env = environment()
-    table = providers()
+    table = providers(compiled=not args.no_compile)
+    if args.providers:
+        unknown = set(args.providers) - set(table)
+        if unknown:
+            parser.error(f"unknown or unavailable providers {sorted(unknown)}; available: {sorted(table)}")
+        table = {name: table[name] for name in args.providers}
     rows = []
     for n in args.n:
         inputs = make_inputs(n, args.hidden, args.vocab, "cuda")
-        grad_out = torch.ones(inputs[-1], device="cuda")
         kept = int((inputs[3] > 0).sum())
-        times = {name: [] for name in table}
-        failed = {}
-        for rep in range(args.warmup + args.reps):
-            order = list(table)
-            random.Random(rep).shuffle(order)
-            for name in order:
-                if name in failed:
-                    continue
-                try:
-                    ms = _timed(lambda: run(table[name], inputs, grad_out))
-                except torch.OutOfMemoryError:
-                    failed[name] = "out of memory"
-                    torch.cuda.empty_cache()
-                    continue
-                if rep >= args.warmup:
-                    times[name].append(ms)
-        for name, fn in table.items():
-            row = {"n": n, "hidden": args.hidden, "vocab": args.vocab, "kept_tokens": kept, "provider": name}
-            if name in failed:
-                rows.append({**row, "error": failed[name]})
-                continue
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-            run(fn, inputs, grad_out)
-            torch.cuda.synchronize()
-            ms = statistics.median(times[name])
-            rows.append({**row, "fwd_bwd_ms": ms, "extra_peak_gib": (torch.cuda.max_memory_allocated() - before) / 2 ** 30,
-                         "tflops_on_kept_tokens": 6 * kept * args.hidden * args.vocab / (ms * 1e-3) / 1e12})
-            print(json.dumps(rows[-1]), flush=True)
+        floor = floor_ms(inputs, args.reps)
+        results = measure(table, inputs, args.reps, args.warmup)
+        liger = results.get("liger-dpo", {}).get("fwd_bwd_ms")
+        rows.append({"n": n, "provider": "floor (F.linear backward)", "fwd_bwd_ms": floor, "vs_floor": 1.0,
+                     "extra_peak_gib": 0.0, "tflops_on_kept_tokens": 4 * n * args.hidden * args.vocab / (floor * 1e-3) / 1e12})
+        for name, result in results.items():
+            row = {"n": n, "hidden": args.hidden, "vocab": args.vocab, "kept_tokens": kept, "provider": name, **result}
+            if "error" not in result:
+                ms = result["fwd_bwd_ms"]
+                row.update(vs_liger_dpo=ms / liger if liger else None, vs_floor=ms / floor,
+                           tflops_on_kept_tokens=6 * kept * args.hidden * args.vocab / (ms * 1e-3) / 1e12)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
         del inputs
         torch.cuda.empty_cache()
     out_dir = results_dir(env["gpu"], args.out_dir)
     (out_dir / "linear_sequence_logps.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
-    lines = [f"# linear_sequence_logps benchmark, {env['gpu']}", "", json.dumps(env), "",
-             "| N | provider | fwd+bwd ms | extra peak GiB | TFLOP/s on kept tokens |", "|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['n']} | {r['provider']} | {r['error']} | | |")
-        else:
-            lines.append(f"| {r['n']} | {r['provider']} | {r['fwd_bwd_ms']:.2f} | {r['extra_peak_gib']:.2f} | "
-                         f"{r['tflops_on_kept_tokens']:.0f} |")
-    (out_dir / "linear_sequence_logps.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "linear_sequence_logps.md").write_text(markdown(env, rows))
     print(f"wrote {out_dir}/linear_sequence_logps.json and .md")
     return 0
 

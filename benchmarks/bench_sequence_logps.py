@@ -32,7 +32,6 @@ import argparse
 import datetime as dt
 import json
 import platform
-import random
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from bench_common import cuda_missing, results_dir
+from bench_common import cuda_missing, interleaved_times, results_dir
 
 IGNORE_INDEX = -100
 SEQ_LEN = 1024
@@ -140,8 +139,6 @@ def copy_bandwidth(nbytes: int, reps: int = 20) -> float:
 def measure(table, inputs, reps: int, warmup: int):
     logits, labels, weights, seq_ids, num_seqs = inputs
     grad_out = torch.randn(num_seqs, device="cuda")
-    times = {name: {"fwd": [], "fwd_bwd": []} for name in table}
-    failed = {}
 
     def fresh():
         return logits.clone().requires_grad_(True)
@@ -149,24 +146,15 @@ def measure(table, inputs, reps: int, warmup: int):
     def step(fn, x, backward):
         run_provider(fn, x, labels, weights, seq_ids, num_seqs, grad_out if backward else None)
 
-    for rep in range(warmup + reps):
-        order = list(table)
-        random.Random(rep).shuffle(order)  # interleave providers: clocks and heat hit all alike
-        for name in order:
-            if name in failed:
-                continue
-            fn, _ = table[name]
-            try:
-                for kind, backward in (("fwd", False), ("fwd_bwd", True)):
-                    x = fresh()  # the copy is made before the clock starts
-                    torch.cuda.synchronize()
-                    ms = _timed(lambda: step(fn, x, backward))
-                    if rep >= warmup:
-                        times[name][kind].append(ms)
-                    del x
-            except torch.OutOfMemoryError:
-                failed[name] = "out of memory"
-                torch.cuda.empty_cache()
+    def time_kind(fn, backward):
+        x = fresh()  # the copy is made before the clock starts, and freed on return
+        torch.cuda.synchronize()
+        return _timed(lambda: step(fn, x, backward))
+
+    def time_one(name):
+        return {kind: time_kind(table[name][0], backward) for kind, backward in (("fwd", False), ("fwd_bwd", True))}
+
+    times, failed = interleaved_times(table, reps, warmup, time_one)
 
     results = {}
     row_bytes = logits.shape[0] * logits.shape[1] * logits.element_size()
@@ -219,6 +207,7 @@ def environment() -> dict:
         "torch": torch.__version__,
         "triton": version("triton"),
         "liger_kernel": version("liger_kernel"),
+        "cut_cross_entropy": version("cut_cross_entropy"),
         "python": platform.python_version(),
         "commit": commit,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

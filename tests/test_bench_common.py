@@ -1,0 +1,39 @@
+"""What the GPU benchmarks share: the interleaved timing rounds and the results folder."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench_common  # noqa: E402
+
+
+def test_interleaved_times_drops_warmup_shuffles_rounds_and_reports_out_of_memory():
+    calls = []
+
+    def time_one(name):
+        calls.append(name)
+        if name == "big":
+            raise torch.OutOfMemoryError("no room")
+        return {"fwd": float(len(calls)), "fwd_bwd": 2.0 * len(calls)}
+
+    times, failed = bench_common.interleaved_times(["a", "b", "c", "big"], reps=5, warmup=2, time_one=time_one)
+    assert failed == {"big": "out of memory"}
+    assert calls.count("big") == 1 and calls.count("a") == calls.count("b") == calls.count("c") == 7
+    orders = [tuple(calls[i:i + 3]) for i in range(4, len(calls), 3)]  # rounds after the one with "big"
+    assert len(set(orders)) > 1  # not the same order every round
+    for name in "abc":
+        assert len(times[name]["fwd"]) == 5 and len(times[name]["fwd_bwd"]) == 5
+        kept_calls = [i + 1 for i, n in enumerate(calls) if n == name][2:]
+        assert times[name]["fwd"] == [float(i) for i in kept_calls]  # warm-up rounds dropped, in order
+    assert times["big"] == {}
+
+
+def test_results_dir_is_dated_and_named_after_the_device(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_common, "RESULTS", tmp_path)
+    path = bench_common.results_dir("NVIDIA H100 80GB HBM3")
+    assert path.is_dir() and path.parent == tmp_path
+    assert path.name.endswith("-nvidia-h100-80gb-hbm3") and path.name[:4].isdigit()
+    assert bench_common.results_dir("x", tmp_path / "given") == tmp_path / "given"

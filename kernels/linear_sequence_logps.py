@@ -5,8 +5,10 @@
 
 Design: chunked matmuls + the fused sequence-logps kernel, never the whole logits.
 - Rows that contribute nothing (ignored label, seq id -1, weight 0: prompt tokens, masked sentences,
-  padding) are compacted away before any matmul. Finding them is the one host synchronisation
-  (the number of contributing rows sizes the chunks).
+  padding) are compacted away before any matmul. Their number sizes the chunks, so it must be known
+  on the host: pass `active_rows` (the contributing rows' indices, computed where the data already
+  is on the host, as the pipeline's data loader does with `contributing_rows`) and nothing is
+  synchronised; without it they are found on the device at the cost of one host synchronisation.
 - Forward: for each chunk of `chunk_rows` contributing rows, logits = h @ W^T (chunk x V, in the
   compute dtype) go through the kernel's forward and are freed.
 - Backward: each chunk's logits are recomputed, the kernel writes their gradient in place
@@ -35,11 +37,21 @@ def _chunk_logps(logits, labels, weights, seq_ids, num_seqs, ignore_index, group
                           inplace_backward=inplace, check_values=False)
 
 
+def contributing_rows(labels: torch.Tensor, weights: torch.Tensor, seq_ids: torch.Tensor, num_seqs: int,
+                      ignore_index: int = -100) -> torch.Tensor:
+    """Ascending int64 indices of the rows that contribute to the sums: a label that is not
+    ignore_index, a seq id in [0, num_seqs) and a non-zero weight. On CUDA tensors this syncs with
+    the host (the count sizes the result); on the CPU it is free, so data loaders call it there and
+    pass the result as `active_rows`."""
+    active = (labels != ignore_index) & (seq_ids >= 0) & (seq_ids < num_seqs) & (weights != 0)
+    return active.nonzero().squeeze(1)
+
+
 class LinearSequenceLogpsFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, weights, seq_ids, num_seqs, ignore_index, chunk_rows, group):
-        active = (labels != ignore_index) & (seq_ids >= 0) & (seq_ids < num_seqs) & (weights != 0)
-        rows = active.nonzero().squeeze(1)  # the one host sync: how many rows contribute
+    def forward(ctx, hidden, weight, labels, weights, seq_ids, num_seqs, ignore_index, chunk_rows, group, rows):
+        if rows is None:
+            rows = contributing_rows(labels, weights, seq_ids, num_seqs, ignore_index)  # the one host sync
         h, lab, w, sid = hidden[rows], labels[rows], weights[rows], seq_ids[rows]
         acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         out = torch.zeros(num_seqs, dtype=acc, device=hidden.device)
@@ -71,7 +83,7 @@ class LinearSequenceLogpsFunction(torch.autograd.Function):
         if ctx.group is not None:  # every vocabulary shard contributes to the hidden states' gradient
             torch.distributed.all_reduce(grad_h, group=ctx.group)
         grad_hidden = torch.zeros_like(hidden).index_copy_(0, rows, grad_h)
-        return grad_hidden, grad_w.to(weight.dtype), None, None, None, None, None, None, None
+        return grad_hidden, grad_w.to(weight.dtype), None, None, None, None, None, None, None, None
 
 
 def linear_sequence_logps(
@@ -86,6 +98,7 @@ def linear_sequence_logps(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     check_values: bool | None = None,
     vocab_group=None,
+    active_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """sequence_logps(hidden @ lm_head_weight.T, ...) without materialising the logits.
 
@@ -94,6 +107,12 @@ def linear_sequence_logps(
     one chunk of chunk_rows x V logits (see the module docstring). With `vocab_group` (a
     torch.distributed group), lm_head_weight is this rank's contiguous vocabulary shard (V_r, H) and
     labels are global ids; ranks exchange per-row statistics, never logits (kernels/vocab_parallel.py).
+
+    active_rows: the ascending int64 indices of the contributing rows (`contributing_rows` of the
+    same labels, weights and seq_ids), on hidden's device. Given, the call makes no host
+    synchronisation; not given, they are found with one. They are checked against the data when
+    values are checked (check_values, by default on CPU only): on CUDA a row missing from them is
+    silently left out of the sums.
     """
     check_logits("linear_sequence_logps", hidden, ndim=2)
     if not isinstance(lm_head_weight, torch.Tensor) or lm_head_weight.dim() != 2 \
@@ -111,5 +130,28 @@ def linear_sequence_logps(
         vocab = shard_offset(vocab, vocab_group, hidden.device)[1]
     check_inputs("linear_sequence_logps", hidden.shape[0], vocab, hidden.device, labels, weights,
                  seq_ids, num_seqs, ignore_index, check_values)
+    if active_rows is not None:
+        _check_active_rows(active_rows, hidden.device, labels, weights, seq_ids, num_seqs, ignore_index,
+                           hidden.device.type == "cpu" if check_values is None else check_values)
     return LinearSequenceLogpsFunction.apply(hidden, lm_head_weight, labels, weights, seq_ids, num_seqs,
-                                             ignore_index, chunk_rows, vocab_group)
+                                             ignore_index, chunk_rows, vocab_group, active_rows)
+
+
+def _check_active_rows(active_rows, device, labels, weights, seq_ids, num_seqs, ignore_index, check_values):
+    if not isinstance(active_rows, torch.Tensor) or active_rows.dim() != 1 or active_rows.dtype != torch.int64 \
+            or active_rows.device != device:
+        got = (f"{active_rows.dtype} of shape {tuple(active_rows.shape)} on {active_rows.device}"
+               if isinstance(active_rows, torch.Tensor) else type(active_rows).__name__)
+        raise ValueError(f"linear_sequence_logps: active_rows must be a 1-D int64 tensor on {device}, got {got}")
+    if not check_values:
+        return
+    expected = contributing_rows(labels, weights, seq_ids, num_seqs, ignore_index)
+    if not torch.equal(active_rows, expected):
+        common = min(active_rows.numel(), expected.numel())
+        differ = (active_rows[:common] != expected[:common]).nonzero()
+        at = int(differ[0, 0]) if differ.numel() else common
+        raise ValueError(
+            f"linear_sequence_logps: active_rows ({active_rows.numel()} rows) are not the contributing rows "
+            f"({expected.numel()} rows: label != ignore_index, 0 <= seq id < num_seqs, weight != 0); they first "
+            f"differ at position {at}: expected {expected[at].item() if at < expected.numel() else 'the end'}, "
+            f"got {active_rows[at].item() if at < active_rows.numel() else 'the end'}")

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from .data.packing import IGNORE_INDEX, MicroBatch
+from .kernels import contributing_rows
 from .model.attention import resolve_backend
 from .model.llama import LlamaConfig
 from .model.pipeline import PIPELINE_ZERO_STAGES, build_pipeline, head_weight, load_hf_into_stage, stage_hf_tensors
@@ -78,10 +79,15 @@ def deepspeed_config(gradient_accumulation_steps: int, data_parallel: int, zero_
 
 
 def micro_batch_tensors(mb: MicroBatch, ref_logps: torch.Tensor):
-    """(inputs, labels) for DeepSpeed: stage 0 reads inputs, the last stage reads labels."""
+    """(inputs, labels) for DeepSpeed: stage 0 reads inputs, the last stage reads labels.
+
+    The labels end with the contributing rows, found here on the CPU so that the fused head's
+    compaction needs no host sync on the GPU (labels are read by the last stage, never sent between
+    stages, so their length may vary)."""
     inputs = (torch.from_numpy(mb.input_ids), torch.from_numpy(mb.position_ids), torch.from_numpy(mb.cu_seqlens))
-    labels = (torch.from_numpy(mb.labels), torch.from_numpy(mb.weights), torch.from_numpy(mb.seq_ids),
-              ref_logps.float(), torch.from_numpy(mb.pair_index))
+    token_labels, weights, seq_ids = (torch.from_numpy(x) for x in (mb.labels, mb.weights, mb.seq_ids))
+    active_rows = contributing_rows(token_labels, weights, seq_ids, ref_logps.shape[0], IGNORE_INDEX)
+    labels = (token_labels, weights, seq_ids, ref_logps.float(), torch.from_numpy(mb.pair_index), active_rows)
     return inputs, labels
 
 

@@ -1,8 +1,10 @@
 """The last pipeline stage's loss: logits -> per-sequence masked log-prob sums (fused kernel) -> Mask-DPO.
 
 A packed micro-batch's label side is the tuple
-    (labels (T,), weights (T,), seq_ids (T,), ref_logps (2 * max_pairs,), pair_index (max_pairs,))
-with the p-th pair's chosen sequence at seq id 2p and its rejected one at 2p + 1.
+    (labels (T,), weights (T,), seq_ids (T,), ref_logps (2 * max_pairs,), pair_index (max_pairs,),
+     active_rows (K,))
+with the p-th pair's chosen sequence at seq id 2p and its rejected one at 2p + 1; active_rows are the
+K rows that count (kernels.contributing_rows), found by the data loader on the CPU.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ class StageLoss:
         self.head_weight = None
 
     def __call__(self, logits, labels):
-        token_labels, weights, seq_ids, ref_logps, pair_index = labels
+        token_labels, weights, seq_ids, ref_logps, pair_index, active_rows = labels
         num_seqs = ref_logps.shape[0]
         if self.head_weight is not None:  # `logits` are the final hidden states here
-            sums = linear_sequence_logps(logits, self.head_weight, token_labels, weights, seq_ids, num_seqs)
+            sums = linear_sequence_logps(logits, self.head_weight, token_labels, weights, seq_ids, num_seqs,
+                                         active_rows=active_rows)
         else:  # the gradient may overwrite the logits: nothing else needs them after this point
             sums = self.sequence_logps(logits, token_labels, weights, seq_ids, num_seqs,
                                        inplace_backward=torch.is_grad_enabled() and logits.requires_grad)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from maskdpo.kernels import linear_sequence_logps
+from maskdpo.kernels import contributing_rows, linear_sequence_logps
 
 from oracle import make_rows, oracle_sequence_logps
 
@@ -85,3 +85,63 @@ def test_bad_shapes_are_named():
         linear_sequence_logps(hidden, weight[:, :40], labels, weights, seq_ids, 1)
     with pytest.raises(ValueError, match="chunk_rows must be a positive int"):
         linear_sequence_logps(hidden, weight, labels, weights, seq_ids, 1, chunk_rows=0)
+
+
+def _ops_dispatched(fn):
+    """The names of the aten ops fn dispatches (the real calls, recorded on their way through)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Record() as record:
+        fn()
+    return record.names
+
+
+# The ops that read a device value on the host: on CUDA each is a synchronisation.
+HOST_READS = {"nonzero", "_local_scalar_dense", "is_nonzero", "item", "equal"}
+
+
+def test_active_rows_give_the_same_result_without_reading_values_on_the_host():
+    args = inputs(150, 48, 1000, 3, torch.float32, seed=7, zero_fraction=0.6)
+    labels, weights, seq_ids = args[2:]
+    grad_out = torch.tensor([0.5, -1.0, 2.0])
+    rows = contributing_rows(labels, weights, seq_ids, 3)
+    assert rows.dtype == torch.int64 and 0 < rows.numel() < 150
+    expected = run(*args, 3, grad_out, chunk_rows=16)
+    given = run(*args, 3, grad_out, chunk_rows=16, active_rows=rows)
+    for a, b in zip(expected, given):
+        assert torch.equal(a, b)  # the same rows in the same order: bit for bit
+
+    def call(**kw):
+        h, w = args[0].clone().requires_grad_(True), args[1].clone().requires_grad_(True)
+        linear_sequence_logps(h, w, labels, weights, seq_ids, 3, chunk_rows=16, check_values=False, **kw).backward(grad_out)
+
+    assert not _ops_dispatched(lambda: call(active_rows=rows)) & HOST_READS
+    assert "nonzero" in _ops_dispatched(call)  # without them, the rows are found with a host read
+
+
+def test_empty_active_rows_give_zeros():
+    hidden, weight, labels, _, seq_ids = inputs(20, 48, 1000, 2, torch.float32, seed=3)
+    out, grad_h, grad_w = run(hidden, weight, labels, torch.zeros(20), seq_ids, 2, torch.ones(2),
+                              active_rows=torch.zeros(0, dtype=torch.int64))
+    assert torch.equal(out, torch.zeros(2)) and not grad_h.any() and not grad_w.any()
+
+
+def test_wrong_active_rows_are_named():
+    hidden, weight, labels, weights, seq_ids = inputs(50, 48, 1000, 2, torch.float32, seed=4)
+    rows = contributing_rows(labels, weights, seq_ids, 2)
+    with pytest.raises(ValueError, match=r"active_rows must be a 1-D int64 tensor on cpu, got torch.int32"):
+        linear_sequence_logps(hidden, weight, labels, weights, seq_ids, 2, active_rows=rows.int())
+    with pytest.raises(ValueError, match=rf"are not the contributing rows .*first differ at position 1: expected "
+                                         rf"{int(rows[1])}, got {int(rows[2])}"):
+        linear_sequence_logps(hidden, weight, labels, weights, seq_ids, 2, active_rows=torch.cat([rows[:1], rows[2:]]))
+    with pytest.raises(ValueError, match=r"expected the end, got 50"):
+        linear_sequence_logps(hidden, weight, labels, weights, seq_ids, 2, active_rows=torch.cat([rows, torch.tensor([50])]))

@@ -36,7 +36,7 @@ def run_stage(model, encoded, ref):
     (ids, pos, cu), labels = micro_batch_tensors(mb, ref)
     logits = model(ids, pos, cu)
     loss_fn = StageLoss(beta=0.1)
-    return loss_fn(logits, (*labels[:3], labels[3].double(), labels[4])), loss_fn.records[-1]
+    return loss_fn(logits, (*labels[:3], labels[3].double(), *labels[4:])), loss_fn.records[-1]
 
 
 def response_logps(theirs, side_ids, prompt_length):
@@ -114,7 +114,7 @@ def test_fused_head_gives_the_same_loss_and_gradients(models):
     encoded = encode_pair(pair(["ok", "unverifiable", "ok"], ["ok", "contradictory", "unverifiable"]), TOKENIZER)
     mb = pack_pairs([encoded], 256, TOKENIZER.pad_token_id).micro_batches[0]
     (ids, pos, cu), labels = micro_batch_tensors(mb, torch.tensor([-100.0, -120.0]))
-    labels = (*labels[:3], labels[3].double(), labels[4])
+    labels = (*labels[:3], labels[3].double(), *labels[4:])
     x = ours.embedding(ids)
     for layer in ours.layers:
         x = layer(x, pos, cu, 256)

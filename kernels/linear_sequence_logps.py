@@ -12,10 +12,15 @@ Design: chunked matmuls + the fused sequence-logps kernel, never the whole logit
 - Forward: for each chunk of `chunk_rows` contributing rows, logits = h @ W^T (chunk x V, in the
   compute dtype) go through the kernel's forward and are freed.
 - Backward: each chunk's logits are recomputed, the kernel writes their gradient in place
-  (inplace_backward), and two matmuls give grad_h = G @ W and grad_W += G^T @ h.
-Extra memory: one chunk of logits (chunk_rows x V in the compute dtype) plus the compacted rows
-(n_active x H) and their gradient; with the default chunk of 4096 rows and V = 128256 in bf16 that
-is 1.05 GB of logits at most, whatever N.
+  (inplace_backward), and two matmuls give grad_h = G @ W and grad_W += G^T @ h. grad_W is summed
+  in W's own dtype by default (it is the gradient returned: no V x H buffer more; in bf16 one
+  rounding per chunk, as Liger's fused linear losses do); accum_dtype=torch.float32 sums in an fp32
+  buffer instead (4 * V * H bytes more, 2.1 GB for Llama-3 8B's head).
+Extra memory, beyond the inputs and the gradients returned: one chunk of logits (chunk_rows x V in
+the compute dtype; its gradient overwrites it) plus the compacted rows and their gradient
+(2 x n_active x H). With the default chunk of 2048 rows, V = 128256 and H = 4096 in bf16 that is
+0.53 GB of logits, plus 16 KB per contributing row: 0.66 GB for 8192 of them (N = 16384 with half
+the tokens kept), whatever V x N.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from .checks import check_inputs, check_logits
 from .sequence_logps import sequence_logps
 from .vocab_parallel import shard_offset, vocab_parallel_sequence_logps
 
-DEFAULT_CHUNK_ROWS = 4096
+DEFAULT_CHUNK_ROWS = 2048
 
 
 def _chunk_logps(logits, labels, weights, seq_ids, num_seqs, ignore_index, group, inplace):
@@ -49,7 +54,8 @@ def contributing_rows(labels: torch.Tensor, weights: torch.Tensor, seq_ids: torc
 
 class LinearSequenceLogpsFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, weights, seq_ids, num_seqs, ignore_index, chunk_rows, group, rows):
+    def forward(ctx, hidden, weight, labels, weights, seq_ids, num_seqs, ignore_index, chunk_rows, group, rows,
+                accum_dtype):
         if rows is None:
             rows = contributing_rows(labels, weights, seq_ids, num_seqs, ignore_index)  # the one host sync
         h, lab, w, sid = hidden[rows], labels[rows], weights[rows], seq_ids[rows]
@@ -62,6 +68,7 @@ class LinearSequenceLogpsFunction(torch.autograd.Function):
                 out += _chunk_logps(logits, lab[part], w[part], sid[part], num_seqs, ignore_index, group, False)
         ctx.save_for_backward(hidden, weight, rows, lab, w, sid)
         ctx.num_seqs, ctx.ignore_index, ctx.chunk_rows, ctx.group = num_seqs, ignore_index, chunk_rows, group
+        ctx.accum_dtype = accum_dtype or weight.dtype
         return out
 
     @staticmethod
@@ -69,7 +76,7 @@ class LinearSequenceLogpsFunction(torch.autograd.Function):
         hidden, weight, rows, lab, w, sid = ctx.saved_tensors
         h = hidden[rows]
         grad_h = torch.zeros_like(h)
-        grad_w = torch.zeros_like(weight, dtype=torch.float32 if weight.dtype != torch.float64 else torch.float64)
+        grad_w = torch.zeros_like(weight, dtype=ctx.accum_dtype)
         for start in range(0, rows.numel(), ctx.chunk_rows):
             part = slice(start, start + ctx.chunk_rows)
             with torch.enable_grad():
@@ -79,11 +86,14 @@ class LinearSequenceLogpsFunction(torch.autograd.Function):
                                     ctx.group, True)
                 (grad_logits,) = torch.autograd.grad(sums, logits, grad_out)
             grad_h[part] = grad_logits @ weight
-            grad_w += (grad_logits.t() @ h[part]).to(grad_w.dtype)
+            if grad_w.dtype == weight.dtype:  # summed in place: cuBLAS adds into the output
+                grad_w.addmm_(grad_logits.t(), h[part])
+            else:
+                grad_w += (grad_logits.t() @ h[part]).to(grad_w.dtype)
         if ctx.group is not None:  # every vocabulary shard contributes to the hidden states' gradient
             torch.distributed.all_reduce(grad_h, group=ctx.group)
         grad_hidden = torch.zeros_like(hidden).index_copy_(0, rows, grad_h)
-        return grad_hidden, grad_w.to(weight.dtype), None, None, None, None, None, None, None, None
+        return grad_hidden, grad_w.to(weight.dtype), None, None, None, None, None, None, None, None, None
 
 
 def linear_sequence_logps(
@@ -99,6 +109,7 @@ def linear_sequence_logps(
     check_values: bool | None = None,
     vocab_group=None,
     active_rows: torch.Tensor | None = None,
+    accum_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """sequence_logps(hidden @ lm_head_weight.T, ...) without materialising the logits.
 
@@ -113,6 +124,10 @@ def linear_sequence_logps(
     synchronisation; not given, they are found with one. They are checked against the data when
     values are checked (check_values, by default on CPU only): on CUDA a row missing from them is
     silently left out of the sums.
+
+    chunk_rows: contributing rows per chunk of logits (the memory bound, see the module docstring).
+    accum_dtype: the dtype lm_head_weight's gradient is summed in across chunks; None: its own
+    (no extra memory), torch.float32: an fp32 buffer (4 * V * H bytes more, one rounding in all).
     """
     check_logits("linear_sequence_logps", hidden, ndim=2)
     if not isinstance(lm_head_weight, torch.Tensor) or lm_head_weight.dim() != 2 \
@@ -125,6 +140,10 @@ def linear_sequence_logps(
                          f"but hidden is {hidden.dtype} on {hidden.device}")
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ValueError(f"linear_sequence_logps: chunk_rows must be a positive int, got {chunk_rows!r}")
+    if accum_dtype is not None and (not isinstance(accum_dtype, torch.dtype) or not accum_dtype.is_floating_point
+                                    or torch.finfo(accum_dtype).bits < torch.finfo(lm_head_weight.dtype).bits):
+        raise ValueError(f"linear_sequence_logps: accum_dtype must be None or a floating dtype at least as wide as "
+                         f"lm_head_weight's ({lm_head_weight.dtype}), got {accum_dtype!r}")
     vocab = lm_head_weight.shape[0]
     if vocab_group is not None:
         vocab = shard_offset(vocab, vocab_group, hidden.device)[1]
@@ -134,7 +153,7 @@ def linear_sequence_logps(
         _check_active_rows(active_rows, hidden.device, labels, weights, seq_ids, num_seqs, ignore_index,
                            hidden.device.type == "cpu" if check_values is None else check_values)
     return LinearSequenceLogpsFunction.apply(hidden, lm_head_weight, labels, weights, seq_ids, num_seqs,
-                                             ignore_index, chunk_rows, vocab_group, active_rows)
+                                             ignore_index, chunk_rows, vocab_group, active_rows, accum_dtype)
 
 
 def _check_active_rows(active_rows, device, labels, weights, seq_ids, num_seqs, ignore_index, check_values):

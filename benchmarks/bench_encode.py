@@ -8,7 +8,7 @@ sentence spans, written to a JSONL file in our pair format. Measured, single pro
   tokenizer only  the fast tokenizer's own encode of the same rendered strings (a floor for us)
   parallel        encode_file with --workers processes
 
-Writes JSON and a markdown table to benchmarks/results/<date>-cpu/encode.{json,md}.
+Writes JSON and a markdown table to benchmarks/results/<date>-cpu/encode-<tokens>.{json,md}.
 Usage: python benchmarks/bench_encode.py [--pairs 2000] [--tokens 1024] [--workers 2]
 """
 
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     }
     out_dir = args.out_dir or RESULTS / f"{dt.date.today().isoformat()}-cpu"
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "encode.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / f"encode-{args.tokens}.json").write_text(json.dumps(report, indent=2) + "\n")
     md = [
         "# encode_file benchmark (CPU)",
         "",
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
         "",
         f"The tokenizer's own encode is {report['tokenizer_share_of_encode_time']:.0%} of encode_file's time.",
     ]
-    (out_dir / "encode.md").write_text("\n".join(md) + "\n")
+    (out_dir / f"encode-{args.tokens}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 

@@ -1,9 +1,13 @@
-"""What every GPU benchmark script shares: the no-CUDA exit and the dated results folder."""
+"""What every GPU benchmark script shares: the no-CUDA exit, the environment record, the dated
+results folder and interleaved timing."""
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
+import platform
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -46,9 +50,43 @@ def interleaved_times(names, reps: int, warmup: int, time_one) -> tuple[dict, di
                 measured = time_one(name)
             except torch.OutOfMemoryError:
                 failed[name] = "out of memory"
+            if name in failed:  # outside the handler: its traceback no longer holds the step's tensors
                 torch.cuda.empty_cache()
                 continue
             if rep >= warmup:
                 for kind, ms in measured.items():
                     times[name].setdefault(kind, []).append(ms)
     return times, failed
+
+
+def environment() -> dict:
+    """What a result needs beside it: the GPU, driver, CUDA and package versions, commit and date."""
+
+    def version(distribution):  # from the installed metadata: not every package has __version__
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        driver = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {
+        "gpu": torch.cuda.get_device_name(),
+        "driver": driver,
+        "cuda": torch.version.cuda,
+        "torch": torch.__version__,
+        "triton": version("triton"),
+        "liger_kernel": version("liger-kernel"),
+        "cut_cross_entropy": version("cut-cross-entropy"),
+        "python": platform.python_version(),
+        "commit": commit,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -29,17 +29,14 @@ Exits with status 2 on a machine without CUDA.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from bench_common import cuda_missing, interleaved_times, results_dir
+from bench_common import cuda_missing, environment, interleaved_times, results_dir
 
 IGNORE_INDEX = -100
 SEQ_LEN = 1024
@@ -81,11 +78,16 @@ def eager(logits, labels, weights, seq_ids, num_seqs):
     return torch.zeros(num_seqs, device=logits.device).index_add(0, seq_ids, contrib)
 
 
+def sum_token_losses(loss, weights, seq_ids, num_seqs):
+    """The glue per-token cross-entropy peers need: log-prob = -loss, weighted, summed per sequence."""
+    return torch.zeros(num_seqs, device=loss.device, dtype=torch.float32).index_add(0, seq_ids, -loss.float() * weights)
+
+
 def liger_with_glue(logits, labels, weights, seq_ids, num_seqs):
     from liger_kernel.transformers.functional import liger_cross_entropy
 
     loss = liger_cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")
-    return torch.zeros(num_seqs, device=logits.device).index_add(0, seq_ids, -loss.float() * weights)
+    return sum_token_losses(loss, weights, seq_ids, num_seqs)
 
 
 def providers(include_compiled: bool = True):
@@ -181,37 +183,6 @@ def measure(table, inputs, reps: int, warmup: int):
         }
         del x
     return results
-
-
-def environment() -> dict:
-    def version(module):
-        try:
-            return __import__(module).__version__
-        except ImportError:
-            return None
-
-    try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        driver = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {
-        "gpu": torch.cuda.get_device_name(),
-        "driver": driver,
-        "cuda": torch.version.cuda,
-        "torch": torch.__version__,
-        "triton": version("triton"),
-        "liger_kernel": version("liger_kernel"),
-        "cut_cross_entropy": version("cut_cross_entropy"),
-        "python": platform.python_version(),
-        "commit": commit,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def markdown(env: dict, bandwidth: float, rows: list[dict]) -> str:

@@ -16,7 +16,6 @@ benchmarks/results/<date>-<gpu>/train.{json,md}. Exits with status 2 on a machin
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import socket
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_common import cuda_missing, results_dir
+from bench_common import cuda_missing, environment, results_dir
 
 
 SHAPES = {  # Llama-3.2 shapes (tied embeddings, Llama-3.1 rope scaling)
@@ -129,8 +128,6 @@ def main(argv=None) -> int:
             s.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
 
-    import triton
-
     rows = []
     for shape in args.shapes:
         for loss in ("maskdpo", "eager"):
@@ -140,10 +137,9 @@ def main(argv=None) -> int:
                 row = {"shape": shape, "loss": loss, "error": "out of memory"}
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "step_times_s"}), flush=True)
-    gpu = torch.cuda.get_device_name()
-    env = {"gpu": gpu, "cuda": torch.version.cuda, "torch": torch.__version__, "triton": triton.__version__,
-           "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "seq": args.seq,
-           "pairs": args.pairs, "attention": args.attention, "checkpointing": args.checkpointing}
+    env = {**environment(), "seq": args.seq, "pairs": args.pairs, "attention": args.attention,
+           "checkpointing": args.checkpointing}
+    gpu = env["gpu"]
     out_dir = results_dir(gpu, args.out_dir)
     (out_dir / "train.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
     lines = [f"# Mask-DPO training throughput, {gpu}", "", json.dumps(env), "",

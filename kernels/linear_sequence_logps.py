@@ -15,7 +15,8 @@ Design: chunked matmuls + the fused sequence-logps kernel, never the whole logit
   (inplace_backward), and two matmuls give grad_h = G @ W and grad_W += G^T @ h. grad_W is summed
   in W's own dtype by default (it is the gradient returned: no V x H buffer more; in bf16 one
   rounding per chunk, as Liger's fused linear losses do); accum_dtype=torch.float32 sums in an fp32
-  buffer instead (4 * V * H bytes more, 2.1 GB for Llama-3 8B's head).
+  buffer instead (4 * V * H bytes more, 2.1 GB for Llama-3 8B's head, plus each chunk's V x H
+  product in W's dtype while it is added: the products are rounded once each, the sum never).
 Extra memory, beyond the inputs and the gradients returned: one chunk of logits (chunk_rows x V in
 the compute dtype; its gradient overwrites it) plus the compacted rows and their gradient
 (2 x n_active x H). With the default chunk of 2048 rows, V = 128256 and H = 4096 in bf16 that is
@@ -66,6 +67,7 @@ class LinearSequenceLogpsFunction(torch.autograd.Function):
                 part = slice(start, start + chunk_rows)
                 logits = h[part] @ weight.t()
                 out += _chunk_logps(logits, lab[part], w[part], sid[part], num_seqs, ignore_index, group, False)
+                del logits  # freed before the next chunk's matmul: one chunk of logits alive at a time
         ctx.save_for_backward(hidden, weight, rows, lab, w, sid)
         ctx.num_seqs, ctx.ignore_index, ctx.chunk_rows, ctx.group = num_seqs, ignore_index, chunk_rows, group
         ctx.accum_dtype = accum_dtype or weight.dtype
@@ -85,11 +87,12 @@ class LinearSequenceLogpsFunction(torch.autograd.Function):
                 sums = _chunk_logps(produced, lab[part], w[part], sid[part], ctx.num_seqs, ctx.ignore_index,
                                     ctx.group, True)
                 (grad_logits,) = torch.autograd.grad(sums, logits, grad_out)
-            grad_h[part] = grad_logits @ weight
+            torch.mm(grad_logits, weight, out=grad_h[part])
             if grad_w.dtype == weight.dtype:  # summed in place: cuBLAS adds into the output
                 grad_w.addmm_(grad_logits.t(), h[part])
-            else:
-                grad_w += (grad_logits.t() @ h[part]).to(grad_w.dtype)
+            else:  # the chunk's product (V x H, W's dtype) is added into the wider buffer
+                grad_w += grad_logits.t() @ h[part]
+            del logits, produced, sums, grad_logits  # one chunk of logits alive at a time
         if ctx.group is not None:  # every vocabulary shard contributes to the hidden states' gradient
             torch.distributed.all_reduce(grad_h, group=ctx.group)
         grad_hidden = torch.zeros_like(hidden).index_copy_(0, rows, grad_h)
@@ -127,7 +130,8 @@ def linear_sequence_logps(
 
     chunk_rows: contributing rows per chunk of logits (the memory bound, see the module docstring).
     accum_dtype: the dtype lm_head_weight's gradient is summed in across chunks; None: its own
-    (no extra memory), torch.float32: an fp32 buffer (4 * V * H bytes more, one rounding in all).
+    (no extra memory), torch.float32: an fp32 buffer (4 * V * H bytes more, and a V x H product in
+    W's dtype per chunk while it is added; the running sum is never rounded to W's dtype).
     """
     check_logits("linear_sequence_logps", hidden, ndim=2)
     if not isinstance(lm_head_weight, torch.Tensor) or lm_head_weight.dim() != 2 \
@@ -141,9 +145,9 @@ def linear_sequence_logps(
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ValueError(f"linear_sequence_logps: chunk_rows must be a positive int, got {chunk_rows!r}")
     if accum_dtype is not None and (not isinstance(accum_dtype, torch.dtype) or not accum_dtype.is_floating_point
-                                    or torch.finfo(accum_dtype).bits < torch.finfo(lm_head_weight.dtype).bits):
-        raise ValueError(f"linear_sequence_logps: accum_dtype must be None or a floating dtype at least as wide as "
-                         f"lm_head_weight's ({lm_head_weight.dtype}), got {accum_dtype!r}")
+                                    or torch.promote_types(accum_dtype, lm_head_weight.dtype) != accum_dtype):
+        raise ValueError(f"linear_sequence_logps: accum_dtype must be None or a floating dtype that holds every "
+                         f"value of lm_head_weight's ({lm_head_weight.dtype}), got {accum_dtype!r}")
     vocab = lm_head_weight.shape[0]
     if vocab_group is not None:
         vocab = shard_offset(vocab, vocab_group, hidden.device)[1]

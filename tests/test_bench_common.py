@@ -37,3 +37,14 @@ def test_results_dir_is_dated_and_named_after_the_device(tmp_path, monkeypatch):
     assert path.is_dir() and path.parent == tmp_path
     assert path.name.endswith("-nvidia-h100-80gb-hbm3") and path.name[:4].isdigit()
     assert bench_common.results_dir("x", tmp_path / "given") == tmp_path / "given"
+
+
+def test_environment_names_versions_from_package_metadata(monkeypatch):
+    import importlib.metadata
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Some GPU")  # the one CUDA query it makes
+    env = bench_common.environment()
+    assert env["gpu"] == "Some GPU" and env["torch"] == torch.__version__
+    assert env["triton"] == importlib.metadata.version("triton")
+    assert env["liger_kernel"] == importlib.metadata.version("liger-kernel")  # the module has no __version__
+    assert len(env["commit"]) == 40 and env["date"][:2] == "20"

@@ -41,6 +41,12 @@ def check_logits(api: str, logits, ndim: int) -> None:
         _fail(api, "logits have an empty vocabulary dimension (V = 0)")
 
 
+def should_check_values(check_values: bool | None, device: torch.device) -> bool:
+    """check_values as the APIs take it: True, False, or None for "only on the CPU" (where reading a
+    tensor costs no device synchronisation)."""
+    return device.type == "cpu" if check_values is None else check_values
+
+
 def check_inputs(
     api: str,
     rows: int,
@@ -70,9 +76,7 @@ def check_inputs(
     _check_vector(api, "seq_ids", seq_ids, (n,), device, integer=True)
     if weights.requires_grad:
         _fail(api, "weights require grad, but they are data (sentence masks): pass weights.detach()")
-    if check_values is None:
-        check_values = device.type == "cpu"
-    if not check_values or n == 0:
+    if not should_check_values(check_values, device) or n == 0:
         return
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= v))
     if bool(bad.any()):

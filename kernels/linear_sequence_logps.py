@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .checks import check_inputs, check_logits
+from .checks import check_inputs, check_logits, should_check_values
 from .sequence_logps import sequence_logps
 from .vocab_parallel import shard_offset, vocab_parallel_sequence_logps
 
@@ -155,7 +155,7 @@ def linear_sequence_logps(
                  seq_ids, num_seqs, ignore_index, check_values)
     if active_rows is not None:
         _check_active_rows(active_rows, hidden.device, labels, weights, seq_ids, num_seqs, ignore_index,
-                           hidden.device.type == "cpu" if check_values is None else check_values)
+                           should_check_values(check_values, hidden.device))
     return LinearSequenceLogpsFunction.apply(hidden, lm_head_weight, labels, weights, seq_ids, num_seqs,
                                              ignore_index, chunk_rows, vocab_group, active_rows, accum_dtype)
 

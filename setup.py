@@ -4,7 +4,14 @@ The kernels live in the top-level folder `kernels/` but install as `maskdpo.kern
 `kernels` package would shadow Hugging Face's `kernels` distribution, which transformers probes for.
 """
 
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+# The version is written once, in maskdpo/__init__.py; read it without importing the package.
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "maskdpo" / "__init__.py").read_text(), re.M).group(1)
 
 packages = find_packages(include=["maskdpo", "maskdpo.*"])
 kernel_packages = ["maskdpo.kernels"] + [
@@ -13,14 +20,15 @@ kernel_packages = ["maskdpo.kernels"] + [
 
 setup(
     name="maskdpo",
-    version="0.1.0",
+    version=VERSION,
     description="Mask-DPO: sentence-masked DPO for factuality alignment, with fused Triton kernels",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=packages + kernel_packages,
     package_dir={"maskdpo.kernels": "kernels"},
-    package_data={"maskdpo": ["assets/data/*.jsonl", "assets/tokenizer/*"]},
+    # The example data, the bundled tokenizer and the annotation templates ship in the wheel.
+    package_data={"maskdpo.assets": ["data/*.jsonl", "tokenizer/*", "templates/*.txt"]},
     install_requires=[
         # Install with the CPU wheel pinned in the same command (see README): an unpinned torch
         # alone pulls the CUDA build.
@@ -28,7 +36,8 @@ setup(
         "triton>=3.0",
         "numpy",
         "tokenizers>=0.20",
-        "transformers>=4.45",
+        # 5.x: the bundled tokenizer is saved as 5.x's TokenizersBackend, which 4.x cannot load.
+        "transformers>=5.0",
         "jinja2",
         "tqdm",
         "safetensors>=0.4",
@@ -38,7 +47,7 @@ setup(
         "openai>=1.40",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6", "pytest-timeout"],
+        "test": ["pytest>=8", "hypothesis>=6", "pytest-timeout", "ruff>=0.14"],
         "flash": ["flash-attn>=2.6"],
         "bench": ["liger-kernel>=0.5", "cut-cross-entropy>=25.1"],
         "tensorboard": ["tensorboard"],

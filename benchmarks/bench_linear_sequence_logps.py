@@ -17,7 +17,7 @@ precomputed reference log-probs of 0; forward and backward with respect to hidde
                  then the same glue as liger-flce; its default gradient filtering (filter_eps="high",
                  skips gradient blocks below ~2.4e-4 in bf16: approximate) is left on, as its users run it
   cce-exact      the same with filter_eps=None (exact gradients)
-The per-sequence providers feed maskdpo.loss.mask_dpo_loss; the glue and the loss are timed.
+The per-sequence providers feed maskdpo.dpo.loss.mask_dpo_loss; the glue and the loss are timed.
 
 Workload (the issue's): bf16, H = 4096, V = 128256, N in {4096, 16384, 32768}, sequences of 1024
 tokens, the first half of the sequences chosen and the second half rejected (Liger's layout), each
@@ -49,8 +49,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import cuda_missing, interleaved_times, results_dir  # noqa: E402
-from bench_common import environment  # noqa: E402
+from bench_common import (  # noqa: E402
+    cuda_missing,
+    environment,  # noqa: E402
+    interleaved_times,
+    results_dir,
+)
 from bench_sequence_logps import IGNORE_INDEX, _timed, sum_token_losses  # noqa: E402
 
 BETA = 0.1
@@ -76,7 +80,7 @@ def make_inputs(n: int, hidden_size: int, vocab: int, device, dtype=torch.bfloat
 
 def dpo_loss(seq_logps: torch.Tensor) -> torch.Tensor:
     """Sigmoid DPO loss of pairs (seq i, seq i + P), reference log-probs 0."""
-    from maskdpo.loss import mask_dpo_loss
+    from maskdpo.dpo.loss import mask_dpo_loss
 
     chosen, rejected = seq_logps.chunk(2)
     zeros = torch.zeros_like(chosen)

@@ -35,7 +35,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from bench_common import cuda_missing, environment, interleaved_times, results_dir
 
 IGNORE_INDEX = -100

@@ -3,10 +3,12 @@
 The real stack: PipelineTrainer (DeepSpeed, PP=1, DP=1, ZeRO-1, bf16 with fp32 accumulation,
 AdamW), randomly initialised Llama-3.2 shapes (1B, 3B), packed micro-batches of sequences of
 `--seq` tokens (chosen and rejected of `--pairs` pairs), 30% prompt tokens, about half of each
-response masked in sentence runs, reference log-probs given. Two losses on the same model:
+response masked in sentence runs, reference log-probs given. The three last-stage heads of the
+public configuration (`model.head`, PipelineTrainer(head=...)) on the same model:
 
-  maskdpo   the fused sequence-logps kernel (gradient written over the logits)
-  eager     fp32 log_softmax + gather + weighted per-sequence sum in plain PyTorch
+  fused     hidden states -> linear_sequence_logps: chunks of logits, never the whole (the default)
+  kernel    full logits -> the sequence_logps Triton kernel (gradient written over the logits)
+  eager     full logits -> fp32 log_softmax + gather + weighted per-sequence sum in plain PyTorch
 
 Reported: median step time over --steps steps after --warmup, tokens/s per GPU, MFU (flop count in
 maskdpo/flops.py over the device's dense bf16 peak), peak memory. Results go to
@@ -26,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from bench_common import cuda_missing, environment, results_dir
 
+from maskdpo.dpo.objective import HEADS
 
 SHAPES = {  # Llama-3.2 shapes (tied embeddings, Llama-3.1 rope scaling)
     "llama3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -40,42 +42,37 @@ ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_fre
         "original_max_position_embeddings": 8192}
 
 
-def eager_sequence_logps(logits, labels, weights, seq_ids, num_seqs, **_):
-    """The baseline: what a plain PyTorch DPO trainer does."""
-    keep = (labels != -100) & (seq_ids >= 0)
-    logp = torch.log_softmax(logits.float(), -1).gather(1, torch.where(keep, labels, 0)[:, None]).squeeze(1)
-    contrib = torch.where(keep, weights * logp, 0.0)
-    return torch.zeros(num_seqs, device=logits.device, dtype=contrib.dtype).index_add(0, seq_ids.clamp(min=0), contrib)
+def synthetic_pairs(pairs: int, seq: int, vocab: int, seed: int):
+    """`pairs` encoded pairs whose sides are `seq` tokens: 30% prompt, then sentence-like runs of
+    8-40 tokens, each kept (weight 1) or masked (0) with probability 1/2."""
+    from maskdpo.data.masks import EncodedPair, EncodedSide
+
+    rng = np.random.default_rng(seed)
+    prompt = int(0.3 * seq)
+
+    def side():
+        weights = [0.0] * prompt
+        while len(weights) < seq:
+            weights += [float(rng.random() < 0.5)] * int(rng.integers(8, 41))
+        weights = weights[:seq]
+        return EncodedSide(rng.integers(0, vocab, seq).tolist(), weights, prompt, 0, int(sum(weights)))
+
+    return [EncodedPair(f"synthetic-{seed}-{p}", side(), side()) for p in range(pairs)]
 
 
 def synthetic_micro_batch(pairs: int, seq: int, vocab: int, seed: int):
-    from maskdpo.data.packing import IGNORE_INDEX, MicroBatch
+    """One micro-batch of exactly 2 * pairs * seq tokens, packed the way training packs."""
+    from maskdpo.data import pack_pairs
 
-    rng = np.random.default_rng(seed)
-    budget = 2 * pairs * seq
-    ids = rng.integers(0, vocab, budget)
-    labels = np.full(budget, IGNORE_INDEX)
-    weights = np.zeros(budget, dtype=np.float32)
-    seq_ids = np.full(budget, -1)
-    cu = np.arange(0, budget + 1, seq, dtype=np.int32)
-    prompt = int(0.3 * seq)
-    for s in range(2 * pairs):
-        a = s * seq
-        labels[a + prompt - 1:a + seq - 1] = ids[a + prompt:a + seq]
-        seq_ids[a + prompt - 1:a + seq - 1] = s
-        run = a + prompt - 1
-        while run < a + seq - 1:
-            length = int(rng.integers(8, 41))
-            weights[run:min(run + length, a + seq - 1)] = float(rng.random() < 0.5)
-            run += length
-    cu = np.append(cu, budget).astype(np.int32)  # the (empty) padding run closes the boundaries
-    return MicroBatch(ids, np.tile(np.arange(seq), 2 * pairs), cu, labels, weights, seq_ids, np.arange(pairs))
+    packing = pack_pairs(synthetic_pairs(pairs, seq, vocab, seed), 2 * pairs * seq, 0, max_pairs=pairs, max_seqlen=seq)
+    assert len(packing.micro_batches) == 1
+    return packing.micro_batches[0]
 
 
-def measure(shape: str, loss: str, args) -> dict:
-    from maskdpo.engine import PipelineTrainer
+def measure(shape: str, head: str, args) -> dict:
     from maskdpo.flops import peak_bf16_flops, training_flops_per_token
     from maskdpo.model.llama import LlamaConfig
+    from maskdpo.train.engine import PipelineTrainer
 
     config = LlamaConfig(vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0, rope_scaling=ROPE,
                          **SHAPES[shape])
@@ -83,9 +80,8 @@ def measure(shape: str, loss: str, args) -> dict:
     torch.cuda.reset_peak_memory_stats()
     trainer = PipelineTrainer(config, pipeline_stages=1, gradient_accumulation_steps=1, bf16=True,
                               optimizer_factory=lambda p: torch.optim.AdamW(p, lr=1e-6),
-                              attention_backend=args.attention, activation_checkpointing=args.checkpointing)
-    if loss == "eager":
-        trainer.loss.sequence_logps = eager_sequence_logps
+                              attention=args.attention, activation_checkpointing=args.checkpointing, head=head,
+                              max_seqlen=args.seq)
     batches = [synthetic_micro_batch(args.pairs, args.seq, config.vocab_size, seed) for seed in range(4)]
     reference = -500 * torch.rand(args.pairs, 2)
     times = []
@@ -100,7 +96,7 @@ def measure(shape: str, loss: str, args) -> dict:
     tokens = 2 * args.pairs * args.seq
     flops = training_flops_per_token(config, args.seq) * tokens / seconds
     peak = peak_bf16_flops(torch.cuda.get_device_name())
-    result = {"shape": shape, "loss": loss, "step_s": seconds, "tokens_per_s": tokens / seconds,
+    result = {"shape": shape, "head": head, "step_s": seconds, "tokens_per_s": tokens / seconds,
               "model_tflops": flops / 1e12, "mfu": flops / peak if peak else None,
               "peak_memory_gib": torch.cuda.max_memory_allocated() / 2 ** 30, "step_times_s": times}
     trainer.engine.destroy()
@@ -130,11 +126,11 @@ def main(argv=None) -> int:
 
     rows = []
     for shape in args.shapes:
-        for loss in ("maskdpo", "eager"):
+        for head in HEADS:
             try:
-                row = measure(shape, loss, args)
+                row = measure(shape, head, args)
             except torch.OutOfMemoryError:
-                row = {"shape": shape, "loss": loss, "error": "out of memory"}
+                row = {"shape": shape, "head": head, "error": "out of memory"}
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "step_times_s"}), flush=True)
     env = {**environment(), "seq": args.seq, "pairs": args.pairs, "attention": args.attention,
@@ -143,13 +139,13 @@ def main(argv=None) -> int:
     out_dir = results_dir(gpu, args.out_dir)
     (out_dir / "train.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
     lines = [f"# Mask-DPO training throughput, {gpu}", "", json.dumps(env), "",
-             "| shape | loss | step s | tokens/s | model TFLOP/s | MFU | peak GiB |", "|---|---|---|---|---|---|---|"]
+             "| shape | head | step s | tokens/s | model TFLOP/s | MFU | peak GiB |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['shape']} | {r['loss']} | {r['error']} | | | | |")
+            lines.append(f"| {r['shape']} | {r['head']} | {r['error']} | | | | |")
         else:
             mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-            lines.append(f"| {r['shape']} | {r['loss']} | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | "
+            lines.append(f"| {r['shape']} | {r['head']} | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | "
                          f"{r['model_tflops']:.0f} | {mfu} | {r['peak_memory_gib']:.1f} |")
     (out_dir / "train.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out_dir}/train.json and .md")

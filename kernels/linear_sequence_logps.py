@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 
 from .checks import check_inputs, check_logits, should_check_values
+from .rows import IGNORE_INDEX, contributing_rows
 from .sequence_logps import sequence_logps
 from .vocab_parallel import shard_offset, vocab_parallel_sequence_logps
 
@@ -41,16 +42,6 @@ def _chunk_logps(logits, labels, weights, seq_ids, num_seqs, ignore_index, group
                                              group=group)
     return sequence_logps(logits, labels, weights, seq_ids, num_seqs, ignore_index=ignore_index,
                           inplace_backward=inplace, check_values=False)
-
-
-def contributing_rows(labels: torch.Tensor, weights: torch.Tensor, seq_ids: torch.Tensor, num_seqs: int,
-                      ignore_index: int = -100) -> torch.Tensor:
-    """Ascending int64 indices of the rows that contribute to the sums: a label that is not
-    ignore_index, a seq id in [0, num_seqs) and a non-zero weight. On CUDA tensors this syncs with
-    the host (the count sizes the result); on the CPU it is free, so data loaders call it there and
-    pass the result as `active_rows`."""
-    active = (labels != ignore_index) & (seq_ids >= 0) & (seq_ids < num_seqs) & (weights != 0)
-    return active.nonzero().squeeze(1)
 
 
 class LinearSequenceLogpsFunction(torch.autograd.Function):
@@ -107,7 +98,7 @@ def linear_sequence_logps(
     seq_ids: torch.Tensor,
     num_seqs: int,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     check_values: bool | None = None,
     vocab_group=None,

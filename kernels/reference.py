@@ -11,6 +11,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .checks import check_inplace, check_inputs, check_logits
+from .rows import IGNORE_INDEX, contributes
 
 # Rows per chunk: bounds the fp32 scratch to CHUNK_ELEMENTS values whatever the vocabulary.
 CHUNK_ELEMENTS = 1 << 24
@@ -28,7 +29,7 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 
 def _active(labels, weights, seq_ids, num_seqs, ignore_index):
     """Rows that contribute: a label, a sequence, and a non-zero weight (as in the kernel)."""
-    return (labels != ignore_index) & (seq_ids >= 0) & (seq_ids < num_seqs) & (weights != 0)
+    return contributes(labels, weights, seq_ids, num_seqs, ignore_index)
 
 
 class _ReferenceFunction(torch.autograd.Function):
@@ -84,7 +85,7 @@ def sequence_logps(
     seq_ids: torch.Tensor,
     num_seqs: int,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     inplace_backward: bool = False,
     check_values: bool | None = None,
 ) -> torch.Tensor:

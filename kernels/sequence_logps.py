@@ -32,12 +32,13 @@ import contextlib
 
 import torch
 import triton
-from torch.autograd.function import once_differentiable
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 from triton.runtime.interpreter import InterpretedFunction
 
 from . import reference
 from .checks import check_inplace, check_inputs, check_logits
+from .rows import IGNORE_INDEX
 
 
 @triton.jit
@@ -75,7 +76,7 @@ def _load_row(labels_ptr, seq_ids_ptr, weights_ptr, row, num_seqs, ignore_index,
     label = tl.load(labels_ptr + row).to(tl.int64)
     seq = tl.load(seq_ids_ptr + row).to(tl.int64)
     w = tl.load(weights_ptr + row).to(ACC)
-    active = (label != ignore_index) & (seq >= 0) & (seq < num_seqs) & (w != 0)
+    active = (label != ignore_index) & (seq >= 0) & (seq < num_seqs) & (w != 0)  # rows.contributes
     return label, seq, w, active
 
 
@@ -328,7 +329,7 @@ def sequence_logps(
     seq_ids: torch.Tensor,
     num_seqs: int,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     inplace_backward: bool = False,
     check_values: bool | None = None,
     vocab_group=None,
@@ -377,7 +378,7 @@ def masked_logps(
     labels: torch.Tensor,
     weights: torch.Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     inplace_backward: bool = False,
     check_values: bool | None = None,
 ) -> torch.Tensor:

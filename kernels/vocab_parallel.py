@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from .rows import IGNORE_INDEX, contributes
+
 
 def shard_offset(local_vocab: int, group, device) -> tuple[int, int]:
     """(this rank's first vocabulary id, the whole vocabulary size)."""
@@ -44,7 +46,7 @@ class VocabParallelSequenceLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, weights, seq_ids, num_seqs, ignore_index, group):
         offset, _ = shard_offset(logits.shape[1], group, logits.device)
-        active = (labels != ignore_index) & (seq_ids >= 0) & (seq_ids < num_seqs) & (weights != 0)
+        active = contributes(labels, weights, seq_ids, num_seqs, ignore_index)
         local = labels - offset
         owns = active & (local >= 0) & (local < logits.shape[1])
         lse, rest, label_logit = row_statistics(logits, local, owns, group)
@@ -67,6 +69,6 @@ class VocabParallelSequenceLogps(torch.autograd.Function):
         return grad.to(logits.dtype), None, None, None, None, None, None
 
 
-def vocab_parallel_sequence_logps(logits, labels, weights, seq_ids, num_seqs, *, ignore_index=-100, group=None):
+def vocab_parallel_sequence_logps(logits, labels, weights, seq_ids, num_seqs, *, ignore_index=IGNORE_INDEX, group=None):
     """sequence_logps over a vocabulary shard: logits (N, V_r) on each rank of `group`, labels global."""
     return VocabParallelSequenceLogps.apply(logits, labels, weights, seq_ids, num_seqs, ignore_index, group)

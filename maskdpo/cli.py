@@ -7,9 +7,9 @@ import os
 import sys
 
 from maskdpo.data.cli import add_data_commands
-from maskdpo.loop_cli import add_loop_commands
-from maskdpo.loop_cli import run as run_loop_command
 from maskdpo.data.cli import run as run_data_command
+from maskdpo.loop.cli import add_loop_commands
+from maskdpo.loop.cli import run as run_loop_command
 
 
 def _kernel_demo(args: argparse.Namespace) -> int:
@@ -24,13 +24,13 @@ def _kernel_demo(args: argparse.Namespace) -> int:
 
 
 def _train(argv: list[str]) -> int:
-    from maskdpo.train import main as train_main
+    from maskdpo.train.cli import main as train_main
 
     return train_main(argv)
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from maskdpo.plot import plot_run
+    from maskdpo.train.plot import plot_run
 
     try:
         print(plot_run(args.run_dir))

@@ -4,9 +4,10 @@
 
 6 = 2 (multiply-add) x 3 (forward, and a backward twice as costly) per weight; the LM head's matmul
 counts even when its matrix is tied to the embedding (the lookup itself costs nothing); 12 * L * H * s
-(with H the query width, heads x head_dim) is the attention scores and weighted sum (QK^T and AV), forward and backward, for a sequence of
-length s (the causal half is not subtracted, as in the PaLM / torchtitan convention). With reference
-log-probs precomputed, a Mask-DPO step trains the policy only, so this is the whole step's cost.
+(with H the query width, heads x head_dim) is the attention scores and weighted sum (QK^T and AV),
+forward and backward, for a sequence of length s (the causal half is not subtracted, as in the PaLM /
+torchtitan convention). With reference log-probs precomputed, a Mask-DPO step trains the policy only,
+so this is the whole step's cost.
 """
 
 from __future__ import annotations

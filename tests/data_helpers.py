@@ -40,7 +40,7 @@ def check_ground_truth(tokenizer, p: Pair, encoded) -> int:
         resp, enc_side = getattr(p, side), getattr(encoded, side)
         full = rendered(tokenizer, p, side)
         enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-        assert enc["input_ids"][: len(enc_side.input_ids)] == enc_side.input_ids
+        assert enc["input_ids"][: len(enc_side.input_ids)] == enc_side.input_ids.tolist()
         prompt_only = tokenizer.apply_chat_template(list(p.prompt), tokenize=False, add_generation_prompt=True)
         at = full.index(resp.text.strip(), len(prompt_only)) - (len(resp.text) - len(resp.text.lstrip()))
         spans = [(s.start + at, s.end + at, s.correct if keep_correct else 1 - s.correct) for s in resp.sentences]

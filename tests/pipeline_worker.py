@@ -8,6 +8,8 @@ Scenarios, in one launch of WORLD_SIZE processes:
   bf16-checkpointing  PP=2 with bf16 weights, fp32 gradient accumulation, activation checkpointing
   train         PP=2 (split by parameter count) AdamW: a few steps on the bundled pairs, losses and
                 reward accuracies
+  packing-{M}-pp{P}  one SGD(lr=1) step over the same 8 pairs packed with at most M pairs per
+                micro-batch, with P pipeline stages (DP = WORLD_SIZE / P)
 """
 
 import argparse
@@ -17,12 +19,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from pipeline_data import micro_batches, packed_differently
 
-from maskdpo.engine import PipelineTrainer
 from maskdpo.model.hf import load_config
 from maskdpo.model.pipeline import stage_hf_tensors
-
-from pipeline_data import micro_batches
+from maskdpo.train.engine import PipelineTrainer
 
 
 def save_params(trainer, out: Path, name: str):
@@ -52,17 +53,28 @@ def main():
         if scenario.startswith("grads-pp"):
             pp = int(scenario[len("grads-pp"):].removesuffix("-tied"))
             hf = args.hf_tied if scenario.endswith("-tied") else args.hf
-            # PP=1 (DP=2) runs the unfused head (full logits + sequence_logps); the others the fused one.
-            trainer = PipelineTrainer(load_config(hf), pipeline_stages=pp, fused_head=pp != 1,
+            # PP=1 (DP=2) runs the kernel head (full logits + sequence_logps); the others the fused one.
+            trainer = PipelineTrainer(load_config(hf), pipeline_stages=pp, head="kernel" if pp == 1 else "fused",
                                       gradient_accumulation_steps=len(mbs) * pp // world, optimizer_factory=sgd, hf_path=hf)
             ref = trainer.reference_logps(mbs, num_pairs)
             metrics = trainer.train_step(mbs, ref)
             save_params(trainer, args.out, scenario)
             write(args.out, scenario, {"metrics": metrics, "reference": ref.tolist()})
+        elif scenario.startswith("packing-"):
+            per_mb, pp = scenario[len("packing-"):].split("-pp")
+            pp = int(pp)
+            mbs_packed, pairs = packed_differently(int(per_mb), world // pp)
+            trainer = PipelineTrainer(config, pipeline_stages=pp, gradient_accumulation_steps=len(mbs_packed) * pp // world,
+                                      optimizer_factory=sgd, hf_path=args.hf, max_seqlen=192)
+            ref = trainer.reference_logps(mbs_packed, pairs)
+            metrics = trainer.train_step(mbs_packed, ref)
+            save_params(trainer, args.out, scenario)
+            write(args.out, scenario, {"metrics": metrics, "reference": ref.tolist(),
+                                       "pairs_per_micro_batch": [mb.num_pairs for mb in mbs_packed]})
         elif scenario == "resume":
             def make():
                 return PipelineTrainer(config, pipeline_stages=2, gradient_accumulation_steps=2,
-                                       optimizer_factory=lambda p: torch.optim.AdamW(p, lr=1e-3), hf_path=args.hf)
+                                       optimizer_factory=lambda params: torch.optim.AdamW(params, lr=1e-3), hf_path=args.hf)
             trainer = make()
             ref = trainer.reference_logps(mbs, num_pairs)
             steps = [mbs[0:2], mbs[2:4], mbs[0:2]]

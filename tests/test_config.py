@@ -2,7 +2,7 @@
 
 import pytest
 
-from maskdpo.config import Config, ConfigError, OptimConfig, field_docs, load_config
+from maskdpo.train.config import Config, ConfigError, OptimConfig, field_docs, load_config
 
 RECIPES = ["tiny-cpu", "llama3.1-8b-paper", "llama3.1-8b-authors"]
 
@@ -68,7 +68,7 @@ def test_every_field_is_documented():
 
 
 def test_bf16_needs_zero_1_and_deepspeed_local_rank_is_ignored():
-    from maskdpo.train import _split_argv
+    from maskdpo.train.cli import _split_argv
 
     config = Config()
     config.model.architecture = {"hidden_size": 8}
@@ -77,3 +77,46 @@ def test_bf16_needs_zero_1_and_deepspeed_local_rank_is_ignored():
         config.validate(world_size=1)
     path, overrides, _ = _split_argv(["--local_rank=3", "--config", "x.yaml", "--local_rank", "2", "--optim.lr", "1"])
     assert path == "x.yaml" and overrides == ["--optim.lr", "1"]
+
+
+def test_heads_and_renamed_keys(tmp_path):
+    config = load_config(None, ["--model.head", "eager", "--model.architecture", "{hidden_size: 8}"])
+    config.validate(world_size=1)
+    config.model.head = "chunked"
+    with pytest.raises(ConfigError, match="model.head must be one of fused, kernel, eager, not 'chunked'"):
+        config.validate(world_size=1)
+    file = tmp_path / "old.yaml"
+    file.write_text("model:\n  fused_head: false\n")
+    with pytest.raises(ConfigError, match=r"old.yaml: model.fused_head was replaced by model.head"):
+        load_config(file)
+
+
+@pytest.mark.parametrize("bf16,expected", [(False, "sdpa"), (True, "torch_varlen")])
+def test_attention_is_resolved_for_the_real_dtype_on_cuda(bf16, expected):
+    """What a CUDA run resolves, decided without a GPU: fp32 cannot run the flash kernels, so auto
+    falls back to sdpa instead of stopping the run (the start-up crash of bf16: false)."""
+    import torch
+
+    from maskdpo.model.attention import available_backends
+    from maskdpo.train.engine import resolve_attention
+
+    cuda = torch.device("cuda")
+    if "flash_attn" in available_backends(cuda, torch.bfloat16):
+        expected = "flash_attn" if bf16 else expected
+    assert resolve_attention("auto", cuda, bf16) == expected
+    assert resolve_attention("sdpa", cuda, bf16) == "sdpa"
+    if not bf16:
+        with pytest.raises(ValueError, match="'torch_varlen' cannot run on cuda with torch.float32"):
+            resolve_attention("torch_varlen", cuda, bf16)
+
+
+def test_schedule_warms_up_then_follows_the_cosine():
+    import math
+
+    from maskdpo.train.schedule import lr_factor
+
+    total, warmup = 100, 10  # warmup_ratio 0.1
+    assert [lr_factor(s, total, 0.1) for s in range(3)] == pytest.approx([1 / 11, 2 / 11, 3 / 11])
+    for s in (10, 40, 99):
+        assert lr_factor(s, total, 0.1) == pytest.approx(0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))))
+    assert lr_factor(50, total, 0.1, "constant") == 1.0

@@ -3,12 +3,11 @@
 import json
 
 import pytest
+from test_masks import bundled_pairs, id0_tokenizer, to_authors
 
 from maskdpo.cli import main
 from maskdpo.data import encode, encode_file
 from maskdpo.data.cli import BUNDLED_DATA
-
-from test_masks import bundled_pairs, id0_tokenizer, to_authors
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """sample / annotate / evaluate / prepare against a real loopback HTTP server and the real openai client."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,14 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
-
-from maskdpo.annotate import annotate, load_templates, parse_tag, VERDICTS, FACTS
-from maskdpo.client import ChatClient, ServerConfig
-from maskdpo.cli import main
-from maskdpo.evaluate import compare, score, write_results
-from maskdpo.sample import SamplingConfig, read_questions, sample_local, sample_server
-
 from chat_server import ChatServer
+
+from maskdpo.cli import main
+from maskdpo.loop.annotate import FACTS, VERDICTS, annotate, load_templates, parse_tag
+from maskdpo.loop.client import ChatClient, ServerConfig
+from maskdpo.loop.evaluate import compare, score, write_results
+from maskdpo.loop.sample import SamplingConfig, sample_local, sample_server
 
 QUESTIONS = [{"question_id": f"q{i}", "question": f"Tell me about topic {i}.", "topic": f"topic {i}",
               "language": "en", "reference": f"Topic {i} is old. Topic {i} is big."} for i in range(6)]
@@ -43,7 +41,8 @@ def test_sampling_is_concurrent_retries_failures_and_records_settings(tmp_path):
         report = sample_server(QUESTIONS, tmp_path / "s.jsonl", client, SamplingConfig(samples=2), concurrency=4)
     records = lines(tmp_path / "s.jsonl")
     assert report.done == 12 and not report.failed
-    assert sorted((r["question_id"], r["sample_id"]) for r in records) == sorted((q["question_id"], k) for q in QUESTIONS for k in range(2))
+    expected = sorted((q["question_id"], k) for q in QUESTIONS for k in range(2))
+    assert sorted((r["question_id"], r["sample_id"]) for r in records) == expected
     assert 2 <= server.max_in_flight <= 4
     assert client.retried >= 4
     assert records[0]["sampling"] == {"source": server.url, "model": "policy", "temperature": 0.8, "top_k": 40,
@@ -127,14 +126,16 @@ def test_annotation_dialogue_labels_and_unparsed(tmp_path):
                       "q2": ["nofact", "unverifiable", "contradictory"], "q3": ["nofact", "unverifiable", "contradictory"]}
     assert [s.get("unparsed", False) for s in records["q3"]["sentences"]] == [False, True, False]
     text = records["q0"]["response"]
-    assert [text[s["start"]:s["end"]] for s in records["q0"]["sentences"]] == ["Great question!", "topic 0 is old.", "It is tiny."]
+    assert [text[s["start"]:s["end"]] for s in records["q0"]["sentences"]] == [
+        "Great question!", "topic 0 is old.", "It is tiny."]
     # The three turns: facts, reference, verdict; the reference document reached the annotator.
     dialogue = next(b["messages"] for b in server.requests if len(b.get("messages", [])) == 5)
     assert "Topic 0 is old. Topic 0 is big." in dialogue[2]["content"] or "is big." in dialogue[2]["content"]
 
 
 @pytest.mark.parametrize("reply,tags,label", [
-    ("<No Hallucination>", VERDICTS, "ok"), ("no_hallucination", VERDICTS, "ok"), ("**<Contradictory>**", VERDICTS, "contradictory"),
+    ("<No Hallucination>", VERDICTS, "ok"), ("no_hallucination", VERDICTS, "ok"),
+    ("**<Contradictory>**", VERDICTS, "contradictory"),
     ("The answer: < Unverifiable >", VERDICTS, "unverifiable"), ("hmm", VERDICTS, None),
     ("<No Facts>", FACTS, "nofact"), ("<Facts Present>", FACTS, "facts"),
     ("not <Contradictory> but <No Hallucination>", VERDICTS, "ok"),
@@ -193,9 +194,9 @@ def test_evaluate_and_prepare_commands_end_to_end(tmp_path, capsys):
 
 
 def test_local_transformers_sampling(tmp_path):
-    from maskdpo.data import load_tokenizer
-
     from model_helpers import tiny_hf_llama
+
+    from maskdpo.data import load_tokenizer
 
     tiny_hf_llama(tmp_path / "model", vocab_size=4096)
     load_tokenizer().save_pretrained(str(tmp_path / "model"))
@@ -210,7 +211,7 @@ def test_local_transformers_sampling(tmp_path):
 
 
 def test_braces_in_responses_and_documents_reach_the_annotator_verbatim(tmp_path):
-    from maskdpo.annotate import fill
+    from maskdpo.loop.annotate import fill
 
     assert fill("Q: {question} / {sentence}", {"question": "f(x) = {x: 1}", "sentence": "{sentence}"}) == \
         "Q: f(x) = {x: 1} / {sentence}"
@@ -243,7 +244,7 @@ def test_resume_refuses_other_settings_and_damaged_files(tmp_path):
 
 
 def test_a_dead_server_stops_the_run_early(tmp_path):
-    from maskdpo import jobs
+    from maskdpo.loop import jobs
 
     client = ChatClient(ServerConfig("http://127.0.0.1:9/v1", "policy", timeout=0.2, max_retries=0))
     report = sample_server(QUESTIONS * 5, tmp_path / "s.jsonl", client, SamplingConfig(samples=2), concurrency=2)
@@ -260,5 +261,6 @@ def test_annotator_model_alone_selects_the_annotator(tmp_path):
     with ChatServer(both) as server:
         assert main(["evaluate", "--base-url", server.url, "--model", "policy", "--annotator-model", "anah",
                      "--questions", str(questions), "--output", str(tmp_path / "eval")]) == 0
-    assert {b["model"] for b in server.requests if len(b["messages"]) > 1 or "verifiable" in b["messages"][0]["content"]} == {"anah"}
+    annotator_requests = [b for b in server.requests if len(b["messages"]) > 1 or "verifiable" in b["messages"][0]["content"]]
+    assert {b["model"] for b in annotator_requests} == {"anah"}
     assert all(r["annotator"]["model"] == "anah" for r in lines(tmp_path / "eval" / "annotated.jsonl"))

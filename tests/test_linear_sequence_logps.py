@@ -2,10 +2,9 @@
 
 import pytest
 import torch
+from oracle import make_rows, oracle_sequence_logps
 
 from maskdpo.kernels import contributing_rows, linear_sequence_logps
-
-from oracle import make_rows, oracle_sequence_logps
 
 TOL = {torch.float32: dict(out=(1e-5, 1e-3), grad=(1e-4, 1e-5)), torch.bfloat16: dict(out=(1e-2, 0.5), grad=(3e-2, 1e-2))}
 

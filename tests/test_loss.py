@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from maskdpo.loss import mask_dpo_loss
+from maskdpo.dpo.loss import mask_dpo_loss
 
 
 def sums(seed, p=6):

@@ -1,16 +1,14 @@
 """Exact token masks: character-level ground truth, both pair formats, drift, truncation, token id 0."""
 
-import json
 from pathlib import Path
 
 import pytest
+from data_helpers import check_ground_truth, pair, rendered, response
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from maskdpo.data import LabelMap, SkippedPair, encode_pair, load_tokenizer, parse_pair
-
-from data_helpers import check_ground_truth, pair, rendered, response
 
 TOKENIZER = load_tokenizer()
 LABELS = LabelMap()
@@ -108,7 +106,7 @@ def test_cumulative_token_counts_drift_where_offsets_stay_exact():
     encoded = encode_pair(p, TOKENIZER)
     check_ground_truth(TOKENIZER, p, encoded)
     drifted = authors_cumulative_masks(TOKENIZER, p, "chosen")
-    assert drifted != encoded.chosen.weights  # the newlines shifted every later span
+    assert drifted != encoded.chosen.weights.tolist()  # the newlines shifted every later span
 
 
 def test_truncation_drops_the_tail_and_is_counted():
@@ -118,8 +116,8 @@ def test_truncation_drops_the_tail_and_is_counted():
     cut = encode_pair(p, TOKENIZER, max_length=full.chosen.prompt_length + 3)
     assert len(cut.chosen.input_ids) == full.chosen.prompt_length + 3
     assert cut.chosen.truncated == len(full.chosen.input_ids) - len(cut.chosen.input_ids)
-    assert cut.chosen.input_ids == full.chosen.input_ids[: len(cut.chosen.input_ids)]
-    assert cut.chosen.weights == full.chosen.weights[: len(cut.chosen.weights)]
+    assert cut.chosen.input_ids.tolist() == full.chosen.input_ids[: len(cut.chosen.input_ids)].tolist()
+    assert cut.chosen.weights.tolist() == full.chosen.weights[: len(cut.chosen.weights)].tolist()
     with pytest.raises(SkippedPair, match="no kept token on either side after truncation"):
         encode_pair(p, TOKENIZER, max_length=full.chosen.prompt_length)
 
@@ -136,7 +134,7 @@ def test_end_of_turn_token_counts_only_when_asked():
     p = pair(response(items), response(items))
     without, with_eot = encode_pair(p, TOKENIZER), encode_pair(p, TOKENIZER, count_eot=True)
     eot = TOKENIZER.convert_tokens_to_ids("<|eot_id|>")
-    last = len(without.chosen.input_ids) - 1 - without.chosen.input_ids[::-1].index(eot)
+    last = len(without.chosen.input_ids) - 1 - without.chosen.input_ids.tolist()[::-1].index(eot)
     assert without.chosen.weights[last] == 0 and without.rejected.weights[last] == 0
     assert with_eot.chosen.weights[last] == 0.0 and with_eot.rejected.weights[last] == 1.0  # the last sentence's
 

@@ -3,11 +3,10 @@
 import pytest
 import torch
 import transformers
+from model_helpers import CONFIGS, tiny_hf_llama
 
 from maskdpo.model.attention import available_backends, packed_causal_attention, resolve_backend
 from maskdpo.model.hf import load_config, load_llama, save_llama
-
-from model_helpers import CONFIGS, tiny_hf_llama
 
 LENGTHS = [7, 1, 12, 5]
 

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+from test_masks import bundled_pairs  # noqa: F401  (bundled pairs as records)
 
 from maskdpo.data import EncodedPair, EncodedSide, encode_file, load_tokenizer, pack_pairs
 from maskdpo.data.packing import IGNORE_INDEX
-
-from test_masks import bundled_pairs  # noqa: F401  (bundled pairs as records)
 
 
 def side(n, prompt, seed):
@@ -36,13 +35,14 @@ def test_invariants():
             for s, enc in enumerate((data[index].chosen, data[index].rejected)):
                 a, b = cu[2 * p + s], cu[2 * p + s + 1]
                 assert b - a == len(enc.input_ids)  # whole sequences, chosen then rejected, together
-                assert mb.input_ids[a:b].tolist() == enc.input_ids
+                assert mb.input_ids[a:b].tolist() == enc.input_ids.tolist()
                 assert mb.position_ids[a:b].tolist() == list(range(b - a))
                 # Row i predicts token i + 1: labels shifted, prompt targets and the last row ignored.
-                expected = [IGNORE_INDEX] * (enc.prompt_length - 1) + enc.input_ids[enc.prompt_length:] + [IGNORE_INDEX]
+                expected = ([IGNORE_INDEX] * (enc.prompt_length - 1) + enc.input_ids[enc.prompt_length:].tolist()
+                            + [IGNORE_INDEX])
                 assert mb.labels[a:b].tolist() == expected
                 assert mb.weights[a:b].tolist() == [w if l != IGNORE_INDEX else 0.0
-                                                    for w, l in zip(enc.weights[1:] + [0.0], expected)]
+                                                    for w, l in zip(enc.weights[1:].tolist() + [0.0], expected)]
                 assert mb.seq_ids[a:b].tolist() == [2 * p + s if l != IGNORE_INDEX else -1 for l in expected]
         used = mb.tokens
         assert np.all(mb.input_ids[used:] == 7) and np.all(mb.labels[used:] == IGNORE_INDEX)
@@ -74,3 +74,59 @@ def test_packs_the_bundled_data(tmp_path):
     total = sum(p.length for p in result.pairs)
     assert len(packing.micro_batches) == -(-total // 1024)  # as few micro-batches as the tokens allow
     assert sum(mb.num_pairs for mb in packing.micro_batches) == len(result.pairs)
+
+
+def test_the_rows_that_count_and_the_per_sequence_counts_are_computed_once_here():
+    data = pairs([(10, 12), (30, 25), (7, 9), (40, 41), (5, 6)])
+    packing = pack_pairs(data, budget=128, pad_id=0, max_pairs=3)
+    for mb in packing.micro_batches:
+        assert mb.num_seqs == 6 and mb.kept.shape == mb.response_tokens.shape == (6,)
+        expected_rows = [i for i in range(128) if mb.labels[i] != IGNORE_INDEX and mb.weights[i] != 0]
+        assert mb.active_rows.tolist() == expected_rows
+        for p in range(3):
+            for s in range(2):
+                if p >= mb.num_pairs:
+                    assert mb.kept[2 * p + s] == 0 == mb.response_tokens[2 * p + s]
+                    continue
+                enc = (data[mb.pair_index[p]].chosen, data[mb.pair_index[p]].rejected)[s]
+                # The response's targets: the tokens after the prompt, each predicted by the row before.
+                assert mb.response_tokens[2 * p + s] == len(enc.input_ids) - enc.prompt_length
+                assert mb.kept[2 * p + s] == pytest.approx(sum(enc.weights[enc.prompt_length:]))
+
+
+def test_max_seqlen_bounds_every_sequence_and_padding_piece():
+    data = pairs([(10, 12), (30, 25), (7, 9)])
+    packing = pack_pairs(data, budget=100, pad_id=0, max_pairs=2, max_seqlen=30)
+    assert packing.max_seqlen == 30
+    for mb in packing.micro_batches:
+        lengths = np.diff(mb.cu_seqlens)
+        assert lengths.max() <= 30 and mb.cu_seqlens[-1] == 100 and np.all(lengths >= 0)
+        assert mb.cu_seqlens.shape == (2 * 2 + 1 + 4,)  # 4 padding pieces: ceil(100 / 30)
+        for a, b in zip(mb.cu_seqlens[:-1], mb.cu_seqlens[1:]):
+            assert mb.position_ids[a:b].tolist() == list(range(b - a))  # positions restart in every piece
+    with pytest.raises(ValueError, match="pair 'p1' has a side of 30 tokens, more than max_seqlen 29"):
+        pack_pairs(data, budget=100, pad_id=0, max_seqlen=29)
+
+
+def test_an_empty_micro_batch_has_the_same_shapes_and_counts_nothing():
+    from maskdpo.data.packing import empty_like
+
+    packing = pack_pairs(pairs([(10, 12), (30, 25)]), budget=100, pad_id=0, max_pairs=2, max_seqlen=40)
+    mb = packing.micro_batches[0]
+    empty = empty_like(mb)
+    for name in ("input_ids", "position_ids", "cu_seqlens", "labels", "weights", "seq_ids", "pair_index", "kept",
+                 "response_tokens"):
+        assert getattr(empty, name).shape == getattr(mb, name).shape, name
+    assert empty.num_pairs == 0 and empty.active_rows.size == 0 and np.diff(empty.cu_seqlens).max() <= 40
+
+
+def test_pair_layout():
+    import torch
+
+    from maskdpo.data import layout
+
+    assert [layout.seq_id(p, s) for p in range(2) for s in range(2)] == [0, 1, 2, 3]
+    assert layout.num_seqs(3) == 6
+    chosen, rejected = layout.split_sides(torch.arange(6))
+    assert chosen.tolist() == [0, 2, 4] and rejected.tolist() == [1, 3, 5]
+    assert layout.join_sides(chosen, rejected).tolist() == list(range(6))

@@ -1,4 +1,5 @@
-"""The DeepSpeed pipeline on CPU (gloo, 2 processes) against a plain float64 PyTorch computation."""
+"""The DeepSpeed pipeline on CPU (gloo, 2 processes) against the Mask-DPO step written from the formula
+in float64 with transformers."""
 
 import json
 import math
@@ -12,12 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-
-from maskdpo.model.hf import load_llama, load_state_dict
-from maskdpo.model.llama import Llama
-
 from model_helpers import tiny_hf_llama
-from pipeline_data import BUDGET, encoded_pairs, micro_batches
+from pipeline_data import PACKING_PAIRS, encoded_pairs, micro_batches
+
+from maskdpo.model.hf import load_llama
 
 TESTS = Path(__file__).resolve().parent
 BETA = 0.1
@@ -30,50 +29,62 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """One torchrun launch of 2 processes running every scenario; returns (output dir, models)."""
-    root = tmp_path_factory.mktemp("pipeline")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline-models")
     untied = tiny_hf_llama(root / "hf", "gqa-rope-scaling", vocab_size=4096)
     tied = tiny_hf_llama(root / "hf-tied", "tied-mha", vocab_size=4096, seed=1)
-    out = root / "out"
-    out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1", "PYTHONPATH": str(TESTS)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(TESTS / "pipeline_worker.py"),
-               "--hf", str(root / "hf"), "--hf-tied", str(root / "hf-tied"), "--out", str(out),
-               "--scenarios", "grads-pp2", "grads-pp1", "grads-pp2-tied", "resume", "bf16-checkpointing", "train"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return out, {"untied": (root / "hf", untied), "tied": (root / "hf-tied", tied)}
+    return {"untied": (root / "hf", untied), "tied": (root / "hf-tied", tied)}
 
 
-def plain_step(hf_model):
-    """Loss, reference sums and SGD(lr=1)-updated parameters from transformers in float64."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_model)).double()
-    encoded = encoded_pairs()
-    mbs, _ = micro_batches()
+@pytest.fixture(scope="module")
+def launch(models, tmp_path_factory):
+    """launch(scenarios, interpret) runs pipeline_worker.py under torchrun with 2 processes, once per
+    group of scenarios (so each group fails on its own), and returns the folder of its results.
+    interpret: the Triton kernels under the interpreter (slow), else their PyTorch path on the CPU."""
+    done = {}
 
-    def sums(pair_index):
-        out = []
-        for side in (encoded[pair_index].chosen, encoded[pair_index].rejected):
+    def run(scenarios: tuple[str, ...], interpret: bool) -> Path:
+        if scenarios not in done:
+            out = tmp_path_factory.mktemp("pipeline-" + "-".join(scenarios))
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1" if interpret else "0",
+                   "PYTHONPATH": str(TESTS)}
+            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                       "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(TESTS / "pipeline_worker.py"),
+                       "--hf", str(models["untied"][0]), "--hf-tied", str(models["tied"][0]), "--out", str(out),
+                       "--scenarios", *scenarios]
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+            done[scenarios] = out
+        return done[scenarios]
+    return run
+
+
+def pair_sums(model, side_pairs):
+    """The float64 masked log-prob sums (chosen, rejected) of each encoded pair, from transformers."""
+    out = []
+    for pair in side_pairs:
+        sums = []
+        for side in (pair.chosen, pair.rejected):
             ids = torch.tensor(side.input_ids)
             logp = torch.log_softmax(model(ids[None]).logits[0, :-1], -1).gather(1, ids[1:, None]).squeeze(1)
-            out.append((torch.tensor(side.weights[1:], dtype=torch.float64) * logp).sum())
-        return torch.stack(out)
+            sums.append((torch.tensor(side.weights[1:], dtype=torch.float64) * logp).sum())
+        out.append(torch.stack(sums))
+    return out
 
-    losses, reference = [], {}
-    for mb in mbs:
-        pairs = [int(i) for i in mb.pair_index if i >= 0]
-        terms = []
-        for i in pairs:
-            policy = sums(i)
-            reference[i] = policy.detach()
-            z = BETA * ((policy[0] - reference[i][0]) - (policy[1] - reference[i][1]))
-            terms.append(-F.logsigmoid(z))
-        losses.append(torch.stack(terms).mean())
-    loss = torch.stack(losses).mean()
+
+def oracle_step(hf_model, pair_indices):
+    """The Mask-DPO step written from the formula, in float64 with transformers: reference = the
+    starting policy, loss = mean over the step's pairs of -log sigmoid(beta * (r_w - r_l)), one
+    SGD(lr=1) update. Returns (loss, {pair: reference sums}, updated parameters)."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_model)).double()
+    encoded = encoded_pairs()
+    policy = pair_sums(model, [encoded[i] for i in pair_indices])
+    reference = {i: p.detach() for i, p in zip(pair_indices, policy)}
+    terms = [-F.logsigmoid(BETA * ((p[0] - reference[i][0]) - (p[1] - reference[i][1])))
+             for i, p in zip(pair_indices, policy)]
+    loss = torch.stack(terms).mean()
     loss.backward()
-    updated = {n: (p - p.grad).detach() for n, p in model.named_parameters()}
+    updated = {n: (q - q.grad).detach() for n, q in model.named_parameters()}
     return loss.item(), reference, updated
 
 
@@ -84,28 +95,61 @@ def merged(out, name):
     return tensors
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("scenario,model", [("grads-pp2", "untied"), ("grads-pp1", "untied"), ("grads-pp2-tied", "tied")])
-def test_pipeline_matches_plain_pytorch(run, scenario, model):
-    """PP=2 (GAS 4), DP=2 (PP=1, GAS 2) and tied embeddings: same loss, reference and update as float64."""
-    out, models = run
-    loss, reference, updated = plain_step(models[model][0])
-    result = json.loads((out / f"{scenario}.json").read_text())
-    assert result["metrics"]["loss"] == pytest.approx(math.log(2), abs=1e-6) == pytest.approx(loss, abs=1e-6)
+def check_step(result, params, reference, updated, start_state, tied=False):
+    """A pipeline step's loss, reference table and updated parameters against the float64 oracle."""
+    assert result["metrics"]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # reference = starting policy
     for i, expected in reference.items():
-        torch.testing.assert_close(torch.tensor(result["reference"][i], dtype=torch.float64), expected, rtol=2e-6, atol=1e-3)
-    params = merged(out, scenario)
-    hf_names = {n for n in updated if not (n == "lm_head.weight" and model == "tied")}
+        torch.testing.assert_close(torch.tensor(result["reference"][i], dtype=torch.float64), expected,
+                                   rtol=2e-6, atol=1e-3)
+    hf_names = {n for n in updated if not (n == "lm_head.weight" and tied)}
     assert set(params) == hf_names
     for name in hf_names:
         torch.testing.assert_close(params[name].double(), updated[name], rtol=1e-4, atol=2e-6, msg=name)
-    moved = max((params[n].double() - models[model][1].state_dict()[n].double()).abs().max().item() for n in hf_names)
+    moved = max((params[n].double() - start_state[n].double()).abs().max().item() for n in hf_names)
     assert moved > 1e-3  # the step really changed the weights
 
 
 @pytest.mark.slow
-def test_checkpoint_resume_continues_identically(run):
-    out, _ = run
+@pytest.mark.parametrize("scenario,model", [("grads-pp2", "untied"), ("grads-pp1", "untied"), ("grads-pp2-tied", "tied")])
+def test_pipeline_matches_plain_pytorch(launch, models, scenario, model):
+    """PP=2 (GAS 4, fused head), DP=2 (PP=1, GAS 2, kernel head) and tied embeddings, with the
+    Triton kernels interpreted: the same loss, reference and update as float64 transformers."""
+    out = launch((scenario,), interpret=True)
+    mbs, _ = micro_batches()
+    pairs = [int(i) for mb in mbs for i in mb.pair_index if i >= 0]
+    loss, reference, updated = oracle_step(models[model][0], pairs)
+    result = json.loads((out / f"{scenario}.json").read_text())
+    assert result["metrics"]["loss"] == pytest.approx(loss, abs=1e-6)
+    assert result["metrics"]["pairs"] == len(pairs)
+    check_step(result, merged(out, scenario), reference, updated, models[model][1].state_dict(), tied=model == "tied")
+
+
+@pytest.fixture(scope="module")
+def packing_oracle(models):
+    return oracle_step(models["untied"][0], list(range(PACKING_PAIRS)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pipeline_stages", [2, 1])
+@pytest.mark.parametrize("pairs_per_micro_batch", [1, 2, 4])
+def test_the_step_does_not_depend_on_packing(launch, models, packing_oracle, pairs_per_micro_batch, pipeline_stages):
+    """The same 8 pairs packed 1, 2 or 4 to a micro-batch (micro-batches of 3, 4 and 1 pairs), with
+    PP=2 or DP=2: the loss is the mean over the 8 pairs and the update is the oracle's."""
+    scenarios = tuple(f"packing-{m}-pp{pipeline_stages}" for m in (1, 2, 4))
+    out = launch(scenarios, interpret=False)
+    scenario = f"packing-{pairs_per_micro_batch}-pp{pipeline_stages}"
+    result = json.loads((out / f"{scenario}.json").read_text())
+    assert sum(result["pairs_per_micro_batch"]) == PACKING_PAIRS
+    assert max(result["pairs_per_micro_batch"]) == pairs_per_micro_batch
+    loss, reference, updated = packing_oracle
+    assert result["metrics"]["loss"] == pytest.approx(loss, abs=1e-6)
+    assert result["metrics"]["pairs"] == PACKING_PAIRS
+    check_step(result, merged(out, scenario), reference, updated, models["untied"][1].state_dict())
+
+
+@pytest.mark.slow
+def test_checkpoint_resume_continues_identically(launch):
+    out = launch(("resume",), interpret=False)
     result = json.loads((out / "resume.json").read_text())
     assert result["client_state"] == 1
     assert result["resumed"] == result["straight"]
@@ -114,8 +158,8 @@ def test_checkpoint_resume_continues_identically(run):
 
 
 @pytest.mark.slow
-def test_hf_export_loads_in_transformers_with_the_trained_weights(run):
-    out, _ = run
+def test_hf_export_loads_in_transformers_with_the_trained_weights(launch):
+    out = launch(("resume",), interpret=False)
     trained = merged(out, "resumed")
     exported = transformers.AutoModelForCausalLM.from_pretrained(str(out / "export")).eval()
     for name, tensor in exported.state_dict().items():
@@ -129,8 +173,8 @@ def test_hf_export_loads_in_transformers_with_the_trained_weights(run):
 
 
 @pytest.mark.slow
-def test_training_on_bundled_pairs_lowers_the_loss(run):
-    out, _ = run
+def test_training_on_bundled_pairs_lowers_the_loss(launch):
+    out = launch(("train",), interpret=False)
     history = json.loads((out / "train.json").read_text())
     assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
@@ -139,8 +183,8 @@ def test_training_on_bundled_pairs_lowers_the_loss(run):
 
 
 @pytest.mark.slow
-def test_bf16_with_activation_checkpointing_trains(run):
-    out, _ = run
+def test_bf16_with_activation_checkpointing_trains(launch):
+    out = launch(("bf16-checkpointing",), interpret=True)
     result = json.loads((out / "bf16-checkpointing.json").read_text())
     losses = [h["loss"] for h in result["history"]]
     assert result["dtypes"] == ["torch.bfloat16"]

@@ -7,10 +7,9 @@ import textwrap
 
 import pytest
 import torch
+from oracle import make_rows, oracle_sequence_logps
 
 from maskdpo.kernels import reference
-
-from oracle import make_rows, oracle_sequence_logps
 
 TOL = {torch.float32: ((1e-5, 1e-4), (1e-5, 1e-6)), torch.bfloat16: ((1e-5, 1e-4), (2 ** -8, 1e-6))}
 

@@ -7,11 +7,10 @@ import torch
 import triton
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracle import make_rows, oracle_sequence_logps
 
 from maskdpo.kernels import masked_logps, sequence_logps
 from maskdpo.kernels.sequence_logps import InterpretedFunction, _sequence_logps_fwd_kernel
-
-from oracle import make_rows, oracle_sequence_logps
 
 # Tolerances against float64, per logits dtype. The forward accumulates in fp32 from the exact
 # input values, so it is tight for every dtype; gradients are rounded once to the logits dtype.

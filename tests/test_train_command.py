@@ -1,6 +1,7 @@
 """`maskdpo train`: the tiny-cpu recipe end to end, kill and resume, and config errors."""
 
 import json
+import math
 import os
 import random
 import signal
@@ -52,6 +53,9 @@ def test_tiny_cpu_recipe_trains_end_to_end(uninterrupted):
     assert records[-1]["loss"] < 0.8 * records[0]["loss"]
     assert records[-1]["rewards/accuracy"] > records[0]["rewards/accuracy"]
     assert (run_dir / "metrics.png").stat().st_size > 1000 and (run_dir / "config.yaml").exists()
+    # Each record's lr is its own step's: the recipe's 9 steps, warmup int(0.1 * 9) = 0, cosine from 1e-3.
+    assert [r["lr"] for r in records] == pytest.approx(
+        [1e-3 * 0.5 * (1 + math.cos(math.pi * i / len(records))) for i in range(len(records))])
     assert "exported the policy" in result.stdout
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir())
     assert len(checkpoints) == 2 and (run_dir / "checkpoints" / "latest").read_text() == checkpoints[-1]
@@ -137,5 +141,5 @@ def test_non_finite_loss_stops_naming_step_pairs_and_checkpoint(tmp_path):
     assert result.returncode == 1
     line = next(l for l in result.stdout.replace("\r", "\n").splitlines() if "non-finite loss" in l)
     step = int(line.split("at step ")[1].split()[0])
-    assert "in the micro-batch of pairs ['" in line
+    assert "for pairs ['" in line
     assert line.endswith(str(tmp_path / "run" / "checkpoints" / f"step-{step - 1:08d}"))

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-
-from maskdpo.reference import load_reference, reference_key, save_reference
-
 from model_helpers import tiny_hf_llama
+
+from maskdpo.dpo.reference_cache import load_reference, reference_key, save_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,6 +4,7 @@
     encoded = encode_pair(parse_pair(record, LabelMap()), load_tokenizer(), max_length=1024)
 """
 
+from .batch import LossInputs, StageInputs, pipeline_tensors, reference_for
 from .encode import EncodeResult, encode_file
 from .errors import RecordError
 from .labels import LabelMap
@@ -15,7 +16,8 @@ from .sentences import split_sentences
 from .tokenizer import load_tokenizer
 
 __all__ = [
-    "AnnotatedSample", "EncodeResult", "EncodedPair", "EncodedSide", "LabelMap", "MicroBatch", "Packing", "Pair",
+    "AnnotatedSample", "EncodeResult", "EncodedPair", "EncodedSide", "LabelMap", "LossInputs", "MicroBatch", "Packing",
+    "Pair", "StageInputs", "pipeline_tensors", "reference_for",
     "RecordError", "Response", "Sentence", "SkippedPair", "build_pairs", "encode_file", "encode_pair",
     "load_tokenizer", "pack_pairs", "pair_to_json", "parse_annotated", "parse_pair", "split_sentences",
 ]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+from ..assets import DATA
 from .labels import LabelMap
 from .pairs import build_pairs
 from .records import AnnotatedSample, Pair, parse_annotated
 
-BUNDLED_DATA = Path(__file__).resolve().parents[1] / "assets" / "data"
+BUNDLED_DATA = DATA
 
 
 def bundled_samples(label_map: LabelMap | None = None) -> list[AnnotatedSample]:

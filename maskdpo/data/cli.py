@@ -7,9 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import RecordError
-
 from .bundled import BUNDLED_DATA
+from .errors import RecordError
 
 
 def _positive(text: str) -> int:

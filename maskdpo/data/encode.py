@@ -152,8 +152,8 @@ def _save_cache(path: Path, result: EncodeResult) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
     np.savez(
         tmp,
-        input_ids=np.concatenate([np.asarray(s.input_ids, dtype=np.int64) for s in sides]) if sides else np.zeros(0, np.int64),
-        weights=np.concatenate([np.asarray(s.weights, dtype=np.float32) for s in sides]) if sides else np.zeros(0, np.float32),
+        input_ids=np.concatenate([s.input_ids for s in sides]) if sides else np.zeros(0, np.int64),
+        weights=np.concatenate([s.weights for s in sides]) if sides else np.zeros(0, np.float32),
         lengths=lengths,
         prompt_lengths=np.array([s.prompt_length for s in sides], dtype=np.int64),
         truncated=np.array([s.truncated for s in sides], dtype=np.int64),
@@ -169,7 +169,7 @@ def _load_cache(path: Path, pairs_path: Path, rejects_path) -> EncodeResult:
         meta = json.loads(str(data["meta"]))
         bounds = np.concatenate([[0], np.cumsum(data["lengths"])])
         ids, weights = data["input_ids"], data["weights"]
-        sides = [EncodedSide(ids[a:b].tolist(), weights[a:b].tolist(), int(p), int(t),
+        sides = [EncodedSide(ids[a:b], weights[a:b], int(p), int(t),
                              int(np.count_nonzero(weights[a:b] > 0)))
                  for a, b, p, t in zip(bounds[:-1], bounds[1:], data["prompt_lengths"], data["truncated"])]
     pairs = [EncodedPair(pid, sides[2 * i], sides[2 * i + 1]) for i, pid in enumerate(meta["pair_ids"])]

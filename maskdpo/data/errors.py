@@ -15,7 +15,7 @@ class RecordError(ValueError):
         self.message, self.field, self.path, self.line = message, field, path, line
         super().__init__(self.__str__())
 
-    def located(self, path: str, line: int) -> "RecordError":
+    def located(self, path: str, line: int) -> RecordError:
         """The same error, placed at `path`:`line`."""
         return type(self)(self.message, self.field, path, line)
 

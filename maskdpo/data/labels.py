@@ -23,7 +23,7 @@ class LabelMap:
             raise ValueError(f"labels cannot be both correct and hallucinated: {sorted(both)}")
 
     @classmethod
-    def from_lists(cls, correct: str | None = None, hallucinated: str | None = None) -> "LabelMap":
+    def from_lists(cls, correct: str | None = None, hallucinated: str | None = None) -> LabelMap:
         """From comma-separated lists (the CLI's --correct-labels / --hallucinated-labels)."""
         def parse(text, default):
             return frozenset(x.strip() for x in text.split(",") if x.strip()) if text else frozenset(default)

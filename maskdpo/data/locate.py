@@ -6,7 +6,6 @@ import re
 
 from .errors import RecordError
 
-
 # What may lie between consecutive sentences: whitespace, bullets and list numbering.
 _SKIPPABLE = re.compile(r"[\s\-*•·#>()\d.]*")
 

@@ -22,13 +22,27 @@ class SkippedPair(RecordError):
     skippable = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EncodedSide:
-    input_ids: list[int]
-    weights: list[float]  # weights[i]: the weight of predicting input_ids[i]
-    prompt_length: int    # tokens before the first response token
-    truncated: int        # tokens dropped from the tail by max_length
-    kept_tokens: int      # tokens with weight > 0
+    """One side of an encoded pair. The arrays stay numpy from encoding through the cache to packing."""
+
+    input_ids: np.ndarray  # (n,) int64
+    weights: np.ndarray    # (n,) float32; weights[i]: the weight of predicting input_ids[i]
+    prompt_length: int     # tokens before the first response token
+    truncated: int         # tokens dropped from the tail by max_length
+    kept_tokens: int       # tokens with weight > 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_ids", np.asarray(self.input_ids, dtype=np.int64))
+        object.__setattr__(self, "weights", np.asarray(self.weights, dtype=np.float32))
+        if self.input_ids.shape != self.weights.shape or self.input_ids.ndim != 1:
+            raise ValueError(f"input_ids {self.input_ids.shape} and weights {self.weights.shape} must be equal 1-d shapes")
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, EncodedSide) and np.array_equal(self.input_ids, other.input_ids)
+                and np.array_equal(self.weights, other.weights)
+                and (self.prompt_length, self.truncated, self.kept_tokens)
+                == (other.prompt_length, other.truncated, other.kept_tokens))
 
 
 @dataclass(frozen=True)
@@ -108,7 +122,7 @@ def encode_side(response: Response, keep_correct: bool, prefix: str, full: str, 
     truncated = max(0, len(ids) - max_length)
     if truncated:
         ids, weights = ids[:max_length], weights[:max_length]
-    return EncodedSide(ids.tolist(), weights.tolist(), min(prompt_length, len(ids)), truncated,
+    return EncodedSide(ids, weights, min(prompt_length, len(ids)), truncated,
                        int(np.count_nonzero(weights > 0)))
 
 

@@ -6,7 +6,9 @@ import functools
 import hashlib
 from pathlib import Path
 
-BUNDLED_TOKENIZER = Path(__file__).resolve().parents[1] / "assets" / "tokenizer"
+from ..assets import TOKENIZER
+
+BUNDLED_TOKENIZER = TOKENIZER
 
 
 @functools.lru_cache(maxsize=8)
@@ -20,7 +22,17 @@ def load_tokenizer(path: str | Path | None = None):
     path = Path(path) if path is not None else BUNDLED_TOKENIZER
     if not path.is_dir():
         raise ValueError(f"tokenizer: {path} is not a directory holding tokenizer files")
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (ValueError, OSError, AttributeError) as e:
+        import transformers
+
+        if int(transformers.__version__.split(".")[0]) < 5:
+            # The bundled tokenizer (and any saved by transformers 5) names the class TokenizersBackend,
+            # which 4.x does not know: say so instead of 4.x's "tokenizer class does not exist".
+            raise ValueError(f"tokenizer: {path} could not be loaded with transformers {transformers.__version__}; "
+                             "maskdpo needs transformers>=5 (pip install 'transformers>=5')") from e
+        raise ValueError(f"tokenizer: {path} could not be loaded: {e}") from e
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"tokenizer: {path} loads as a slow tokenizer; masks need a fast one (tokenizer.json)")
     if not tokenizer.chat_template:

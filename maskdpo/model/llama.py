@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from .attention import packed_causal_attention
 
@@ -52,7 +52,7 @@ class LlamaConfig:
               "max_position_embeddings", "tie_word_embeddings", "bos_token_id", "eos_token_id")
 
     @classmethod
-    def from_hf(cls, data: dict) -> "LlamaConfig":
+    def from_hf(cls, data: dict) -> LlamaConfig:
         data = dict(data)
         if data.get("model_type", "llama") != "llama":
             raise ValueError(f"config.json: model_type {data['model_type']!r} is not llama")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hf import to_hf_name
 from .llama import DecoderLayer, Embedding, LlamaConfig, RMSNorm
 
 # ZeRO stages DeepSpeed accepts together with a PipelineModule (2 and 3 raise inside the engine).
@@ -31,10 +32,17 @@ class EmbeddingPipe(Embedding):
 
 
 class DecoderLayerPipe(DecoderLayer):
+    """max_seqlen: the longest sequence any micro-batch holds (packing guarantees it), which sizes
+    the varlen attention kernels' work without a host sync; None: the token budget, always valid."""
+
+    def __init__(self, config: LlamaConfig, backend: str = "sdpa", max_seqlen: int | None = None):
+        super().__init__(config, backend)
+        self.max_seqlen = max_seqlen
+
     def forward(self, inputs):
         hidden, position_ids, cu_seqlens = inputs
-        # max_seqlen bounds the kernels' work; the token budget is a valid bound needing no host sync.
-        return super().forward(hidden, position_ids, cu_seqlens, hidden.shape[0]), position_ids, cu_seqlens
+        bound = hidden.shape[0] if self.max_seqlen is None else min(self.max_seqlen, hidden.shape[0])
+        return super().forward(hidden, position_ids, cu_seqlens, bound), position_ids, cu_seqlens
 
 
 class FinalNormPipe(nn.Module):
@@ -79,7 +87,7 @@ def head_weight(module: nn.Module):
     raise ValueError("this stage holds no LM head")
 
 
-def layer_specs(config: LlamaConfig, backend: str, fused_head: bool = False):
+def layer_specs(config: LlamaConfig, backend: str, fused_head: bool = False, max_seqlen: int | None = None):
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
 
     if config.tie_word_embeddings:
@@ -88,13 +96,13 @@ def layer_specs(config: LlamaConfig, backend: str, fused_head: bool = False):
                              tied_weight_attr="embed_tokens.weight")
     else:
         first, last = LayerSpec(EmbeddingPipe, config), LayerSpec(LMHeadPipe, config, fused_head)
-    decoders = [LayerSpec(DecoderLayerPipe, config, backend) for _ in range(config.num_hidden_layers)]
+    decoders = [LayerSpec(DecoderLayerPipe, config, backend, max_seqlen) for _ in range(config.num_hidden_layers)]
     return [first, *decoders, LayerSpec(FinalNormPipe, config), last]
 
 
 def build_pipeline(config: LlamaConfig, num_stages: int, loss_fn, backend: str = "sdpa",
                    partition_method: str = "type:DecoderLayerPipe", activation_checkpointing: bool = False,
-                   fused_head: bool = False):
+                   fused_head: bool = False, max_seqlen: int | None = None):
     """The PipelineModule (torch.distributed must be initialised). Decoder layers are split evenly
     across stages by default ("parameters" balances parameter counts instead)."""
     from deepspeed.pipe import PipelineModule
@@ -103,7 +111,7 @@ def build_pipeline(config: LlamaConfig, num_stages: int, loss_fn, backend: str =
         raise ValueError(f"{num_stages} pipeline stages for {config.num_hidden_layers} decoder layers: "
                          "every stage needs at least one")
     return PipelineModule(
-        layers=layer_specs(config, backend, fused_head),
+        layers=layer_specs(config, backend, fused_head, max_seqlen),
         num_stages=num_stages,
         loss_fn=loss_fn,
         partition_method=partition_method,
@@ -112,21 +120,25 @@ def build_pipeline(config: LlamaConfig, num_stages: int, loss_fn, backend: str =
     )
 
 
-def hf_name(pipe_name: str, num_layers: int) -> str:
-    """A PipelineModule parameter name ("3.mlp.up_proj.weight", "tied_modules.embed....") -> HF name."""
+def model_name(pipe_name: str, num_layers: int) -> str:
+    """A PipelineModule parameter name ("3.mlp.up_proj.weight", "tied_modules.embed....") -> the same
+    parameter's name in maskdpo.model.llama.Llama (whose names model.hf maps to Hugging Face's)."""
     if pipe_name.startswith("tied_modules.embed."):
-        return "model." + pipe_name[len("tied_modules.embed."):]
+        return "embedding." + pipe_name[len("tied_modules.embed."):]
     match = re.fullmatch(r"(\d+)\.(.+)", pipe_name)
     if match is None:
-        raise KeyError(f"no Hugging Face name for pipeline parameter {pipe_name!r}")
+        raise KeyError(f"no model name for pipeline parameter {pipe_name!r}")
     index, rest = int(match.group(1)), match.group(2)
     if index == 0:
-        return "model." + rest
+        return "embedding." + rest
     if index <= num_layers:
-        return f"model.layers.{index - 1}.{rest}"
-    if index == num_layers + 1:
-        return "model." + rest  # norm.weight
-    return rest  # lm_head.weight
+        return f"layers.{index - 1}.{rest}"
+    return "head." + rest  # norm.weight (layer L + 1), lm_head.weight (layer L + 2)
+
+
+def hf_name(pipe_name: str, num_layers: int) -> str:
+    """A PipelineModule parameter name -> its Hugging Face name (through the one map in model.hf)."""
+    return to_hf_name(model_name(pipe_name, num_layers))
 
 
 def stage_hf_tensors(module: nn.Module, num_layers: int) -> dict[str, torch.Tensor]:

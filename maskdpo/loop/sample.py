@@ -13,8 +13,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data.errors import RecordError
-from .data.jsonl import read_records
+from ..data.errors import RecordError
+from ..data.jsonl import read_records
 from .jobs import JobReport, run_jobs
 
 QUESTION_FIELDS = ("question_id", "question")

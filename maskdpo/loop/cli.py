@@ -102,9 +102,9 @@ def _annotate(args, samples_path, questions_path, output, client=None) -> int:
 
 
 def _read_annotated(path, strict: bool = True):
-    from .data.jsonl import ReadReport, read_records
-    from .data.labels import LabelMap
-    from .data.records import parse_annotated
+    from ..data.jsonl import ReadReport, read_records
+    from ..data.labels import LabelMap
+    from ..data.records import parse_annotated
 
     def parse(obj, line):
         parse_annotated(obj, LabelMap())  # checks fields, spans and labels, with file and line on error
@@ -149,11 +149,11 @@ def _evaluate(args) -> int:
 
 
 def _prepare(args) -> int:
-    from .data.encode import encode_file
-    from .data.jsonl import ReadReport, read_records, write_jsonl
-    from .data.labels import LabelMap
-    from .data.pairs import build_pairs
-    from .data.records import pair_to_json, parse_annotated
+    from ..data.encode import encode_file
+    from ..data.jsonl import ReadReport, read_records, write_jsonl
+    from ..data.labels import LabelMap
+    from ..data.pairs import build_pairs
+    from ..data.records import pair_to_json, parse_annotated
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,8 +218,8 @@ def add_loop_commands(sub) -> None:
 
 
 def run(args) -> int:
+    from ..data.errors import RecordError
     from .client import ChatError
-    from .data.errors import RecordError
 
     try:
         return args.func(args)

@@ -30,9 +30,10 @@ class ModelConfig:
     """LlamaConfig fields (hidden_size, num_hidden_layers, ...) for a random init when path is None."""
     attention: str = "auto"
     """Attention backend: auto, flash_attn, torch_varlen or sdpa."""
-    fused_head: bool = True
-    """The last stage goes from hidden states to masked log-probs in chunks (linear_sequence_logps),
-    never materialising the logits; false: full logits and the sequence_logps kernel."""
+    head: str = "fused"
+    """How the last stage makes the masked log-prob sums: fused (hidden states -> linear_sequence_logps
+    in chunks, never the whole logits), kernel (full logits -> the sequence_logps kernel) or eager
+    (full logits -> fp32 log_softmax in plain PyTorch: the baseline benchmarks compare against)."""
 
 
 @dataclass
@@ -145,11 +146,17 @@ class Config:
     def data_parallel(self, world_size: int) -> int:
         return world_size // self.parallel.pipeline_stages
 
+    def micro_batches_per_step(self) -> int:
+        """Micro-batches of one optimizer step over all data-parallel ranks (accumulation x DP)."""
+        return self.train.batch_pairs // self.train.micro_batch_pairs
+
     def accumulation_steps(self, world_size: int) -> int:
         return self.train.batch_pairs // (self.train.micro_batch_pairs * self.data_parallel(world_size))
 
     def validate(self, world_size: int) -> None:
         """Cross-field checks; raise ConfigError saying what to change."""
+        from ..dpo.loss import LOSS_TYPES
+        from ..dpo.objective import HEADS
         from .engine import check_parallelism
 
         p, t = self.parallel, self.train
@@ -165,13 +172,16 @@ class Config:
         checks = [
             (not (p.bf16 and p.zero_stage == 0), "parallel.bf16 needs parallel.zero_stage 1 (DeepSpeed accumulates "
                                                   "bf16 gradients in fp32 only with ZeRO)"),
-            (self.loss.type in ("sigmoid", "ipo", "hinge"), f"loss.type must be sigmoid, ipo or hinge, not {self.loss.type!r}"),
+            (self.loss.type in LOSS_TYPES, f"loss.type must be one of {', '.join(LOSS_TYPES)}, not {self.loss.type!r}"),
             (0 <= self.loss.label_smoothing < 0.5, "loss.label_smoothing must be in [0, 0.5)"),
+            (self.model.head in HEADS, f"model.head must be one of {', '.join(HEADS)}, not {self.model.head!r}"),
             (self.loss.beta > 0, "loss.beta must be positive"),
-            (self.optim.schedule in ("cosine", "constant"), f"optim.schedule must be cosine or constant, not {self.optim.schedule!r}"),
+            (self.optim.schedule in ("cosine", "constant"),
+             f"optim.schedule must be cosine or constant, not {self.optim.schedule!r}"),
             (0 <= self.optim.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)"),
             (self.optim.lr > 0, "optim.lr must be positive"),
-            (t.epochs >= 1 and t.micro_batch_pairs >= 1 and t.batch_pairs >= 1, "train.epochs, batch_pairs and micro_batch_pairs must be positive"),
+            (t.epochs >= 1 and t.micro_batch_pairs >= 1 and t.batch_pairs >= 1,
+             "train.epochs, batch_pairs and micro_batch_pairs must be positive"),
             (self.checkpoint.every >= 1 and self.checkpoint.keep_last >= 1, "checkpoint.every and keep_last must be positive"),
             (self.model.path is not None or self.model.architecture, "model.path or model.architecture is needed"),
             (self.data.max_length * 2 <= self.data.token_budget,
@@ -233,7 +243,13 @@ def _check_type(value, annotation, where: str):
     return value
 
 
+# Keys that were renamed: what to write instead.
+RENAMED = {"model.fused_head": "model.head (fused, kernel or eager; fused_head: false is head: kernel)"}
+
+
 def _set(config: Config, key: str, value, source: str) -> None:
+    if key in RENAMED:
+        raise ConfigError(f"{source}: {key} was replaced by {RENAMED[key]}")
     parts = key.split(".")
     sections = {f.name: f for f in dataclasses.fields(Config)}
     if len(parts) != 2 or parts[0] not in sections:

@@ -11,7 +11,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from .data.labels import LabelMap
+from ..data.labels import LabelMap
 
 
 def score(records: list[dict], label_map: LabelMap | None = None) -> dict:

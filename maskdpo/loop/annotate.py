@@ -17,11 +17,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .data.sentences import split_sentences
+from ..assets import TEMPLATES as ASSET_TEMPLATES
+from ..data.sentences import split_sentences
 from .jobs import JobReport, run_jobs
 from .sample import sample_key
 
-TEMPLATES = Path(__file__).resolve().parent / "assets" / "templates"
+TEMPLATES = ASSET_TEMPLATES
 TEMPLATE_FILES = ("facts.txt", "reference.txt", "judge.txt")
 
 FACTS = {"factspresent": "facts", "nofacts": "nofact"}

@@ -13,7 +13,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data.errors import RecordError
+from ..data.errors import RecordError
 
 # After this many failures in a row (each already retried), the server is taken to be down.
 CONSECUTIVE_FAILURES_TO_STOP = 8

@@ -1,31 +1,31 @@
 """DeepSpeed pipeline (PP) x data parallel (DP, ZeRO-1) training of Llama with the Mask-DPO loss.
 
 This is the only place that knows about stages, ranks and DeepSpeed. A step takes
-gradient_accumulation_steps x DP packed micro-batches (see maskdpo.data.packing); DP rank r gets
-every DP-th of them, so the same list of micro-batches gives the same gradients whatever PP and DP.
+gradient_accumulation_steps x DP packed micro-batches (maskdpo.train.loader decides which rank runs
+which); each micro-batch's loss is the sum of its pair losses scaled so that, after DeepSpeed's mean
+over micro-batches and data-parallel ranks, the step's loss is the mean over all of the step's pairs.
+The reference pass is another use of the same pipeline: the last stage runs ReferenceSums instead
+of the training objective, and the pipeline returns the per-sequence sums.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from .data.packing import IGNORE_INDEX, MicroBatch
-from .kernels import contributing_rows
-from .model.attention import resolve_backend
-from .model.llama import LlamaConfig
-from .model.pipeline import PIPELINE_ZERO_STAGES, build_pipeline, head_weight, load_hf_into_stage, stage_hf_tensors
-from .stage_loss import StageLoss
-
-
-def collective_device() -> torch.device:
-    """Where small host-side tensors go for collectives: NCCL takes only CUDA tensors."""
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+from ..data.batch import pipeline_tensors, reference_for
+from ..data.packing import MicroBatch
+from ..dpo.objective import SUMS, MaskDPOObjective, ReferenceSums, SequenceSums, step_metrics
+from ..model.attention import resolve_backend
+from ..model.llama import LlamaConfig
+from ..model.pipeline import PIPELINE_ZERO_STAGES, build_pipeline, head_weight, load_hf_into_stage, stage_hf_tensors
+from .distributed import compute_device, init_distributed
+from .loader import data_parallel_share
 
 
 def check_parallelism(pipeline_stages: int, zero_stage: int, world_size: int) -> int:
@@ -78,28 +78,13 @@ def deepspeed_config(gradient_accumulation_steps: int, data_parallel: int, zero_
     return config
 
 
-def micro_batch_tensors(mb: MicroBatch, ref_logps: torch.Tensor):
-    """(inputs, labels) for DeepSpeed: stage 0 reads inputs, the last stage reads labels.
-
-    The labels end with the contributing rows, found here on the CPU so that the fused head's
-    compaction needs no host sync on the GPU (labels are read by the last stage, never sent between
-    stages, so their length may vary)."""
-    inputs = (torch.from_numpy(mb.input_ids), torch.from_numpy(mb.position_ids), torch.from_numpy(mb.cu_seqlens))
-    token_labels, weights, seq_ids = (torch.from_numpy(x) for x in (mb.labels, mb.weights, mb.seq_ids))
-    active_rows = contributing_rows(token_labels, weights, seq_ids, ref_logps.shape[0], IGNORE_INDEX)
-    labels = (token_labels, weights, seq_ids, ref_logps.float(), torch.from_numpy(mb.pair_index), active_rows)
-    return inputs, labels
+def compute_dtype(bf16: bool) -> torch.dtype:
+    return torch.bfloat16 if bf16 else torch.float32
 
 
-def empty_micro_batch(like: MicroBatch) -> MicroBatch:
-    """A micro-batch with no pairs (pads a DP rank's share so every rank runs the same schedule)."""
-    budget = like.input_ids.shape[0]
-    return MicroBatch(
-        input_ids=np.zeros_like(like.input_ids), position_ids=np.arange(budget, dtype=np.int64),
-        cu_seqlens=np.concatenate([[0], np.full(like.cu_seqlens.shape[0] - 1, budget)]).astype(np.int32),
-        labels=np.full(budget, IGNORE_INDEX, dtype=np.int64), weights=np.zeros(budget, dtype=np.float32),
-        seq_ids=np.full(budget, -1, dtype=np.int64), pair_index=np.full_like(like.pair_index, -1),
-    )
+def resolve_attention(name: str, device: torch.device, bf16: bool) -> str:
+    """The attention backend for the dtype the model really runs in (the one place it is decided)."""
+    return resolve_backend(name, device, compute_dtype(bf16))
 
 
 @dataclass
@@ -109,41 +94,45 @@ class Layout:
     stage: int
     dp_rank: int
 
+    @property
+    def last_stage(self) -> bool:
+        return self.stage == self.pipeline_stages - 1
+
 
 class PipelineTrainer:
-    """A Llama pipeline engine with Mask-DPO loss: reference pass, steps, checkpoints, HF export.
+    """A Llama pipeline engine with the Mask-DPO objective: reference pass, steps, checkpoints, HF export.
 
     Call inside a launched process group (deepspeed / torchrun set RANK, WORLD_SIZE, ...).
+    head: fused, kernel or eager (maskdpo.dpo.objective.HEADS). attention: a backend name or auto,
+    resolved here for the real compute dtype. max_seqlen: the longest sequence a micro-batch can
+    hold (Packing.max_seqlen), attention's bound; None: the token budget.
     """
 
     def __init__(self, config: LlamaConfig, *, pipeline_stages: int, gradient_accumulation_steps: int,
                  optimizer_factory, hf_path: str | Path | None = None, zero_stage: int = 1, bf16: bool = False,
                  gradient_clipping: float = 0.0, beta: float = 0.1, loss_type: str = "sigmoid",
-                 label_smoothing: float = 0.0, attention_backend: str = "sdpa",
-                 activation_checkpointing: bool = False, partition_method: str = "type:DecoderLayerPipe",
-                 lr_scheduler_factory=None, seed: int = 0, fused_head: bool = True,
-                 deepspeed_overrides: dict | None = None):
+                 label_smoothing: float = 0.0, attention: str = "auto", activation_checkpointing: bool = False,
+                 partition_method: str = "type:DecoderLayerPipe", lr_scheduler_factory=None, seed: int = 0,
+                 head: str = "fused", max_seqlen: int | None = None, deepspeed_overrides: dict | None = None):
         import deepspeed
 
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        data_parallel = check_parallelism(pipeline_stages, zero_stage, world)
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        init_distributed()
+        data_parallel = check_parallelism(pipeline_stages, zero_stage, dist.get_world_size())
         torch.manual_seed(seed)  # the same random initialisation on every rank
         self.config = config
-        self.loss = StageLoss(beta, loss_type, label_smoothing)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        attention_backend = resolve_backend(attention_backend, device, torch.bfloat16 if bf16 else torch.float32)
-        self.attention_backend = attention_backend
-        module = build_pipeline(config, pipeline_stages, self.loss, attention_backend, partition_method,
-                                activation_checkpointing=activation_checkpointing, fused_head=fused_head)
+        self.attention_backend = resolve_attention(attention, compute_device(), bf16)
+        module = build_pipeline(config, pipeline_stages, None, self.attention_backend, partition_method,
+                                activation_checkpointing=activation_checkpointing, fused_head=head == "fused",
+                                max_seqlen=max_seqlen)
         if hf_path is not None:
             load_hf_into_stage(module, hf_path, config.num_hidden_layers)
         if bf16:
             module = module.to(torch.bfloat16)
-        if fused_head and module.stage_id == module.num_stages - 1:
-            self.loss.head_weight = head_weight(module)
+        last = module.stage_id == module.num_stages - 1
+        sums = SequenceSums(head, head_weight(module) if head == "fused" and last else None) if last else None
+        self.objective = MaskDPOObjective(sums, beta, loss_type, label_smoothing) if last else None
+        self.reference_sums = ReferenceSums(sums) if last else None
+        module.loss_fn = self.objective
         optimizer = optimizer_factory([p for p in module.parameters() if p.requires_grad])
         scheduler = lr_scheduler_factory(optimizer) if lr_scheduler_factory else None
         self.engine, _, _, _ = deepspeed.initialize(
@@ -161,81 +150,80 @@ class PipelineTrainer:
         return self.gradient_accumulation_steps * self.layout.data_parallel
 
     def _my_share(self, micro_batches: list[MicroBatch]) -> list[MicroBatch]:
-        dp, rank = self.layout.data_parallel, self.layout.dp_rank
-        padded = micro_batches + [empty_micro_batch(micro_batches[0])] * (-len(micro_batches) % dp)
-        return padded[rank::dp]
+        return data_parallel_share(micro_batches, self.layout.data_parallel, self.layout.dp_rank)
+
+    @contextlib.contextmanager
+    def _last_stage_runs(self, loss_fn):
+        """The pipeline's last stage computes `loss_fn` instead of the training objective."""
+        self.module.loss_fn = loss_fn
+        try:
+            yield
+        finally:
+            self.module.loss_fn = self.objective
 
     def reference_logps(self, micro_batches: list[MicroBatch], num_pairs: int) -> torch.Tensor:
-        """(num_pairs, 2) sums of the current (frozen, starting) model, by pair index; on every rank.
-
-        Pairs that appear in none of the micro-batches stay NaN."""
-        self.loss.mode, self.loss.records = "reference", []
+        """(num_pairs, 2) sums (chosen, rejected) of the current (frozen, starting) model, by pair
+        index; on every rank. Pairs that appear in none of the micro-batches stay NaN."""
         mine = self._my_share(micro_batches)
-        zeros = torch.zeros(2 * micro_batches[0].pair_index.shape[0])
-        try:
+        with self._last_stage_runs(self.reference_sums):
             # One pipelined pass over all of this rank's micro-batches (evaluation keeps two buffers
             # whatever their number): one fill and drain instead of one per chunk.
-            self.engine.eval_batch(iter([micro_batch_tensors(mb, zeros) for mb in mine]), num_micro_batches=len(mine))
-        finally:
-            self.loss.mode = "train"
-        local = [(idx.cpu(), sums.float().cpu()) for idx, sums in self.loss.records]
-        self.loss.records = []
+            outputs = self.engine.eval_batch(iter([pipeline_tensors(mb) for mb in mine]), num_micro_batches=len(mine),
+                                             reduce_output=None, bcast_loss=False)
+        local = []
+        if self.layout.last_stage:
+            local = [(mb.pair_index, sums.cpu().view(-1, 2)) for mb, sums in zip(mine, outputs)]
         gathered = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, local)
         table = torch.full((num_pairs, 2), float("nan"))
         for records in gathered:
-            for idx, sums in records:
-                keep = idx >= 0
-                table[idx[keep]] = sums[keep]
+            for index, sums in records:
+                keep = torch.from_numpy(index) >= 0
+                table[torch.from_numpy(index)[keep]] = sums[keep]
         present = sorted({int(i) for mb in micro_batches for i in mb.pair_index if i >= 0})
-        missing = [i for i in present if torch.isnan(table[i]).any()]
+        missing = [i for i in present if not torch.isfinite(table[i]).all()]
         if missing:
-            raise RuntimeError(f"reference pass produced no log-probs for pairs {missing[:10]}")
+            raise RuntimeError(f"the reference pass gave non-finite log-probs for pairs {missing[:10]}"
+                               + (" ..." if len(missing) > 10 else "") + ": is the starting model finite?")
         return table
 
     def train_step(self, micro_batches: list[MicroBatch], reference: torch.Tensor) -> dict[str, float]:
-        """One optimizer step over micro_batches_per_step micro-batches; metrics averaged over pairs."""
+        """One optimizer step over micro_batches_per_step micro-batches (all ranks' micro-batches;
+        each rank runs its share). The loss is the mean over the step's pairs; the metrics are
+        pair-weighted means over the same pairs; `nonfinite_pairs` lists pairs whose loss was NaN or inf."""
         if len(micro_batches) != self.micro_batches_per_step:
             raise ValueError(f"a step takes {self.micro_batches_per_step} micro-batches "
                              f"(gradient_accumulation_steps x data_parallel), got {len(micro_batches)}")
-        self.loss.records = []
-        mine = self._my_share(micro_batches)
-        batches = [micro_batch_tensors(mb, self._ref_for(mb, reference)) for mb in mine]
-        loss = self.engine.train_batch(iter(batches))
-        return {"loss": float(loss), **self._reduce_metrics()}
-
-    @staticmethod
-    def _ref_for(mb: MicroBatch, reference: torch.Tensor) -> torch.Tensor:
-        index = torch.from_numpy(mb.pair_index)
-        values = reference[index.clamp(min=0)] * (index >= 0)[:, None]
-        return values.reshape(-1)
+        pairs = sum(mb.num_pairs for mb in micro_batches)
+        if pairs == 0:
+            raise ValueError("a step needs at least one pair")
+        # DeepSpeed divides by the micro-batches of the step (accumulation, then the data-parallel mean).
+        scale = len(micro_batches) / pairs
+        batches = [pipeline_tensors(mb, reference_for(mb, reference), scale) for mb in self._my_share(micro_batches)]
+        self.engine.train_batch(iter(batches))
+        return self._reduce_metrics()
 
     def _reduce_metrics(self) -> dict:
-        """Pair-weighted means over every micro-batch of every DP replica (recorded on last stages),
-        and `nonfinite_pairs`: the pair indices of micro-batches whose loss was NaN or inf."""
-        names = ["rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin",
-                 "kept_fraction/chosen", "kept_fraction/rejected"]
-        totals = torch.zeros(len(names) + 2, dtype=torch.float64)
-        bad = []
-        for m in self.loss.records:
-            pairs = m["pairs"].double().cpu()
-            totals[:len(names)] += torch.stack([m[n].double().cpu() for n in names]) * pairs
-            totals[len(names)] += pairs
-            if not torch.isfinite(m["loss"]).item():
-                bad += [int(i) for i in m["pair_index"].cpu() if i >= 0]
-        totals[-1] = len(bad)
-        self.loss.records = []
-        totals = totals.to(collective_device())
-        dist.all_reduce(totals)
-        totals = totals.cpu()
+        """The step's sums from every last stage (other ranks add zeros), then means."""
+        device = compute_device()
+        if self.objective is not None:
+            totals, bad = self.objective.take(device)
+        else:
+            totals, bad = torch.zeros(len(SUMS), dtype=torch.float64, device=device), []
+        flag = torch.tensor([float(len(bad))], dtype=torch.float64, device=device)
+        both = torch.cat([totals, flag])
+        dist.all_reduce(both)
+        metrics = step_metrics(both[:-1].cpu())
         nonfinite = []
-        if totals[-1].item():
+        if both[-1].item():
             gathered = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, bad)
             nonfinite = sorted({i for part in gathered for i in part})
-        count = max(totals[len(names)].item(), 1.0)
-        return {**{n: totals[i].item() / count for i, n in enumerate(names)}, "pairs": totals[len(names)].item(),
-                "nonfinite_pairs": nonfinite}
+        return {**metrics, "nonfinite_pairs": nonfinite}
+
+    def learning_rate(self) -> float:
+        """The learning rate the next step will use."""
+        return self.engine.get_lr()[0]
 
     def save_checkpoint(self, directory: str | Path, tag: str, client_state: dict | None = None,
                         save_latest: bool = True) -> None:
@@ -253,7 +241,7 @@ class PipelineTrainer:
 
         from safetensors.torch import save_file
 
-        from .model.hf import INDEX
+        from ..model.hf import INDEX
 
         path = Path(path)
         shard = f"model-stage-{self.layout.stage + 1:05d}-of-{self.layout.pipeline_stages:05d}.safetensors"

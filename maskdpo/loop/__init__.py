@@ -1,0 +1,1 @@
+"""The data loop against OpenAI-compatible servers: sample, annotate, evaluate, prepare."""

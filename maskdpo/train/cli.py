@@ -1,0 +1,78 @@
+"""`maskdpo train`: Mask-DPO through the DeepSpeed pipeline, one entry point for every launcher.
+
+    maskdpo train --config launch/configs/tiny-cpu.yaml                 # CPU: starts its own processes
+    deepspeed --num_gpus 8 --module --no_local_rank maskdpo.train --config launch/configs/llama3.1-8b-paper.yaml
+    torchrun --nproc_per_node 8 -m maskdpo.train --config ... --optim.lr 5e-6
+
+Encodes and packs the pairs (cached), computes the reference log-probs with the starting model
+(cached), trains with a progress bar on rank 0, writes metrics.jsonl (and TensorBoard events when
+tensorboard is installed), checkpoints every K steps and at the end (atomically, keeping the last
+M), resumes from the latest checkpoint when rerun into the same run directory, saves and exits on
+SIGINT/SIGTERM, stops on a non-finite loss naming the pairs, and exports the policy to RUN_DIR/hf.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .config import ConfigError, load_config
+from .launcher import launch_local
+
+
+def _split_argv(argv: list[str]):
+    config_path, overrides, resume = None, [], False
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--config" and i + 1 < len(argv):
+            config_path, i = argv[i + 1], i + 2
+        elif argv[i].startswith("--config="):
+            config_path, i = argv[i].split("=", 1)[1], i + 1
+        elif argv[i] == "--resume":
+            resume, i = True, i + 1
+        elif argv[i].startswith("--local_rank"):  # the deepspeed launcher's; LOCAL_RANK is read from the env
+            i += 1 if "=" in argv[i] else 2
+        elif argv[i] in ("-h", "--help"):
+            print(__doc__)
+            print("Options: --config FILE, --resume, and --section.key VALUE for any config field "
+                  "(see `maskdpo train --help-config`).")
+            raise SystemExit(0)
+        elif argv[i] == "--help-config":
+            _print_config_help()
+            raise SystemExit(0)
+        else:
+            overrides.append(argv[i])
+            i += 1
+    return config_path, overrides, resume
+
+
+def _print_config_help() -> None:
+    import dataclasses
+
+    from .config import Config, field_docs
+
+    for section in dataclasses.fields(Config):
+        kind = section.default_factory
+        docs = field_docs(kind)
+        print(f"{section.name}:")
+        for f in dataclasses.fields(kind):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            print(f"  {f.name}: {default!r}\n      {docs.get(f.name, '')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config_path, overrides, _ = _split_argv(argv)
+        config = load_config(config_path, overrides)
+        launched = "RANK" in os.environ
+        world = int(os.environ.get("WORLD_SIZE", "1")) if launched else (config.parallel.processes or 1)
+        config.validate(world)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if not launched and world > 1:
+        return launch_local(world, argv)
+    from .trainer import Trainer
+
+    return Trainer(config).run()

@@ -1,0 +1,103 @@
+"""What a run needs before its first step, each prepared once on rank 0 and then read by every rank:
+the starting model, the encoded and packed pairs, the reference log-probs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def quiet_logs() -> None:
+    """One clear line per warning from rank 0, not DeepSpeed's info logs from every rank."""
+    import logging
+    import warnings
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    logging.getLogger("deepspeed").setLevel(logging.WARNING)
+    warnings.simplefilter("once")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # libraries' notices, not ours
+
+
+def starting_model(config, run_dir: Path, say) -> Path:
+    """The starting checkpoint: model.path, or a random init written once to RUN_DIR/init (rank 0)."""
+    if config.model.path is not None:
+        return Path(config.model.path)
+    path = run_dir / "init"
+    if dist.get_rank() == 0 and not (path / "config.json").exists():
+        from ..model.hf import save_llama
+        from ..model.llama import Llama, LlamaConfig
+
+        torch.manual_seed(config.train.seed)
+        save_llama(Llama(LlamaConfig(**config.model.architecture)), path)
+        say(f"random-initialised model written to {path}")
+    dist.barrier()
+    return path
+
+
+@dataclass
+class PreparedData:
+    encoded: object  # maskdpo.data.EncodeResult
+    packing: object  # maskdpo.data.Packing
+    tokenizer: object
+
+
+def prepare_data(config, run_dir: Path, say) -> PreparedData:
+    """Encode (rank 0 first, into the cache; the others then read it) and pack the pairs."""
+    from ..data import LabelMap, encode_file, load_tokenizer, pack_pairs, pair_to_json
+    from ..data.bundled import bundled_pairs
+    from ..data.jsonl import write_jsonl
+
+    d, rank = config.data, dist.get_rank()
+    pairs_path = Path(d.pairs)
+    if d.pairs == "bundled":
+        pairs_path = run_dir / "bundled-pairs.jsonl"
+        if rank == 0:
+            write_jsonl(pairs_path, (pair_to_json(p) for p in bundled_pairs()))
+    tokenizer_path = d.tokenizer
+    model_path = config.model.path
+    if tokenizer_path is None and model_path and (Path(model_path) / "tokenizer.json").exists():
+        tokenizer_path = model_path
+    options = dict(max_length=d.max_length, count_eot=d.count_eot, strict=not d.skip_invalid,
+                   label_map=LabelMap.from_lists(d.correct_labels, d.hallucinated_labels), cache_dir=d.cache_dir)
+    if rank == 0:
+        encoded = encode_file(pairs_path, tokenizer_path, progress=True, **options)
+    dist.barrier()
+    if rank != 0:
+        encoded = encode_file(pairs_path, tokenizer_path, **options)
+    for line in encoded.summary_lines():
+        say(line)
+    tokenizer = load_tokenizer(tokenizer_path)
+    # Every side is at most max_length tokens: attention's bound (max_seqlen), far below the budget.
+    packing = pack_pairs(encoded.pairs, d.token_budget, tokenizer.pad_token_id or 0, config.train.micro_batch_pairs,
+                         max_seqlen=min(d.max_length, d.token_budget))
+    say(f"packed {len(encoded.pairs)} pairs into {len(packing.micro_batches)} micro-batches of "
+        f"{d.token_budget} tokens ({packing.efficiency:.1%} of token slots used)")
+    return PreparedData(encoded, packing, tokenizer)
+
+
+def reference_table(engine, config, model_path: Path, data: PreparedData, say) -> torch.Tensor:
+    """The (num_pairs, 2) reference log-probs: from the cache, or one pass of the starting model.
+
+    Rank 0 decides and shares the table: ranks that disagreed (a cache directory that is not shared
+    across nodes) would enter different collectives and hang."""
+    from ..dpo.reference_cache import load_reference, reference_key, save_reference
+
+    key = reference_key(model_path, data.encoded.key, config.data.token_budget, data.packing.max_pairs,
+                        len(data.encoded.pairs), extra={"bf16": config.parallel.bf16,
+                                                        "attention": engine.attention_backend,
+                                                        "max_seqlen": data.packing.max_seqlen})
+    shared = [load_reference(config.data.cache_dir, key) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(shared, src=0)
+    if shared[0] is not None:
+        say("reference log-probs: loaded from cache")
+        return shared[0]
+    start = time.perf_counter()
+    table = engine.reference_logps(data.packing.micro_batches, len(data.encoded.pairs))
+    if dist.get_rank() == 0:
+        save_reference(config.data.cache_dir, key, table)
+    say(f"reference log-probs: computed in {time.perf_counter() - start:.1f}s")
+    return table

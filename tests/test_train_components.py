@@ -1,0 +1,52 @@
+"""The trainer's components alone: step loader (epoch order, data-parallel shares), metrics log trim,
+checkpointer bookkeeping."""
+
+import json
+
+import pytest
+from test_packing import pairs
+
+from maskdpo.data import pack_pairs
+from maskdpo.train.loader import StepLoader, data_parallel_share
+from maskdpo.train.metrics import MetricsLogger
+
+
+@pytest.fixture(scope="module")
+def micro_batches():
+    return pack_pairs(pairs([(5, 6)] * 11), budget=32, pad_id=0, max_pairs=1).micro_batches
+
+
+def test_each_epoch_is_a_reproducible_shuffle_cut_into_steps(micro_batches):
+    loader = StepLoader(micro_batches, micro_batches_per_step=4, seed=3)
+    assert loader.steps_per_epoch == 2 and loader.left_out_per_epoch == 3
+    ids = [[int(mb.pair_index[0]) for mb in loader.step(s).micro_batches] for s in range(6)]
+    assert ids == [[int(mb.pair_index[0]) for mb in StepLoader(micro_batches, 4, 3).step(s).micro_batches]
+                   for s in range(6)]
+    for epoch in range(3):
+        seen = ids[2 * epoch] + ids[2 * epoch + 1]
+        assert len(set(seen)) == 8  # no micro-batch twice in an epoch
+    assert ids[0:2] != ids[2:4]  # another order in the next epoch
+    assert loader.step(5).epoch == 2 and loader.step(0).pairs == 4
+
+
+def test_a_step_larger_than_the_data_is_refused(micro_batches):
+    with pytest.raises(ValueError, match="11 micro-batches cannot fill one step of 12"):
+        StepLoader(micro_batches, 12, 0)
+
+
+def test_data_parallel_shares_partition_the_step_and_pad_with_empty_micro_batches(micro_batches):
+    step = list(micro_batches[:5])
+    shares = [data_parallel_share(step, 2, r) for r in range(2)]
+    assert [len(s) for s in shares] == [3, 3]
+    real = sorted(int(mb.pair_index[0]) for share in shares for mb in share if mb.num_pairs)
+    assert real == sorted(int(mb.pair_index[0]) for mb in step)
+    assert shares[1][-1].num_pairs == 0 and shares[1][-1].input_ids.shape == step[0].input_ids.shape
+
+
+def test_trim_keeps_the_steps_a_resume_will_not_redo(tmp_path):
+    lines = [json.dumps({"step": s, "loss": 0.5}) for s in range(1, 6)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n" + '{"step": 6, "lo')  # cut short by a kill
+    assert MetricsLogger.trim(tmp_path, 3) == 3
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert MetricsLogger.trim(tmp_path, 0) == 3 and (tmp_path / "metrics.jsonl").read_text() == ""
+    assert MetricsLogger.trim(tmp_path / "missing", 0) == 0

@@ -52,5 +52,5 @@ setup(
         "bench": ["liger-kernel>=0.5", "cut-cross-entropy>=25.1"],
         "tensorboard": ["tensorboard"],
     },
-    entry_points={"console_scripts": ["maskdpo=maskdpo.cli:main"]},
+    entry_points={"console_scripts": ["maskdpo=maskdpo.cli:entry"]},
 )

@@ -40,6 +40,18 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from maskdpo.train.export import export_checkpoint
+
+    try:
+        out = export_checkpoint(args.run_dir, args.output, args.checkpoint)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maskdpo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_loop_commands(sub)
     # Listed for --help; `main` hands `maskdpo train ...` to maskdpo.train before argparse sees it.
     sub.add_parser("train", help="train Mask-DPO (maskdpo train --config FILE [--section.key VALUE ...])")
+    export = sub.add_parser("export", help="write a Hugging Face model from a run's newest intact checkpoint "
+                                           "(to continue an unfinished run as a new one: --model.path OUT)")
+    export.add_argument("run_dir")
+    export.add_argument("-o", "--output", default=None, help="output folder (default RUN_DIR/export-step-N)")
+    export.add_argument("--checkpoint", default=None, help="a checkpoint's name, e.g. step-00000300 (default: newest intact)")
+    export.set_defaults(func=_export)
     plot = sub.add_parser("plot", help="plot a run's loss, reward accuracy and margin to RUN_DIR/metrics.png")
     plot.add_argument("run_dir")
     plot.set_defaults(func=_plot)
@@ -69,5 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     return args.func(args)
 
 
+def entry() -> None:
+    """The console command. An interrupted data-loop command (status 130) has written what finished;
+    its requests still in flight are abandoned rather than waited for (each may take minutes to time
+    out, with retries): the process ends at once."""
+    status = main()
+    if status == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

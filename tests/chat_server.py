@@ -2,7 +2,8 @@
 
     with ChatServer(reply) as server:          # reply(body: dict) -> str
         server.url                             # http://127.0.0.1:PORT/v1
-Failures can be injected for the first requests: server.failures = ["500", "timeout", "malformed", ...].
+Failures can be injected for the first requests: server.failures = ["500", "timeout", "malformed", "empty", ...]
+("empty": a well-formed reply whose message content is "" or only whitespace).
 It records every request body and the most requests it saw in flight at once.
 """
 
@@ -44,7 +45,7 @@ class ChatServer:
                             server.in_flight += 1
                     if failure == "malformed":
                         return self._send(200, b'{"choices": [{"message": ')
-                    text = server.reply(body)
+                    text = " \n" if failure == "empty" else server.reply(body)
                     payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                                "choices": [{"index": 0, "finish_reason": "stop",
                                             "message": {"role": "assistant", "content": text}}],

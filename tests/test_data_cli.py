@@ -89,3 +89,38 @@ def test_data_commands_report_bad_input_clearly(tmp_path, capsys):
 
     assert main(["data", "encode", str(tmp_path / "missing.jsonl"), "--cache-dir", ""]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [
+    ["data", "encode", "{input}", "--rejects", "{input}", "--skip-invalid", "--cache-dir", ""],
+    ["data", "pairs", "{annotated}", "-o", "{annotated}"],
+    ["data", "pairs", "{annotated}", "-o", "{tmp}/p.jsonl", "--rejects", "{annotated}"],
+    ["evaluate", "--annotated", "{annotated}", "--output", "{annotated}"],
+])
+def test_an_output_equal_to_an_input_is_refused_and_the_input_kept(tmp_path, capsys, command):
+    import shutil
+
+    annotated = tmp_path / "annotated.jsonl"
+    shutil.copy(BUNDLED_DATA / "annotated.jsonl", annotated)
+    pairs = tmp_path / "pairs.jsonl"
+    assert main(["data", "pairs", str(annotated), "-o", str(pairs)]) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in (annotated, pairs)}
+    args = [a.replace("{input}", str(pairs)).replace("{annotated}", str(annotated)).replace("{tmp}", str(tmp_path))
+            for a in command]
+    assert main(args) == 2
+    assert "it would be overwritten" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_a_lone_surrogate_is_located_to_its_field(tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    assert main(["data", "pairs", str(BUNDLED_DATA / "annotated.jsonl"), "-o", str(pairs)]) == 0
+    lines = pairs.read_text().splitlines()
+    record = json.loads(lines[2])
+    record["rejected"]["response"] = record["rejected"]["response"][:5] + "\ud800" + record["rejected"]["response"][6:]
+    lines[2] = json.dumps(record)  # ensure_ascii: the surrogate travels as the escape \ud800
+    pairs.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(["data", "encode", str(pairs), "--cache-dir", ""]) == 2
+    assert f"{pairs}:3: rejected.response: holds a lone surrogate" in capsys.readouterr().err

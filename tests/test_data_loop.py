@@ -50,6 +50,21 @@ def test_sampling_is_concurrent_retries_failures_and_records_settings(tmp_path):
     assert all(b["temperature"] == 0.8 and b["top_k"] == 40 and b["top_p"] == 1.0 for b in server.requests)
 
 
+def test_an_empty_reply_is_retried_and_never_stored(tmp_path):
+    with ChatServer(policy_reply) as server:
+        server.failures = ["empty", "empty"]
+        client = ChatClient(ServerConfig(server.url, "policy", max_retries=3, backoff=0.001))
+        report = sample_server(QUESTIONS[:2], tmp_path / "s.jsonl", client, SamplingConfig(samples=1), concurrency=1)
+    assert report.done == 2 and not report.failed and client.retried == 2
+    assert all(r["response"].strip() for r in lines(tmp_path / "s.jsonl"))
+    with ChatServer(policy_reply) as server:  # only empty replies: reported as failed, nothing written
+        server.failures = ["empty"] * 10
+        client = ChatClient(ServerConfig(server.url, "policy", max_retries=2, backoff=0.001))
+        report = sample_server(QUESTIONS[2:3], tmp_path / "t.jsonl", client, SamplingConfig(samples=1), concurrency=1)
+    assert report.done == 0 and "the server's reply is empty" in report.failed[0][1]
+    assert not lines(tmp_path / "t.jsonl")
+
+
 def test_a_request_that_never_succeeds_is_reported_not_written(tmp_path):
     with ChatServer(policy_reply) as server:
         server.failures = ["500"] * 50
@@ -81,6 +96,36 @@ def test_killed_sampling_resumes_without_loss_or_duplicates(tmp_path):
     assert f"{done_before} already done" in rerun.stdout
     keys = [(r["question_id"], r["sample_id"]) for r in lines(out)]
     assert len(keys) == 18 == len(set(keys))
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_requests_in_flight_exits_at_once_keeping_what_finished(tmp_path):
+    questions = write_questions(tmp_path / "q.jsonl")
+    out = tmp_path / "s.jsonl"
+    served = []
+
+    def slow_after_two(body):  # two quick answers, then requests that would take a minute each
+        served.append(1)
+        if len(served) > 2:
+            time.sleep(60)
+        return policy_reply(body)
+
+    with ChatServer(slow_after_two) as server:
+        command = [sys.executable, "-m", "maskdpo.cli", "sample", "--questions", str(questions), "--output", str(out),
+                   "--base-url", server.url, "--model", "policy", "--samples", "2", "--concurrency", "3",
+                   "--timeout", "120"]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2
+                                          or server.in_flight < 3):
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        started = time.time()
+        stdout, stderr = process.communicate(timeout=30)
+        assert time.time() - started < 10, "Ctrl-C waited for the requests in flight"
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert len(lines(out)) == 2 and all(r["response"] for r in lines(out))
 
 
 def lines_prefix(path):
@@ -264,3 +309,19 @@ def test_annotator_model_alone_selects_the_annotator(tmp_path):
     annotator_requests = [b for b in server.requests if len(b["messages"]) > 1 or "verifiable" in b["messages"][0]["content"]]
     assert {b["model"] for b in annotator_requests} == {"anah"}
     assert all(r["annotator"]["model"] == "anah" for r in lines(tmp_path / "eval" / "annotated.jsonl"))
+
+
+def test_duplicate_samples_given_to_annotate_are_an_error_naming_both_lines(tmp_path, capsys):
+    questions = write_questions(tmp_path / "q.jsonl")
+    sample = {"question_id": "q0", "sample_id": 0, "prompt": [{"role": "user", "content": "Tell me about topic 0."}],
+              "response": "Topic 0 is old."}
+    other = dict(sample, response="Topic 0 is new.")
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps(s) + "\n" for s in (sample, dict(sample, sample_id=1), other)))
+    with ChatServer(policy_reply) as server:
+        code = main(["annotate", "--samples", str(samples), "--questions", str(questions), "--output",
+                     str(tmp_path / "a.jsonl"), "--base-url", server.url, "--model", "anah"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{samples}:3: sample_id: duplicate sample (question_id 'q0', sample_id '0'), first on line 1" in err
+    assert not server.requests

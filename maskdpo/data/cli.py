@@ -150,9 +150,33 @@ def add_data_commands(sub) -> None:
     inspect.set_defaults(func=_inspect)
 
 
+# Arguments naming files a command reads, and files it writes (maskdpo data and the data loop).
+INPUT_ARGS = ("input", "pairs", "questions", "samples", "annotated")
+OUTPUT_ARGS = ("output", "rejects")
+
+
+def refuse_overwriting_inputs(args) -> None:
+    """An output path equal to an input path would destroy the input (rejects files are rewritten,
+    outputs appended to): a ValueError naming both arguments."""
+    inputs = {}
+    for name in INPUT_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str | Path) and Path(value).exists():
+            inputs[name] = Path(value).resolve()
+    for name in OUTPUT_ARGS:
+        value = getattr(args, name, None)
+        if not isinstance(value, str | Path) or not str(value):
+            continue
+        for source, path in inputs.items():
+            if Path(value).resolve() == path:
+                raise ValueError(f"--{name} {value} is the file given as {source}: it would be overwritten; "
+                                 "write to another path")
+
+
 def run(args) -> int:
     """Run a data command; bad records and bad arguments end in one clear line and status 2."""
     try:
+        refuse_overwriting_inputs(args)
         return args.func(args)
     except (RecordError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

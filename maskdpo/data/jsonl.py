@@ -54,11 +54,31 @@ def _parse_line(parse, number: int, raw: bytes):
             obj = json.loads(text)
         except json.JSONDecodeError as e:
             raise RecordError(f"malformed JSON: {e.msg} at column {e.colno}") from None
+        where = _lone_surrogate(obj)
+        if where is not None:
+            raise RecordError("holds a lone surrogate escape (\\ud800-\\udfff alone is not text)", where or None)
         return number, text, parse(obj, number)
     except RecordError as e:
         return number, text, e
     except Exception as e:  # noqa: BLE001 - reported with file and line, never swallowed
         return number, text, RecordError(f"{type(e).__name__}: {e}")
+
+
+def _lone_surrogate(obj, where: str = "") -> str | None:
+    """The field path of the first string holding a lone surrogate (JSON's "\\ud800" escapes decode
+    to one; tokenizers then fail with an unlocated TypeError), or None."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        found = _lone_surrogate(value, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else key)
+        if found is not None:
+            return found
+    return None
 
 
 def _parse_chunk(parse, chunk):

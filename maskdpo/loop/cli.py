@@ -218,10 +218,12 @@ def add_loop_commands(sub) -> None:
 
 
 def run(args) -> int:
+    from ..data.cli import refuse_overwriting_inputs
     from ..data.errors import RecordError
     from .client import ChatError
 
     try:
+        refuse_overwriting_inputs(args)
         return args.func(args)
     except (ValueError, OSError, RecordError, ChatError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """A chat-completions client for OpenAI-compatible servers (vLLM, LMDeploy, SGLang), with retries.
 
-Timeouts, connection errors, 429 and 5xx answers, and malformed replies (no choices, no text) are
-retried with exponential backoff; anything else (a 4xx, a wrong model name) fails at once.
+Timeouts, connection errors, 429 and 5xx answers, and malformed replies (no choices, no text, empty or
+whitespace-only text) are retried with exponential backoff; anything else (a 4xx, a wrong model name) fails at once.
 """
 
 from __future__ import annotations
@@ -57,9 +57,11 @@ class ChatClient:
             try:
                 reply = self.client.chat.completions.create(model=self.server.model, messages=messages, **params)
                 text = reply.choices[0].message.content if reply.choices else None
-                if isinstance(text, str):
+                if isinstance(text, str) and text.strip():
                     return text
-                last = ChatError("the server's reply holds no message text")
+                # An empty reply is no answer (a stored one would fail every later step): retried.
+                last = ChatError("the server's reply holds no message text" if not isinstance(text, str)
+                                 else "the server's reply is empty")
             except retryable as e:
                 last = e
             except openai.APIStatusError as e:

@@ -8,6 +8,7 @@ run with other settings (another model, temperature, ...) are refused rather tha
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ def run_jobs(items: list, work, output: str | Path, key, concurrency: int = 8, d
     report = JobReport(total=len({key(i) for i in items}), already_done=len(finished))
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
     streak = 0
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         with open(output, "a", encoding="utf-8") as out, \
                 tqdm(total=len(todo), desc=desc, unit="item", disable=None) as bar:
@@ -119,8 +121,11 @@ def run_jobs(items: list, work, output: str | Path, key, concurrency: int = 8, d
                     break
     except KeyboardInterrupt:
         report.stopped = "interrupted"
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while the report is written: no traceback
     finally:
         pool.shutdown(wait=report.stopped is None, cancel_futures=True)
+        if report.stopped == "interrupted":
+            signal.signal(signal.SIGINT, sigint)
     return report
 
 

@@ -77,7 +77,15 @@ def read_samples(path: str | Path) -> list[dict]:
         if not isinstance(obj["response"], str):
             raise RecordError("must be a string", "response")
         return {**obj, "question_id": str(obj["question_id"])}
-    return [s for _, s in read_records(path, parse)]
+    samples, first_line = [], {}
+    for line, sample in read_records(path, parse):
+        key = sample_key(sample)
+        if key in first_line:  # two different responses for one sample: which to annotate is a guess
+            raise RecordError(f"duplicate sample (question_id {key[0]!r}, sample_id {key[1]!r}), first on line "
+                              f"{first_line[key]}", "sample_id", path=str(path), line=line)
+        first_line[key] = line
+        samples.append(sample)
+    return samples
 
 
 def sample_key(record: dict) -> tuple:

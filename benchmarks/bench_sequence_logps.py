@@ -37,7 +37,8 @@ from pathlib import Path
 import torch
 from bench_common import cuda_missing, environment, interleaved_times, results_dir
 
-IGNORE_INDEX = -100
+from maskdpo.kernels import IGNORE_INDEX  # noqa: E402 - one definition
+
 SEQ_LEN = 1024
 PROMPT_FRACTION = 0.3
 PEAK_GAP = 20.0

@@ -12,8 +12,10 @@ def test_recipes_load(recipe, tmp_path):
     from pathlib import Path
 
     (tmp_path / "config.json").write_text("{}")  # a stand-in model directory for validation
+    (tmp_path / "pairs.jsonl").write_text("")
     config = load_config(Path(__file__).resolve().parents[1] / "launch" / "configs" / f"{recipe}.yaml",
-                         ["--model.path", str(tmp_path)] if "8b" in recipe else [])
+                         ["--model.path", str(tmp_path), "--data.pairs", str(tmp_path / "pairs.jsonl")]
+                         if "8b" in recipe else [])
     assert isinstance(config.optim.lr, float) and config.optim.lr > 0
     if recipe == "llama3.1-8b-paper":
         assert (config.optim.lr, config.train.batch_pairs, config.train.epochs, config.data.max_length) == (5e-6, 64, 3, 1024)
@@ -48,7 +50,7 @@ def test_bad_files_name_the_file_and_key(tmp_path, text, message):
 
 def test_cross_field_validation():
     config = Config()
-    config.model.architecture = {"hidden_size": 8}
+    config.model.architecture = {"hidden_size": 8, "num_attention_heads": 2, "num_key_value_heads": 1}
     config.validate(world_size=1)
     config.parallel.pipeline_stages = 2
     with pytest.raises(ConfigError, match="must be a multiple of pipeline_stages"):
@@ -71,16 +73,17 @@ def test_bf16_needs_zero_1_and_deepspeed_local_rank_is_ignored():
     from maskdpo.train.cli import _split_argv
 
     config = Config()
-    config.model.architecture = {"hidden_size": 8}
+    config.model.architecture = {"hidden_size": 8, "num_attention_heads": 2, "num_key_value_heads": 1}
     config.parallel.bf16, config.parallel.zero_stage = True, 0
     with pytest.raises(ConfigError, match="parallel.bf16 needs parallel.zero_stage 1"):
         config.validate(world_size=1)
-    path, overrides, _ = _split_argv(["--local_rank=3", "--config", "x.yaml", "--local_rank", "2", "--optim.lr", "1"])
+    path, overrides = _split_argv(["--local_rank=3", "--config", "x.yaml", "--local_rank", "2", "--optim.lr", "1"])
     assert path == "x.yaml" and overrides == ["--optim.lr", "1"]
 
 
 def test_heads_and_renamed_keys(tmp_path):
-    config = load_config(None, ["--model.head", "eager", "--model.architecture", "{hidden_size: 8}"])
+    config = load_config(None, ["--model.head", "eager", "--model.architecture",
+                                "{hidden_size: 8, num_attention_heads: 2, num_key_value_heads: 1}"])
     config.validate(world_size=1)
     config.model.head = "chunked"
     with pytest.raises(ConfigError, match="model.head must be one of fused, kernel, eager, not 'chunked'"):
@@ -120,3 +123,67 @@ def test_schedule_warms_up_then_follows_the_cosine():
     for s in (10, 40, 99):
         assert lr_factor(s, total, 0.1) == pytest.approx(0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))))
     assert lr_factor(50, total, 0.1, "constant") == 1.0
+
+
+@pytest.fixture
+def paths(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"num_hidden_layers": 2, "vocab_size": 64, "hidden_size": 16, '
+                                                   '"intermediate_size": 32, "num_attention_heads": 2, '
+                                                   '"num_key_value_heads": 1}')
+    (tmp_path / "ds.json").write_text('{"train_batch_size": 8}')
+    (tmp_path / "bad.json").write_text("{oops")
+    return tmp_path
+
+
+@pytest.mark.parametrize("override,message", [
+    (["--train.micro_batch_pairs", "0"], "train.micro_batch_pairs must be at least 1, got 0"),
+    (["--parallel.processes", "-2"], "parallel.processes must be at least 1, got -2"),
+    (["--train.max_steps", "-5"], "train.max_steps must be at least 1 (or null: epochs' worth), got -5"),
+    (["--train.max_steps", "0"], "train.max_steps must be at least 1"),
+    (["--optim.lr", ".inf"], "optim.lr must be a positive finite number, got inf"),
+    (["--loss.beta", ".inf"], "loss.beta must be a positive finite number, got inf"),
+    (["--optim.gradient_clipping", "-1"], "optim.gradient_clipping must be 0 (off) or a positive number, got -1"),
+    (["--optim.betas", "[2, 3]"], "optim.betas must be two numbers in [0, 1), got [2, 3]"),
+    (["--optim.betas", "[0.9]"], "optim.betas must be two numbers in [0, 1), got [0.9]"),
+    (["--optim.weight_decay", "-1"], "optim.weight_decay must be 0 or more"),
+    (["--model.attention", "foo"], "model.attention must be one of auto, flash_attn, torch_varlen, sdpa, not 'foo'"),
+    (["--parallel.partition", "foo"], "parallel.partition must be parameters, uniform or type:"),
+    (["--model.architecture", "{hidden_size: 0}"], "model.architecture.hidden_size must be a positive integer, got 0"),
+    (["--model.architecture", "{layers: 2}"], "model.architecture: unknown key 'layers'"),
+    (["--model.architecture", "{num_attention_heads: 3, num_key_value_heads: 2}"],
+     "num_attention_heads (3) must be a multiple of num_key_value_heads (2)"),
+    (["--data.pairs", "/nonexistent/pairs.jsonl"], "data.pairs: /nonexistent/pairs.jsonl is not a file"),
+    (["--parallel.deepspeed_config", "/nonexistent.json"], "parallel.deepspeed_config: /nonexistent.json is not a file"),
+    (["--parallel.deepspeed_config", "{paths}/bad.json"], "not valid JSON"),
+    (["--parallel.deepspeed_config", "{paths}/ds.json"], "may not set train_batch_size"),
+    (["--data.tokenizer", "/nonexistent"], "data.tokenizer: /nonexistent is not a directory"),
+    (["--data.max_length", "0"], "data.max_length must be at least 2, got 0"),
+    (["--data.correct_labels", "ok", "--data.hallucinated_labels", "ok,bad"],
+     "labels cannot be both correct and hallucinated: ['ok']"),
+    (["--model.path", "{paths}/nothing"], "model.path: {paths}/nothing holds no config.json"),
+    (["--parallel.pipeline_stages", "4", "--parallel.processes", "4"], "exceeds the model's 2 decoder layers"),
+    (["--logging.run_dir", "{paths}/ds.json"], "exists and is not a directory"),
+])
+def test_every_field_is_checked_before_any_process_starts(paths, capsys, override, message):
+    from pathlib import Path
+
+    from maskdpo.train.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / "launch" / "configs" / "tiny-cpu.yaml"
+    override = [a.replace("{paths}", str(paths)) for a in override]
+    message = message.replace("{paths}", str(paths))
+    assert main(["--config", str(recipe), "--logging.run_dir", str(paths / "run"), *override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err  # one line
+    assert not (paths / "run").exists()
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path):
+    file = tmp_path / "dup.yaml"
+    file.write_text("optim:\n  lr: 1.0e-3\n  lr: 5.0e-4\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml:3: duplicate key 'lr'"):
+        load_config(file)
+    file.write_text("optim:\n  lr: 1.0e-3\noptim:\n  warmup_ratio: 0\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml:3: duplicate key 'optim'"):
+        load_config(file)

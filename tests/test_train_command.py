@@ -1,47 +1,15 @@
 """`maskdpo train`: the tiny-cpu recipe end to end, kill and resume, and config errors."""
 
-import json
 import math
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import transformers
-
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "launch" / "configs" / "tiny-cpu.yaml"
-
-
-def train(run_dir, cache_dir, *extra, popen=False):
-    command = [sys.executable, "-m", "maskdpo.cli", "train", "--config", str(RECIPE),
-               "--logging.run_dir", str(run_dir), "--data.cache_dir", str(cache_dir), *extra]
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    if popen:
-        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def comparable(record):
-    return {k: v for k, v in record.items() if k not in ("seconds", "tokens_per_s")}
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    result = train(root / "run", root / "cache")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root / "run", result
+from train_helpers import ROOT, comparable, metrics, same_weights, train, wait_for_steps  # noqa: F401
 
 
 @pytest.mark.slow
@@ -109,6 +77,7 @@ def test_killed_run_resumes_to_the_same_end(uninterrupted, tmp_path):
     (["--parallel.zero_stage", "2"], "ZeRO stage 2 cannot be combined with a DeepSpeed pipeline"),
     (["--train.batch_pairs", "7"], "train.batch_pairs (7) must be a multiple of train.micro_batch_pairs (2)"),
     (["--trian.epochs", "1"], "unknown key 'trian.epochs'; did you mean 'train'?"),
+    (["--resume"], "--resume is not needed: rerunning into the same logging.run_dir resumes"),
 ])
 def test_config_errors_stop_before_any_process_starts(tmp_path, extra, message):
     started = time.perf_counter()
@@ -118,20 +87,24 @@ def test_config_errors_stop_before_any_process_starts(tmp_path, extra, message):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+def test_sigterm_saves_a_checkpoint_exits_3_and_the_directory_is_held_meanwhile(tmp_path):
     process = train(tmp_path / "run", tmp_path / "cache", "--checkpoint.every", "100", "--train.epochs", "50",
                     popen=True)
-    metrics_file = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 2):
-        time.sleep(0.05)
+    wait_for_steps(tmp_path / "run", 2, process)
+    # A second run into the same directory is refused at once, naming the holder.
+    started = time.perf_counter()
+    second = train(tmp_path / "run", tmp_path / "cache2", "--checkpoint.every", "100", "--train.epochs", "50")
+    assert second.returncode == 4, second.stdout[-2000:] + second.stderr[-2000:]
+    assert f"is in use by another run: pid {process.pid} on " in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1 and time.perf_counter() - started < 30
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, output[-3000:]
+    assert process.returncode == 3, output[-3000:]
     steps = len(metrics(tmp_path / "run"))
     assert f"stopped by signal after step {steps}" in output
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == f"step-{steps:08d}"
     assert not (tmp_path / "run" / "hf").exists()
+    assert steps < 50 * 3  # really stopped early
 
 
 @pytest.mark.slow
@@ -142,4 +115,8 @@ def test_non_finite_loss_stops_naming_step_pairs_and_checkpoint(tmp_path):
     line = next(l for l in result.stdout.replace("\r", "\n").splitlines() if "non-finite loss" in l)
     step = int(line.split("at step ")[1].split()[0])
     assert "for pairs ['" in line
-    assert line.endswith(str(tmp_path / "run" / "checkpoints" / f"step-{step - 1:08d}"))
+    good = tmp_path / "run" / "checkpoints" / f"step-{step - 1:08d}"
+    assert line.endswith(str(good))
+    # The checkpoint it names is finite (checked before it was written).
+    for layer in good.glob("layer_*-model_states.pt"):
+        assert all(torch.isfinite(t).all() for t in torch.load(layer).values()), layer

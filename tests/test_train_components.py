@@ -50,3 +50,36 @@ def test_trim_keeps_the_steps_a_resume_will_not_redo(tmp_path):
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert MetricsLogger.trim(tmp_path, 0) == 3 and (tmp_path / "metrics.jsonl").read_text() == ""
     assert MetricsLogger.trim(tmp_path / "missing", 0) == 0
+
+
+def test_rotation_keeps_the_newest_complete_checkpoints_and_never_the_current_one(tmp_path):
+    from maskdpo.train.checkpointer import MANIFEST, Checkpointer
+
+    checkpointer = Checkpointer(tmp_path, every=1, keep_last=2)
+    for step, complete in [(1, True), (2, False), (3, True), (4, True), (5, False), (6, True)]:
+        folder = checkpointer.directory / f"step-{step:08d}"
+        folder.mkdir(parents=True)
+        if complete:
+            (folder / MANIFEST).write_text('{"files": {}}')
+    (checkpointer.directory / "damaged-step-00000007").mkdir()
+    checkpointer._rotate(checkpointer.directory / "step-00000006")
+    left = sorted(p.name for p in checkpointer.directory.iterdir())
+    # step 2 and 5 were incomplete (a crash mid-save), 1 and 3 beyond keep_last; damaged ones are kept.
+    assert left == ["damaged-step-00000007", "step-00000004", "step-00000006"]
+
+
+def test_a_checkpoint_is_checked_against_its_manifest(tmp_path):
+    from maskdpo.digests import file_digest
+    from maskdpo.train.checkpointer import MANIFEST, Checkpointer
+
+    (tmp_path / "a.pt").write_bytes(b"x" * 100)
+    (tmp_path / MANIFEST).write_text(json.dumps({"files": {"a.pt": {"size": 100, "sha256": file_digest(tmp_path / "a.pt")}}}))
+    assert Checkpointer.problem(tmp_path) is None
+    (tmp_path / "a.pt").write_bytes(b"y" * 100)
+    assert "does not match its checksum" in Checkpointer.problem(tmp_path)
+    (tmp_path / "a.pt").write_bytes(b"y" * 10)
+    assert "has 10 bytes, the manifest says 100" in Checkpointer.problem(tmp_path)
+    (tmp_path / "a.pt").unlink()
+    assert "a.pt is missing" in Checkpointer.problem(tmp_path)
+    (tmp_path / MANIFEST).unlink()
+    assert "manifest.json is missing or unreadable" in Checkpointer.problem(tmp_path)

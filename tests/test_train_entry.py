@@ -51,3 +51,16 @@ def test_reference_cache_is_keyed_by_model_data_and_packing(tmp_path):
     (tmp_path / "hf" / "model.safetensors").touch()  # new weights written in place
     assert reference_key(tmp_path / "hf", "data1", 512, 2, 10) != key
     assert load_reference(tmp_path / "cache", "missing") is None
+
+
+def test_reference_cache_key_covers_the_code_the_versions_and_the_head(tmp_path, monkeypatch):
+    import maskdpo.dpo.reference_cache as cache
+
+    tiny_hf_llama(tmp_path / "hf")
+    key = reference_key(tmp_path / "hf", "data1", 512, 2, 10, extra={"head": "fused"})
+    assert reference_key(tmp_path / "hf", "data1", 512, 2, 10, extra={"head": "eager"}) != key
+    monkeypatch.setattr(cache, "source_digest", lambda *names: "edited kernels")  # the code changed
+    assert reference_key(tmp_path / "hf", "data1", 512, 2, 10, extra={"head": "fused"}) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(cache, "library_versions", lambda: {"torch": "another"})
+    assert reference_key(tmp_path / "hf", "data1", 512, 2, 10, extra={"head": "fused"}) != key

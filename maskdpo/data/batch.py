@@ -51,7 +51,7 @@ def reference_for(mb: MicroBatch, table: torch.Tensor) -> torch.Tensor:
     """(num_seqs,) the reference sums of a micro-batch's sequences from the (num_pairs, 2) table
     (columns chosen, rejected); 0 for empty slots."""
     index = torch.from_numpy(mb.pair_index)
-    rows = table[index.clamp(min=0)] * (index >= 0)[:, None]
+    rows = torch.where((index >= 0)[:, None], table[index.clamp(min=0)], 0.0)
     return layout.join_sides(rows[:, 0], rows[:, 1])
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..digests import file_digest, source_digest
 from .jsonl import ReadReport, count_records, read_records
 from .labels import LabelMap
 from .masks import EncodedPair, EncodedSide, encode_pair
@@ -65,16 +66,13 @@ def _code_and_libraries() -> str:
     import transformers
 
     digest = hashlib.sha256(f"{__version__}:{transformers.__version__}:{tokenizers.__version__}".encode())
-    for source in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(source.read_bytes())
+    digest.update(source_digest("data").encode())
     return digest.hexdigest()
 
 
 def cache_key(pairs_path: Path, tokenizer_path, options: dict) -> str:
     digest = hashlib.sha256(_code_and_libraries().encode())
-    with open(pairs_path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    digest.update(file_digest(pairs_path).encode())
     digest.update(tokenizer_fingerprint(tokenizer_path).encode())
     digest.update(json.dumps(options, sort_keys=True, default=sorted).encode())
     return digest.hexdigest()[:32]

@@ -121,7 +121,11 @@ class MaskDPOObjective:
         not finite) and reset. Ranks that computed no loss give zeros and no pairs."""
         totals = torch.zeros(len(SUMS), dtype=torch.float64, device=device) if self._totals is None \
             else self._totals.to(device)
-        bad = [int(i) for index, finite in self._finite for i in index[~finite].cpu()]
+        bad = []
+        if self._finite:  # one transfer for the whole step
+            index = torch.cat([index for index, _ in self._finite])
+            finite = torch.cat([finite for _, finite in self._finite])
+            bad = [int(i) for i in index[~finite].cpu()]
         self._totals, self._finite = None, []
         return totals, bad
 

@@ -1,9 +1,9 @@
 """The reference log-probs cache: computed once by the frozen starting model, reused every epoch.
 
-Stored beside the encoded data, keyed by the model (config.json and the weight files' names, sizes
-and modification times: hashing 16 GB of weights at every start would cost minutes), the packed
-data (encode cache key, token budget, pairs per micro-batch) and the kernel's version. Any change
-recomputes; a stale file is never read.
+Stored beside the encoded data, keyed by the model (maskdpo.digests.model_digest), the packed data
+(encode cache key, token budget, pairs per micro-batch), the source of the code that computes the
+sums (kernels, model, objective), the library versions, and what else changes the numbers (dtype,
+attention backend, head). Any change recomputes; a stale file is never read.
 """
 
 from __future__ import annotations
@@ -15,23 +15,18 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
-
-
-def model_fingerprint(model_dir: str | Path) -> str:
-    model_dir = Path(model_dir)
-    digest = hashlib.sha256((model_dir / "config.json").read_bytes())
-    for file in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.index.json")):
-        stat = file.stat()
-        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
+from ..digests import library_versions, model_digest, source_digest
 
 
 def reference_key(model_dir: str | Path, data_key: str, budget: int, max_pairs: int, num_pairs: int,
                   extra: dict | None = None) -> str:
-    """extra: what else changes the numbers (compute dtype, attention backend)."""
-    parts = {"model": model_fingerprint(model_dir), "data": data_key, "budget": budget,
-             "max_pairs": max_pairs, "pairs": num_pairs, "version": __version__, **(extra or {})}
+    """extra: what else changes the numbers (compute dtype, attention backend, head, max_seqlen).
+
+    The code that computes the sums is part of the key (the kernels, the model, the objective), and
+    so are the versions of the libraries it runs on."""
+    parts = {"model": model_digest(model_dir), "data": data_key, "budget": budget, "max_pairs": max_pairs,
+             "pairs": num_pairs, "code": source_digest("kernels", "model", "dpo"), "versions": library_versions(),
+             **(extra or {})}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 

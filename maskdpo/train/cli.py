@@ -9,6 +9,11 @@ Encodes and packs the pairs (cached), computes the reference log-probs with the 
 tensorboard is installed), checkpoints every K steps and at the end (atomically, keeping the last
 M), resumes from the latest checkpoint when rerun into the same run directory, saves and exits on
 SIGINT/SIGTERM, stops on a non-finite loss naming the pairs, and exports the policy to RUN_DIR/hf.
+A run directory holding another configuration's checkpoints, or used by another run, is refused
+before any process starts.
+
+Exit codes: 0 finished (or already complete), 1 failed, 2 configuration error or refused directory,
+3 stopped by SIGINT/SIGTERM with a checkpoint saved (rerun to resume), 4 run directory in use.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ import os
 import sys
 
 from .config import ConfigError, load_config
-from .launcher import launch_local
+from .launcher import die_with_parent, launch_local
+from .run_dir import EXIT_BUSY, EXIT_CONFIG, RunRefused, check_run_directory
+from .run_lock import ENV as LOCK_ENV
+from .run_lock import RunDirectoryBusy, RunLock
 
 
 def _split_argv(argv: list[str]):
-    config_path, overrides, resume = None, [], False
+    config_path, overrides = None, []
     i = 0
     while i < len(argv):
         if argv[i] == "--config" and i + 1 < len(argv):
@@ -29,13 +37,14 @@ def _split_argv(argv: list[str]):
         elif argv[i].startswith("--config="):
             config_path, i = argv[i].split("=", 1)[1], i + 1
         elif argv[i] == "--resume":
-            resume, i = True, i + 1
+            raise ConfigError("--resume is not needed: rerunning into the same logging.run_dir resumes from its "
+                              "latest checkpoint")
         elif argv[i].startswith("--local_rank"):  # the deepspeed launcher's; LOCAL_RANK is read from the env
             i += 1 if "=" in argv[i] else 2
         elif argv[i] in ("-h", "--help"):
             print(__doc__)
-            print("Options: --config FILE, --resume, and --section.key VALUE for any config field "
-                  "(see `maskdpo train --help-config`).")
+            print("Options: --config FILE, and --section.key VALUE for any config field (see `maskdpo train "
+                  "--help-config`). Rerunning into the same logging.run_dir resumes from its latest checkpoint.")
             raise SystemExit(0)
         elif argv[i] == "--help-config":
             _print_config_help()
@@ -43,7 +52,7 @@ def _split_argv(argv: list[str]):
         else:
             overrides.append(argv[i])
             i += 1
-    return config_path, overrides, resume
+    return config_path, overrides
 
 
 def _print_config_help() -> None:
@@ -62,17 +71,38 @@ def _print_config_help() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    launched = "RANK" in os.environ
+    if launched:
+        die_with_parent()
     try:
-        config_path, overrides, _ = _split_argv(argv)
+        config_path, overrides = _split_argv(argv)
         config = load_config(config_path, overrides)
-        launched = "RANK" in os.environ
         world = int(os.environ.get("WORLD_SIZE", "1")) if launched else (config.parallel.processes or 1)
         config.validate(world)
+        fingerprint = check_run_directory(config, world)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
-        return 2
-    if not launched and world > 1:
-        return launch_local(world, argv)
-    from .trainer import Trainer
+        return EXIT_CONFIG
+    except RunRefused as e:
+        print(e, file=sys.stderr if e.code else sys.stdout)
+        return e.code
+    if config.model.path is not None and config.model.architecture and os.environ.get("RANK", "0") == "0":
+        print(f"note: model.architecture is ignored: the model is {config.model.path}")
+    lock = None
+    # The launching process holds the run directory's lock: our CPU launcher, or rank 0 of a
+    # torchrun/deepspeed launch (whose other ranks fail with it when it stops).
+    if not launched or (os.environ.get("RANK") == "0" and LOCK_ENV not in os.environ):
+        try:
+            lock = RunLock(config.logging.run_dir).acquire()
+        except RunDirectoryBusy as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BUSY
+    try:
+        if not launched and world > 1:
+            return launch_local(world, argv, lock.fd)
+        from .trainer import Trainer
 
-    return Trainer(config).run()
+        return Trainer(config, fingerprint).run()
+    finally:
+        if lock is not None:
+            lock.release()

@@ -154,44 +154,11 @@ class Config:
         return self.train.batch_pairs // (self.train.micro_batch_pairs * self.data_parallel(world_size))
 
     def validate(self, world_size: int) -> None:
-        """Cross-field checks; raise ConfigError saying what to change."""
-        from ..dpo.loss import LOSS_TYPES
-        from ..dpo.objective import HEADS
-        from .engine import check_parallelism
+        """Every check that can be made before a process starts (maskdpo.train.validate); raise
+        ConfigError naming the field and saying what to change."""
+        from .validate import validate
 
-        p, t = self.parallel, self.train
-        try:
-            dp = check_parallelism(p.pipeline_stages, p.zero_stage, world_size)
-        except ValueError as e:
-            raise ConfigError(f"parallel: {e}") from None
-        if t.batch_pairs % (t.micro_batch_pairs * dp):
-            raise ConfigError(
-                f"train.batch_pairs ({t.batch_pairs}) must be a multiple of train.micro_batch_pairs "
-                f"({t.micro_batch_pairs}) x data-parallel ranks ({dp}); for example train.batch_pairs: "
-                f"{max(1, t.batch_pairs // (t.micro_batch_pairs * dp)) * t.micro_batch_pairs * dp}")
-        checks = [
-            (not (p.bf16 and p.zero_stage == 0), "parallel.bf16 needs parallel.zero_stage 1 (DeepSpeed accumulates "
-                                                  "bf16 gradients in fp32 only with ZeRO)"),
-            (self.loss.type in LOSS_TYPES, f"loss.type must be one of {', '.join(LOSS_TYPES)}, not {self.loss.type!r}"),
-            (0 <= self.loss.label_smoothing < 0.5, "loss.label_smoothing must be in [0, 0.5)"),
-            (self.model.head in HEADS, f"model.head must be one of {', '.join(HEADS)}, not {self.model.head!r}"),
-            (self.loss.beta > 0, "loss.beta must be positive"),
-            (self.optim.schedule in ("cosine", "constant"),
-             f"optim.schedule must be cosine or constant, not {self.optim.schedule!r}"),
-            (0 <= self.optim.warmup_ratio < 1, "optim.warmup_ratio must be in [0, 1)"),
-            (self.optim.lr > 0, "optim.lr must be positive"),
-            (t.epochs >= 1 and t.micro_batch_pairs >= 1 and t.batch_pairs >= 1,
-             "train.epochs, batch_pairs and micro_batch_pairs must be positive"),
-            (self.checkpoint.every >= 1 and self.checkpoint.keep_last >= 1, "checkpoint.every and keep_last must be positive"),
-            (self.model.path is not None or self.model.architecture, "model.path or model.architecture is needed"),
-            (self.data.max_length * 2 <= self.data.token_budget,
-             f"data.token_budget ({self.data.token_budget}) must hold a pair of max_length ({self.data.max_length}) sides"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        if self.model.path is not None and not (Path(self.model.path) / "config.json").is_file():
-            raise ConfigError(f"model.path: {self.model.path} holds no config.json (a Hugging Face model directory)")
+        validate(self, world_size)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -265,6 +232,19 @@ def _set(config: Config, key: str, value, source: str) -> None:
     setattr(section, parts[1], _check_type(value, hints[parts[1]], f"{source}: {key}"))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"{self.name}:{key_node.start_mark.line + 1}: duplicate key {key!r}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file, then `--section.key value` overrides (values parsed as YAML)."""
     config = Config()
@@ -273,9 +253,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            loader = _UniqueKeyLoader(path.read_text())
+            loader.name = str(path)
+            try:
+                data = loader.get_single_data() or {}
+            finally:
+                loader.dispose()
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: must be a mapping of sections (model:, data:, ...)")
         for section, values in data.items():

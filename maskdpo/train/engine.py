@@ -15,9 +15,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..data import layout
 from ..data.batch import pipeline_tensors, reference_for
 from ..data.packing import MicroBatch
 from ..dpo.objective import SUMS, MaskDPOObjective, ReferenceSums, SequenceSums, step_metrics
@@ -120,6 +122,7 @@ class PipelineTrainer:
         data_parallel = check_parallelism(pipeline_stages, zero_stage, dist.get_world_size())
         torch.manual_seed(seed)  # the same random initialisation on every rank
         self.config = config
+        self.max_seqlen = max_seqlen
         self.attention_backend = resolve_attention(attention, compute_device(), bf16)
         module = build_pipeline(config, pipeline_stages, None, self.attention_backend, partition_method,
                                 activation_checkpointing=activation_checkpointing, fused_head=head == "fused",
@@ -127,7 +130,7 @@ class PipelineTrainer:
         if hf_path is not None:
             load_hf_into_stage(module, hf_path, config.num_hidden_layers)
         if bf16:
-            module = module.to(torch.bfloat16)
+            module = module.to(compute_dtype(bf16))
         last = module.stage_id == module.num_stages - 1
         sums = SequenceSums(head, head_weight(module) if head == "fused" and last else None) if last else None
         self.objective = MaskDPOObjective(sums, beta, loss_type, label_smoothing) if last else None
@@ -154,16 +157,31 @@ class PipelineTrainer:
 
     @contextlib.contextmanager
     def _last_stage_runs(self, loss_fn):
-        """The pipeline's last stage computes `loss_fn` instead of the training objective."""
-        self.module.loss_fn = loss_fn
+        """The pipeline's last stage computes `loss_fn` instead of the training objective. DeepSpeed's
+        monitors (tensorboard, wandb, csv, comet in a config template) are paused: with one on,
+        eval_batch broadcasts its output as a scalar loss, which per-sequence sums are not."""
+        self.module.loss_fn, monitor = loss_fn, self.engine.monitor.enabled
+        self.engine.monitor.enabled = False
         try:
             yield
         finally:
-            self.module.loss_fn = self.objective
+            self.module.loss_fn, self.engine.monitor.enabled = self.objective, monitor
+
+    def _check_shapes(self, micro_batches: list[MicroBatch]) -> None:
+        """Attention kernels trust max_seqlen to bound every sequence: a micro-batch packed with a
+        larger bound would give wrong attention silently, so it is refused (a free CPU check)."""
+        if self.max_seqlen is None:
+            return
+        for mb in micro_batches:
+            longest = int(np.diff(mb.cu_seqlens).max())
+            if longest > self.max_seqlen:
+                raise ValueError(f"a micro-batch holds a sequence of {longest} tokens, more than max_seqlen "
+                                 f"{self.max_seqlen} this pipeline was built with; pack with max_seqlen={self.max_seqlen}")
 
     def reference_logps(self, micro_batches: list[MicroBatch], num_pairs: int) -> torch.Tensor:
         """(num_pairs, 2) sums (chosen, rejected) of the current (frozen, starting) model, by pair
         index; on every rank. Pairs that appear in none of the micro-batches stay NaN."""
+        self._check_shapes(micro_batches)
         mine = self._my_share(micro_batches)
         with self._last_stage_runs(self.reference_sums):
             # One pipelined pass over all of this rank's micro-batches (evaluation keeps two buffers
@@ -172,7 +190,7 @@ class PipelineTrainer:
                                              reduce_output=None, bcast_loss=False)
         local = []
         if self.layout.last_stage:
-            local = [(mb.pair_index, sums.cpu().view(-1, 2)) for mb, sums in zip(mine, outputs)]
+            local = [(mb.pair_index, torch.stack(layout.split_sides(sums.cpu()), dim=1)) for mb, sums in zip(mine, outputs)]
         gathered = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, local)
         table = torch.full((num_pairs, 2), float("nan"))
@@ -194,6 +212,7 @@ class PipelineTrainer:
         if len(micro_batches) != self.micro_batches_per_step:
             raise ValueError(f"a step takes {self.micro_batches_per_step} micro-batches "
                              f"(gradient_accumulation_steps x data_parallel), got {len(micro_batches)}")
+        self._check_shapes(micro_batches)
         pairs = sum(mb.num_pairs for mb in micro_batches)
         if pairs == 0:
             raise ValueError("a step needs at least one pair")
@@ -220,6 +239,25 @@ class PipelineTrainer:
             dist.all_gather_object(gathered, bad)
             nonfinite = sorted({i for part in gathered for i in part})
         return {**metrics, "nonfinite_pairs": nonfinite}
+
+    def parameters_finite(self) -> bool:
+        """Whether every parameter of every stage is finite: one flag per rank, one all-reduce (called
+        before a checkpoint is written, never inside a step)."""
+        flags = [torch.isfinite(p).all() for p in self.module.parameters()]
+        ok = torch.stack(flags).all().to(torch.float32).reshape(1) if flags else torch.ones(1)
+        ok = ok.to(compute_device())
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item())
+
+    def nonfinite_parameters(self) -> list[str]:
+        """The (Hugging Face) names of parameters holding NaN or inf, on any stage."""
+        from ..model.pipeline import hf_name
+
+        local = [hf_name(n, self.config.num_hidden_layers) for n, p in self.module.named_parameters()
+                 if not torch.isfinite(p).all()] if not self.parameters_finite() else []
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, local)
+        return sorted({n for part in gathered for n in part})
 
     def learning_rate(self) -> float:
         """The learning rate the next step will use."""

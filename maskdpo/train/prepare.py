@@ -89,7 +89,7 @@ def reference_table(engine, config, model_path: Path, data: PreparedData, say) -
     key = reference_key(model_path, data.encoded.key, config.data.token_budget, data.packing.max_pairs,
                         len(data.encoded.pairs), extra={"bf16": config.parallel.bf16,
                                                         "attention": engine.attention_backend,
-                                                        "max_seqlen": data.packing.max_seqlen})
+                                                        "max_seqlen": data.packing.max_seqlen, "head": config.model.head})
     shared = [load_reference(config.data.cache_dir, key) if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(shared, src=0)
     if shared[0] is not None:

@@ -18,12 +18,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .checkpointer import Checkpointer
+from ..data.errors import RecordError
+from .checkpointer import Checkpointer, CheckpointWriteError
 from .config import Config, save_config
 from .distributed import compute_device, destroy_distributed, init_distributed
 from .loader import StepLoader
 from .metrics import MetricsLogger
 from .prepare import prepare_data, quiet_logs, reference_table, starting_model
+from .run_dir import EXIT_CONFIG, EXIT_FAILED, EXIT_FINISHED, EXIT_STOPPED, mark
 from .schedule import lr_scheduler_factory
 
 
@@ -54,8 +56,12 @@ def build_engine(config: Config, model_path: Path, packing, total_steps: int, wo
 
 
 class Trainer:
-    def __init__(self, config: Config):
+    """fingerprint: the run's (maskdpo.train.fingerprint), checked against the run directory by the
+    command line before any process started; stored with every checkpoint."""
+
+    def __init__(self, config: Config, fingerprint: dict):
         self.config = config
+        self.fingerprint = fingerprint
         self.run_dir = Path(config.logging.run_dir)
         self.stop_requested = False
         self.log: MetricsLogger | None = None
@@ -66,6 +72,17 @@ class Trainer:
 
             tqdm.write(message)
 
+    def fail(self, message: str, every_rank_knows: bool = True) -> None:
+        """One line on standard error: once, by rank 0, for what every rank found alike; else by the
+        rank that met it alone."""
+        import sys
+
+        from tqdm import tqdm
+
+        rank = dist.get_rank()
+        if rank == 0 or not every_rank_knows:
+            tqdm.write(f"error: {message}" if rank == 0 else f"error (rank {rank}): {message}", file=sys.stderr)
+
     def run(self) -> int:
         quiet_logs()
         init_distributed()
@@ -75,6 +92,17 @@ class Trainer:
             # collective aborts that one.
             dist.barrier()
             return status
+        except (RecordError, ValueError, KeyError, OSError) as e:
+            # Bad data or a bad checkpoint met after start: one line from the rank that met it
+            # (the launcher then stops the others), not a traceback from every rank.
+            message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            self.fail(message if isinstance(e, RecordError) else f"{type(e).__name__}: {message}",
+                      every_rank_knows=False)
+            return EXIT_FAILED
+        except RuntimeError as e:
+            if isinstance(e, dist.DistBackendError) or "closed by peer" in str(e):
+                return EXIT_FAILED  # another rank stopped and said why: no second report from this one
+            raise
         finally:
             if self.log is not None:
                 self.log.close()
@@ -82,24 +110,33 @@ class Trainer:
 
     def _run(self) -> int:
         c, rank, world = self.config, dist.get_rank(), dist.get_world_size()
-        if rank == 0:
+        if rank == 0:  # the directory was checked: this run starts (or resumes) with this configuration
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(c, self.run_dir / "config.yaml")
+            mark(self.run_dir, self.fingerprint, "running")
         model_path = starting_model(c, self.run_dir, self.say)
         data = prepare_data(c, self.run_dir, self.say)
         try:
             loader = StepLoader(data.packing.micro_batches, c.micro_batches_per_step(), c.train.seed)
         except ValueError as e:
             self.say(f"error: {e}")
-            return 2
+            return EXIT_CONFIG
         if loader.left_out_per_epoch:
             self.say(f"warning: {loader.left_out_per_epoch} micro-batches per epoch do not fill a step and are left "
                      "out (a different set each epoch)")
         total_steps = c.train.max_steps or c.train.epochs * loader.steps_per_epoch
         engine = build_engine(c, model_path, data.packing, total_steps, world)
+        bad = engine.nonfinite_parameters()
+        if bad:
+            self.say(f"error: the starting model {model_path} has non-finite parameters: {', '.join(bad[:5])}")
+            return EXIT_FAILED
         reference = reference_table(engine, c, model_path, data, self.say)
-        checkpointer = Checkpointer(self.run_dir, c.checkpoint.every, c.checkpoint.keep_last)
-        step = checkpointer.resume(engine)
+        checkpointer = Checkpointer(self.run_dir, c.checkpoint.every, c.checkpoint.keep_last, self.fingerprint)
+        try:
+            step = checkpointer.resume(engine, self.say)
+        except FileNotFoundError as e:
+            self.say(f"error: {e}")
+            return EXIT_FAILED
         if step:
             self.say(f"resumed from {checkpointer.latest()} (step {step})")
         if rank == 0:  # steps after the checkpoint will be redone: drop their records
@@ -110,17 +147,30 @@ class Trainer:
             finished = self._loop(engine, loader, checkpointer, data.encoded, reference, step, total_steps)
         except NonFiniteLoss as e:
             self.say(f"error: {e}")
-            return 1
+            return EXIT_FAILED
+        except CheckpointWriteError as e:
+            self.fail(str(e), every_rank_knows=e.collective)
+            return EXIT_FAILED
         finally:
             self.log.close()
-        if finished:
-            self._export(engine, data.tokenizer)
-        return 0
+        if not finished:
+            return EXIT_STOPPED
+        self._export(engine, data.tokenizer)
+        if rank == 0:
+            mark(self.run_dir, self.fingerprint, "complete", steps=total_steps)
+        return EXIT_FINISHED
 
     def _loop(self, engine, loader: StepLoader, checkpointer: Checkpointer, encoded, reference, step: int,
               total_steps: int) -> bool:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._request_stop)
+        previous = {signum: signal.signal(signum, self._request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._steps(engine, loader, checkpointer, encoded, reference, step, total_steps)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _steps(self, engine, loader: StepLoader, checkpointer: Checkpointer, encoded, reference, step: int,
+               total_steps: int) -> bool:
         pair_ids = [p.pair_id for p in encoded.pairs]
         start_time = time.perf_counter()
         while step < total_steps:
@@ -142,14 +192,19 @@ class Trainer:
             stop = torch.tensor([float(self.stop_requested)], device=compute_device())
             dist.all_reduce(stop)  # every rank stops at the same step
             if checkpointer.due(step, total_steps) or stop.item():
+                if not engine.parameters_finite():
+                    raise NonFiniteLoss(f"the parameters are not finite after step {step} (the update diverged); "
+                                        f"not saved; last good checkpoint: {checkpointer.latest() or 'none yet'}")
                 checkpointer.save(engine, step)
             if stop.item():
                 self.say(f"stopped by signal after step {step}; checkpoint saved, rerun to resume")
                 return False
-        self.say(f"trained {step} steps in {time.perf_counter() - start_time:.0f}s")
+        self.say(f"trained to step {step} in {time.perf_counter() - start_time:.0f}s")
         return True
 
     def _request_stop(self, signum, frame) -> None:
+        if not self.stop_requested:
+            self.say(f"{signal.Signals(signum).name} received: stopping after this step with a checkpoint")
         self.stop_requested = True
 
     def _export(self, engine, tokenizer) -> None:

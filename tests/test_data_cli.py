@@ -35,6 +35,9 @@ def test_cache_is_reused_and_keyed_by_data_tokenizer_and_options(tmp_path, pairs
 @pytest.mark.slow
 def test_parallel_encoding_matches_serial(monkeypatch, tmp_path):
     records = [to_authors(r) if i % 2 else r for i, r in enumerate(bundled_pairs())] * 3
+    for i, r in enumerate(records):  # three copies: each its own id (the authors' format ids by line)
+        if "pair_id" in r:
+            records[i] = {**r, "pair_id": f"{r['pair_id']}#{i}"}
     records.insert(5, {"chosen": "broken"})
     file = tmp_path / "pairs.jsonl"
     file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
@@ -124,3 +127,37 @@ def test_a_lone_surrogate_is_located_to_its_field(tmp_path, capsys):
     capsys.readouterr()
     assert main(["data", "encode", str(pairs), "--cache-dir", ""]) == 2
     assert f"{pairs}:3: rejected.response: holds a lone surrogate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"pair_id": None}, "pairs.jsonl:2: pair_id: must be a non-empty string or an integer, got None"),
+    ({"pair_id": "SAME"}, "pairs.jsonl:3: pair_id: duplicate pair id 'SAME', first on line 2"),
+])
+def test_null_and_duplicate_pair_ids_are_located(tmp_path, capsys, change, message):
+    pairs = tmp_path / "pairs.jsonl"
+    assert main(["data", "pairs", str(BUNDLED_DATA / "annotated.jsonl"), "-o", str(pairs)]) == 0
+    lines = pairs.read_text().splitlines()
+    lines[1] = json.dumps({**json.loads(lines[1]), **change})
+    if change["pair_id"] == "SAME":
+        lines[2] = json.dumps({**json.loads(lines[2]), **change})
+    pairs.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(["data", "encode", str(pairs), "--cache-dir", ""]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_inspect_finds_its_pair_past_a_raw_carriage_return(tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    assert main(["data", "pairs", str(BUNDLED_DATA / "annotated.jsonl"), "-o", str(pairs)]) == 0
+    lines = pairs.read_text().splitlines()
+    first = json.loads(lines[0])
+    first["prompt"][0]["content"] += "\r"  # a raw CR inside a record (JSON allows it escaped only: raw below)
+    lines[0] = json.dumps(first, ensure_ascii=False).replace("\\r", "\r")
+    pairs.write_bytes(("\n".join(lines) + "\n").encode())
+    third = json.loads(lines[2])
+    capsys.readouterr()
+    code = main(["data", "inspect", str(pairs), "--pair-id", third["pair_id"], "--color", "never", "--cache-dir", "",
+                 "--skip-invalid"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert f"pair {third['pair_id']}" in out.out

@@ -140,7 +140,8 @@ def test_cached_results_do_not_bypass_strict_mode_and_rewrite_rejects(tmp_path):
 def test_failures_outside_our_parsing_are_located_and_skippable(tmp_path):
     file = tmp_path / "pairs.jsonl"
     bad_utf8 = json.dumps(GOOD_PAIR).encode().replace(b"France", b"Fr\xffnce")
-    with_cr = json.dumps(changed(GOOD_PAIR, ("chosen", "response"), "Paris is in France.\rYes.")).encode()
+    with_cr = json.dumps(changed(changed(GOOD_PAIR, ("chosen", "response"), "Paris is in France.\rYes."),
+                                 ("pair_id",), "p3")).encode()
     file.write_bytes(json.dumps(GOOD_PAIR).encode() + b"\n" + bad_utf8 + b"\n" + with_cr + b"\n")
     with pytest.raises(RecordError, match=r":2: invalid UTF-8 at byte"):
         encode_file(file)

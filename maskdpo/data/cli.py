@@ -97,6 +97,7 @@ def _encode_command(args) -> int:
 
 def _inspect(args) -> int:
     from .inspect import show_pair
+    from .jsonl import _lines
     from .records import parse_pair
     from .tokenizer import load_tokenizer
 
@@ -108,7 +109,8 @@ def _inspect(args) -> int:
               f"--index {args.index} is out of range: {len(ids)} usable pairs", file=sys.stderr)
         return 2
     line = result.lines[ids.index(wanted)]
-    raw = next(text for number, text in enumerate(open(args.pairs, encoding="utf-8"), 1) if number == line)
+    # The record's own line, counted as the reader counts (\n only: a raw \r inside a record is no break).
+    raw = next(text for number, text in _lines(Path(args.pairs)) if number == line).decode("utf-8")
     pair = parse_pair(json.loads(raw), _label_map(args), f"line{line}")
     color = {"always": True, "never": False}.get(args.color, sys.stdout.isatty())
     print(show_pair(pair, result.pairs[ids.index(wanted)], load_tokenizer(args.tokenizer), color))

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import __version__
 from ..digests import file_digest, source_digest
+from .errors import RecordError
 from .jsonl import ReadReport, count_records, read_records
 from .labels import LabelMap
 from .masks import EncodedPair, EncodedSide, encode_pair
@@ -125,6 +126,12 @@ def encode_file(
 
         records = tqdm(records, total=total, unit="pair", desc="encoding", disable=None)
     kept = list(records)
+    first_line = {}
+    for line, pair in kept:  # ids name pairs in errors, metrics and inspection: they must be unique
+        if pair.pair_id in first_line:
+            raise RecordError(f"duplicate pair id {pair.pair_id!r}, first on line {first_line[pair.pair_id]}",
+                              "pair_id", path=str(pairs_path), line=line)
+        first_line[pair.pair_id] = line
     result = EncodeResult([pair for _, pair in kept], report, [line for line, _ in kept])
     for pair in result.pairs:
         for name in ("chosen", "rejected"):

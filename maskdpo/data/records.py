@@ -193,7 +193,10 @@ def parse_pair(obj, label_map: LabelMap, default_id: str = "") -> Pair:
     else:
         chosen = parse_response(_require(obj, "chosen", dict, ""), label_map, "chosen.")
         rejected = parse_response(_require(obj, "rejected", dict, ""), label_map, "rejected.")
-    pair_id = obj.get("pair_id", obj.get("id", default_id))
+    key = "pair_id" if "pair_id" in obj else "id" if "id" in obj else None
+    pair_id = obj[key] if key else default_id
+    if key and (isinstance(pair_id, bool) or not isinstance(pair_id, str | int) or pair_id == ""):
+        raise RecordError(f"must be a non-empty string or an integer, got {pair_id!r}", key)
     return Pair(str(pair_id), str(obj.get("question_id", "")), str(obj.get("language", "")),
                 parse_prompt(obj.get("prompt")), chosen, rejected)
 

@@ -28,12 +28,14 @@ def rendered(tokenizer, p: Pair, side: str) -> str:
     return tokenizer.apply_chat_template(list(p.prompt) + [{"role": "assistant", "content": resp.text}], tokenize=False)
 
 
-def check_ground_truth(tokenizer, p: Pair, encoded) -> int:
+def check_ground_truth(tokenizer, p: Pair, encoded, eot_weight: float = 1.0) -> int:
     """Character-level truth for both sides of an encoded pair, independent of how masks.py works.
 
     Every token with weight > 0 has all its non-space characters inside one sentence, and carries
     that sentence's weight for this side; every token with a non-space character inside a kept
-    sentence is weighted. Returns the number of weighted tokens checked.
+    sentence is weighted. The first <|eot_id|> after the response (the bundled template's end of
+    turn) carries eot_weight (1 by default, as the authors and TRL count it). Returns the number of
+    weighted tokens checked.
     """
     checked = 0
     for side, keep_correct in (("chosen", True), ("rejected", False)):
@@ -44,7 +46,14 @@ def check_ground_truth(tokenizer, p: Pair, encoded) -> int:
         prompt_only = tokenizer.apply_chat_template(list(p.prompt), tokenize=False, add_generation_prompt=True)
         at = full.index(resp.text.strip(), len(prompt_only)) - (len(resp.text) - len(resp.text.lstrip()))
         spans = [(s.start + at, s.end + at, s.correct if keep_correct else 1 - s.correct) for s in resp.sentences]
+        response_end = at + len(resp.text.rstrip())
+        eot_seen = False
         for (a, b), w in zip(enc["offset_mapping"], enc_side.weights):
+            if not eot_seen and a >= response_end and full[a:b] == "<|eot_id|>":
+                eot_seen = True
+                assert abs(w - eot_weight) < 1e-6, (side, "end of turn", w, eot_weight)
+                checked += w > 0
+                continue
             chars = [i for i in range(a, b) if not full[i].isspace()]
             holders = sorted({k for k, (s, e, _) in enumerate(spans) for i in chars if s <= i < e})
             if chars:

@@ -1,6 +1,7 @@
 """Bad input: every case is an error naming file, line and field; --skip-invalid records it."""
 
 import json
+import re
 
 import pytest
 
@@ -64,7 +65,7 @@ PAIR_CASES = [
     ("authors sentence not in response", AUTHORS_PAIR, ("chosen_item", "sents", 1), "It is tiny.",
      "chosen_item.sents[1]", "sentence not found"),
     ("authors sentences out of order", AUTHORS_PAIR, ("chosen_item", "sents"), ["It is big.", "Paris is in France."],
-     "chosen_item.sents[0]", "text between sentences is covered by none"),
+     "chosen_item.sents[0]", "is covered by no sentence"),
     ("authors label count mismatch", AUTHORS_PAIR, ("chosen_item", "type"), ["no_hallucination"],
      "chosen_item.type", "1 labels for 2 sentences"),
     ("authors unknown label", AUTHORS_PAIR, ("rejected_item", "type", 0), "maybe", "rejected_item.type[0].label",
@@ -121,8 +122,10 @@ def test_label_map_is_configurable():
 
 def test_authors_sentences_take_their_earliest_occurrence():
     record = changed(AUTHORS_PAIR, ("chosen", 0, "content"), "Paris is in\nFrance.\nIt is big. Again: Paris is in France.")
+    record = changed(record, ("chosen_item", "sents"), ["Paris is in France.", "It is big.", "Again: Paris is in France."])
+    record = changed(record, ("chosen_item", "type"), ["no_hallucination"] * 3)
     spans = [(s.start, s.end) for s in parse_pair(record, LABELS).chosen.sentences]
-    assert spans == [(0, 19), (20, 30)]  # the folded first occurrence, not the later exact copy
+    assert spans == [(0, 19), (20, 30), (31, 57)]  # the folded first occurrence, not the later exact copy
 
 
 def test_cached_results_do_not_bypass_strict_mode_and_rewrite_rejects(tmp_path):
@@ -140,7 +143,7 @@ def test_cached_results_do_not_bypass_strict_mode_and_rewrite_rejects(tmp_path):
 def test_failures_outside_our_parsing_are_located_and_skippable(tmp_path):
     file = tmp_path / "pairs.jsonl"
     bad_utf8 = json.dumps(GOOD_PAIR).encode().replace(b"France", b"Fr\xffnce")
-    with_cr = json.dumps(changed(changed(GOOD_PAIR, ("chosen", "response"), "Paris is in France.\rYes."),
+    with_cr = json.dumps(changed(changed(GOOD_PAIR, ("chosen", "response"), "Paris is in\rFrance."),
                                  ("pair_id",), "p3")).encode()
     file.write_bytes(json.dumps(GOOD_PAIR).encode() + b"\n" + bad_utf8 + b"\n" + with_cr + b"\n")
     with pytest.raises(RecordError, match=r":2: invalid UTF-8 at byte"):
@@ -181,3 +184,29 @@ def test_sentence_text_must_match_its_span():
     record["sentences"][1].update(start=17, end=31)  # UTF-16 offsets: one too far after the emoji
     with pytest.raises(RecordError, match="offsets must count Unicode code points"):
         parse_annotated(record, LABELS)
+
+
+@pytest.mark.parametrize("response,sents,problem", [
+    ("The tower is 330 metres tall.", ["The tower is", "metres tall."], "between sentences is covered by no sentence: ' 330 '"),
+    ("Paris is in France. It is big, they say.", ["Paris is in France.", "It is big,"],
+     "after the last sentence is covered by no sentence: ' they say.'"),
+    ("(c) Paris is in France.", ["Paris is in France."], "before the first sentence is covered by no sentence: '(c) '"),
+    ("1. Paris is in France.\n2) It is big.\n- Yes.\n", ["Paris is in France.", "It is big.", "Yes."], None),
+])
+def test_one_rule_for_uncovered_text_in_both_formats(response, sents, problem):
+    """Only whitespace and list markers at line starts may stand outside the sentences, before,
+    between or after them, in the authors' format and in ours alike."""
+    authors = changed(changed(AUTHORS_PAIR, ("chosen", 0, "content"), response), ("chosen_item", "sents"), sents)
+    authors = changed(authors, ("chosen_item", "type"), ["no_hallucination"] * len(sents))
+    spans, cursor = [], 0
+    for s in sents:
+        start = response.index(s, cursor)
+        spans.append({"start": start, "end": start + len(s), "label": "ok"})
+        cursor = start + len(s)
+    ours = changed(GOOD_PAIR, ("chosen",), {"response": response, "sentences": spans})
+    for record in (authors, ours):
+        if problem is None:
+            assert parse_pair(record, LabelMap()).chosen.text == response
+        else:
+            with pytest.raises(RecordError, match=re.escape(problem)):
+                parse_pair(record, LabelMap())

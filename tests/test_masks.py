@@ -1,5 +1,6 @@
 """Exact token masks: character-level ground truth, both pair formats, drift, truncation, token id 0."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -129,14 +130,34 @@ def test_pair_with_nothing_kept_is_skipped_not_plain_dpo():
         encode_pair(p, TOKENIZER)
 
 
-def test_end_of_turn_token_counts_only_when_asked():
+def test_end_of_turn_token_counts_as_chosen():
     items = [("First true.", "ok"), ("Last false.", "contradictory")]
     p = pair(response(items), response(items))
-    without, with_eot = encode_pair(p, TOKENIZER), encode_pair(p, TOKENIZER, count_eot=True)
     eot = TOKENIZER.convert_tokens_to_ids("<|eot_id|>")
-    last = len(without.chosen.input_ids) - 1 - without.chosen.input_ids.tolist()[::-1].index(eot)
-    assert without.chosen.weights[last] == 0 and without.rejected.weights[last] == 0
-    assert with_eot.chosen.weights[last] == 0.0 and with_eot.rejected.weights[last] == 1.0  # the last sentence's
+    by_choice = {choice: encode_pair(p, TOKENIZER, eot=choice) for choice in ("always", "last_sentence", "never")}
+    ids = by_choice["never"].chosen.input_ids.tolist()
+    last = len(ids) - 1 - ids[::-1].index(eot)
+    weights = {c: (e.chosen.weights[last], e.rejected.weights[last]) for c, e in by_choice.items()}
+    assert weights == {"always": (1.0, 1.0), "last_sentence": (0.0, 1.0), "never": (0.0, 0.0)}
+    assert encode_pair(p, TOKENIZER) == by_choice["always"]  # the default, as the authors and TRL
+    with pytest.raises(ValueError, match="eot must be one of always, last_sentence, never"):
+        encode_pair(p, TOKENIZER, eot="sometimes")
+
+
+def test_the_end_of_turn_token_is_read_from_the_chat_template(tmp_path):
+    """A base Llama-3 tokenizer ends sequences with <|end_of_text|>, yet its template ends turns with
+    <|eot_id|>; a template that writes nothing after a message has no end-of-turn token."""
+    from maskdpo.data.masks import end_of_turn
+
+    base = tokenizer_variant(tmp_path / "base", eos="<|end_of_text|>")
+    assert base.eos_token == "<|end_of_text|>"
+    assert end_of_turn(base) == base.convert_tokens_to_ids("<|eot_id|>")
+    plain = tokenizer_variant(tmp_path / "plain", template="{% for m in messages %}{{ m['role'] + ': ' + m['content'] "
+                                                          "}}{% endfor %}{% if add_generation_prompt %}assistant: "
+                                                          "{% endif %}")
+    assert end_of_turn(plain) is None
+    p = pair(response([("Old.", "ok")]), response([("False.", "contradictory")]))
+    assert encode_pair(p, plain) == encode_pair(p, plain, eot="never")
 
 
 def id0_tokenizer():
@@ -196,8 +217,9 @@ def test_bundled_tokenizer_is_reproducible():
     assert run.returncode == 0, run.stderr
 
 
-def tokenizer_variant(tmp_path, template=None, trim_offsets=False):
-    """The bundled tokenizer with another chat template or with offsets trimmed (RoBERTa-style)."""
+def tokenizer_variant(tmp_path, template=None, trim_offsets=False, eos=None):
+    """The bundled tokenizer with another chat template, offsets trimmed (RoBERTa-style) or another
+    end-of-sequence token."""
     from tokenizers import processors
 
     from maskdpo.data.tokenizer import BUNDLED_TOKENIZER
@@ -209,6 +231,9 @@ def tokenizer_variant(tmp_path, template=None, trim_offsets=False):
         tok.save(str(tmp_path / "tokenizer.json"))
     if template:
         (tmp_path / "chat_template.jinja").write_text(template)
+    if eos:
+        config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": eos}))
     load_tokenizer.cache_clear()
     return load_tokenizer(tmp_path)
 
@@ -220,7 +245,7 @@ def test_end_of_turn_is_the_special_token_even_after_spaces(tmp_path):
                 "{{ '<|start_header_id|>assistant<|end_header_id|> ' }}{% endif %}")
     tokenizer = tokenizer_variant(tmp_path, template=template)
     p = pair(response([("Old.", "ok"), ("New.", "ok")]), response([("Old.", "ok"), ("False.", "contradictory")]))
-    encoded = encode_pair(p, tokenizer, count_eot=True)
+    encoded = encode_pair(p, tokenizer, eot="last_sentence")
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
     last = len(encoded.chosen.input_ids) - 1
     assert encoded.chosen.input_ids[last] == eot and encoded.chosen.weights[last] == 1.0

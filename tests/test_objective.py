@@ -58,7 +58,7 @@ def response_logps(theirs, side_ids, prompt_length):
 
 def test_all_ones_masks_give_plain_dpo(models):
     ours, theirs = models
-    encoded = encode_pair(pair(["ok"] * 3, ["contradictory"] * 3), TOKENIZER, count_eot=True)
+    encoded = encode_pair(pair(["ok"] * 3, ["contradictory"] * 3), TOKENIZER)  # the default counts the end of turn
     ref = torch.tensor([-300.0, -310.0])
     loss, metrics = run_stage(ours, encoded, ref)
     with torch.no_grad():

@@ -38,7 +38,9 @@ def _record_args(parser):
 def _encode_args(parser):
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the bundled one)")
     parser.add_argument("--max-length", type=_positive, default=1024, help="tokens per side, prompt included (default 1024)")
-    parser.add_argument("--count-eot", action="store_true", help="the end-of-turn token takes its last sentence's weight")
+    parser.add_argument("--eot", choices=("always", "last_sentence", "never"), default="always",
+                        help="how each response's end-of-turn token counts: always (weight 1, as the authors and "
+                             "TRL; default), last_sentence (its last sentence's weight) or never")
     parser.add_argument("--workers", type=_positive, default=1, help="processes for large files (default 1)")
     parser.add_argument("--cache-dir", default=".maskdpo-cache", help="encoded-pairs cache ('' to disable)")
 
@@ -77,7 +79,7 @@ def _parse_annotated(obj, line, label_map):
 def _encode(args):
     from .encode import encode_file
 
-    return encode_file(args.pairs, args.tokenizer, max_length=args.max_length, count_eot=args.count_eot,
+    return encode_file(args.pairs, args.tokenizer, max_length=args.max_length, eot=args.eot,
                        label_map=_label_map(args), strict=args.strict, rejects_path=args.rejects,
                        cache_dir=args.cache_dir or None, workers=args.workers, progress=True)
 

@@ -21,7 +21,7 @@ from ..digests import file_digest, source_digest
 from .errors import RecordError
 from .jsonl import ReadReport, count_records, read_records
 from .labels import LabelMap
-from .masks import EncodedPair, EncodedSide, encode_pair
+from .masks import EncodedPair, EncodedSide, encode_pair, end_of_turn
 from .records import parse_pair
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
 
@@ -37,6 +37,7 @@ class EncodeResult:
     truncated: Counter = field(default_factory=Counter)  # sides truncated: {"chosen": n, "rejected": m}
     from_cache: bool = False
     key: str | None = None  # the cache key (data, tokenizer, options), when a cache_dir was given
+    eot_note: str = ""  # how the end-of-turn token was counted, or that the template has none
 
     def summary_lines(self) -> list[str]:
         tokens = sum(p.length for p in self.pairs)
@@ -50,15 +51,17 @@ class EncodeResult:
         if sum(one_sided.values()):
             out.append(f"pairs with nothing kept on one side: {one_sided['chosen']} chosen, "
                        f"{one_sided['rejected']} rejected (they train that side only)")
+        if self.eot_note:
+            out.append(self.eot_note)
         if sum(self.truncated.values()):
             out.append(f"truncated to max_length: {self.truncated['chosen']} chosen, "
                        f"{self.truncated['rejected']} rejected sides")
         return out
 
 
-def _encode_record(obj, line: int, *, tokenizer_path, label_map, max_length, count_eot) -> EncodedPair:
+def _encode_record(obj, line: int, *, tokenizer_path, label_map, max_length, eot) -> EncodedPair:
     pair = parse_pair(obj, label_map, default_id=f"line{line}")
-    return encode_pair(pair, load_tokenizer(tokenizer_path), max_length=max_length, count_eot=count_eot)
+    return encode_pair(pair, load_tokenizer(tokenizer_path), max_length=max_length, eot=eot)
 
 
 def _code_and_libraries() -> str:
@@ -84,7 +87,7 @@ def encode_file(
     tokenizer_path: str | Path | None = None,
     *,
     max_length: int = 1024,
-    count_eot: bool = False,
+    eot: str = "always",
     label_map: LabelMap | None = None,
     strict: bool = True,
     rejects_path: str | Path | None = None,
@@ -102,7 +105,7 @@ def encode_file(
     pairs_path = Path(pairs_path)
     label_map = label_map or LabelMap()
     options = dict(tokenizer_path=str(tokenizer_path) if tokenizer_path else None, label_map=label_map,
-                   max_length=max_length, count_eot=count_eot)
+                   max_length=max_length, eot=eot)
     cache_file = None
     if cache_dir is not None:
         key_options = {**options, "tokenizer_path": None,
@@ -112,7 +115,7 @@ def encode_file(
         cached = _load_cache(cache_file, pairs_path, rejects_path) if cache_file.exists() else None
         # A cached run that skipped invalid records cannot stand in for a strict one: re-read, and fail.
         if cached is not None and not (strict and cached.report.invalid):
-            cached.key = key
+            cached.key, cached.eot_note = key, _eot_note(tokenizer_path, eot)
             return cached
 
     report = ReadReport(str(pairs_path))
@@ -136,10 +139,22 @@ def encode_file(
     for pair in result.pairs:
         for name in ("chosen", "rejected"):
             result.truncated[name] += bool(getattr(pair, name).truncated)
+    result.eot_note = _eot_note(tokenizer_path, eot)
     if cache_file is not None:
         _save_cache(cache_file, result)
         result.key = key
     return result
+
+
+def _eot_note(tokenizer_path, eot: str) -> str:
+    if eot == "never":
+        return "end-of-turn token: not counted (eot: never)"
+    tokenizer = load_tokenizer(tokenizer_path)
+    token = end_of_turn(tokenizer)
+    if token is None:
+        return (f"end-of-turn token: none, the chat template writes nothing after an assistant message "
+                f"(eot: {eot} counts nothing)")
+    return f"end-of-turn token: {tokenizer.convert_ids_to_tokens(token)!r} (eot: {eot})"
 
 
 def _save_cache(path: Path, result: EncodeResult) -> None:
@@ -162,6 +177,7 @@ def _save_cache(path: Path, result: EncodeResult) -> None:
         lengths=lengths,
         prompt_lengths=np.array([s.prompt_length for s in sides], dtype=np.int64),
         truncated=np.array([s.truncated for s in sides], dtype=np.int64),
+        kept_tokens=np.array([s.kept_tokens for s in sides], dtype=np.int64),
         meta=np.array(json.dumps(meta)),
     )
     tmp.replace(path)  # atomic: a reader never sees a half-written cache
@@ -174,9 +190,9 @@ def _load_cache(path: Path, pairs_path: Path, rejects_path) -> EncodeResult:
         meta = json.loads(str(data["meta"]))
         bounds = np.concatenate([[0], np.cumsum(data["lengths"])])
         ids, weights = data["input_ids"], data["weights"]
-        sides = [EncodedSide(ids[a:b], weights[a:b], int(p), int(t),
-                             int(np.count_nonzero(weights[a:b] > 0)))
-                 for a, b, p, t in zip(bounds[:-1], bounds[1:], data["prompt_lengths"], data["truncated"])]
+        sides = [EncodedSide(ids[a:b], weights[a:b], int(p), int(t), int(k))
+                 for a, b, p, t, k in zip(bounds[:-1], bounds[1:], data["prompt_lengths"], data["truncated"],
+                                          data["kept_tokens"])]
     pairs = [EncodedPair(pid, sides[2 * i], sides[2 * i + 1]) for i, pid in enumerate(meta["pair_ids"])]
     r = meta["report"]
     report = ReadReport(str(pairs_path), r["read"], r["kept"], Counter(r["skipped"]), None, r["invalid"])

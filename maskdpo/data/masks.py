@@ -8,6 +8,7 @@ normalised whitespace cannot shift a span (the authors' method drifts there).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,7 @@ class EncodedSide:
     weights: np.ndarray    # (n,) float32; weights[i]: the weight of predicting input_ids[i]
     prompt_length: int     # tokens before the first response token
     truncated: int         # tokens dropped from the tail by max_length
-    kept_tokens: int       # tokens with weight > 0
+    kept_tokens: int       # sentence tokens with weight > 0 (the end-of-turn token is not counted)
 
     def __post_init__(self):
         object.__setattr__(self, "input_ids", np.asarray(self.input_ids, dtype=np.int64))
@@ -68,6 +69,31 @@ def _first_nonspace_after(text: str) -> np.ndarray:
     return np.append(nxt, len(codes))
 
 
+EOT_CHOICES = ("always", "last_sentence", "never")
+"""How each response's end-of-turn token counts: always weight 1 on both sides (as the authors and TRL
+count it, so that Mask-DPO with nothing masked is plain DPO), the weight of the response's last
+sentence on its side, or never."""
+
+_MARKER = "MASKDPO-END-OF-TURN-PROBE"
+
+
+@functools.lru_cache(maxsize=16)
+def end_of_turn(tokenizer) -> int | None:
+    """The token the chat template writes right after an assistant message's content (<|eot_id|> for
+    Llama-3, <|im_end|> for ChatML), found by rendering one and looking; None when the template writes
+    nothing there. Not taken from the special-token list: a base Llama-3 tokenizer's end of sequence
+    is <|end_of_text|>, not the <|eot_id|> its template ends turns with."""
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "Hi."},
+                                              {"role": "assistant", "content": _MARKER}], tokenize=False)
+    after = rendered[rendered.rfind(_MARKER) + len(_MARKER):]
+    if not after.strip():
+        return None
+    ids = tokenizer.backend_tokenizer.encode(after, add_special_tokens=False).ids
+    added = set(tokenizer.added_tokens_decoder) | set(tokenizer.all_special_ids)
+    marked = [i for i in ids if i in added]
+    return marked[0] if marked else ids[0] if ids else None
+
+
 def _render(tokenizer, prompt, response_text: str | None) -> str:
     messages = list(prompt)
     if response_text is None:
@@ -76,7 +102,7 @@ def _render(tokenizer, prompt, response_text: str | None) -> str:
 
 
 def encode_side(response: Response, keep_correct: bool, prefix: str, full: str, tokenizer,
-                max_length: int, count_eot: bool, field: str) -> EncodedSide:
+                max_length: int, eot: str, field: str) -> EncodedSide:
     """Token ids and weights for one rendered side (see encode_pair)."""
     if not full.startswith(prefix):
         diverge = next((i for i, (a, b) in enumerate(zip(prefix, full)) if a != b), min(len(prefix), len(full)))
@@ -111,41 +137,46 @@ def encode_side(response: Response, keep_correct: bool, prefix: str, full: str, 
     whole = np.where(holder[start] == holder[last], holder[start], -1)
     owner = np.where(first < end, holder[first], whole)
     weights = sentence_weight[owner]  # owner -1 picks the trailing 0.0
-    if count_eot and response.sentences:
-        # The end-of-turn token: the first special token after the response (templates may put
-        # spaces or newlines before it).
-        special = np.isin(ids, list(tokenizer.all_special_ids))
-        after = np.nonzero((offsets[:, 0] >= at + len(core)) & special)[0]
+    kept_tokens = int(np.count_nonzero(weights[:max_length] > 0))
+    eot_id = end_of_turn(tokenizer) if eot != "never" else None
+    if eot_id is not None:
+        # The end-of-turn token: the template's, first after the response (templates may put spaces
+        # or newlines before it).
+        after = np.nonzero((offsets[:, 0] >= at + len(core)) & (ids == eot_id))[0]
         if len(after):
-            weights[after[0]] = sentence_weight[len(response.sentences) - 1]
+            last_sentence = sentence_weight[len(response.sentences) - 1] if response.sentences else 0.0
+            weights[after[0]] = 1.0 if eot == "always" else last_sentence
     prompt_length = int(np.searchsorted(offsets[:, 1], at, side="right"))
     truncated = max(0, len(ids) - max_length)
     if truncated:
         ids, weights = ids[:max_length], weights[:max_length]
-    return EncodedSide(ids, weights, min(prompt_length, len(ids)), truncated,
-                       int(np.count_nonzero(weights > 0)))
+    return EncodedSide(ids, weights, min(prompt_length, len(ids)), truncated, kept_tokens)
 
 
-def encode_pair(pair: Pair, tokenizer, max_length: int = 1024, count_eot: bool = False) -> EncodedPair:
+def encode_pair(pair: Pair, tokenizer, max_length: int = 1024, eot: str = "always") -> EncodedPair:
     """Render and tokenize both sides of `pair`; weight each token by its sentence.
 
     weights[i] is the weight of predicting input_ids[i]: 0 for prompt and template tokens and for
     text between sentences; for response tokens the weight of the sentence holding the token's first
     non-space character (chosen: the sentence's correctness, 1 for correct labels; rejected: 1 minus
-    it, 1 for hallucinated labels; soft weights pass through). `count_eot` gives the end-of-turn
-    token the weight of the last sentence. Sides longer than `max_length` lose their tail (counted
+    it, 1 for hallucinated labels; soft weights pass through). `eot` (EOT_CHOICES) says how the
+    end-of-turn token counts: always 1 (the default, as the authors and TRL), the last sentence's
+    weight, or never. Sides longer than `max_length` lose their tail (counted
     in `truncated`). Raises SkippedPair if no token is kept on either side, RecordError if the chat
     template alters the response so that sentences cannot be mapped.
     """
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
+    if eot not in EOT_CHOICES:
+        raise ValueError(f"eot must be one of {', '.join(EOT_CHOICES)}, got {eot!r}")
     prefix = _render(tokenizer, pair.prompt, None)
     sides = []
     for name, response, keep_correct in (("chosen", pair.chosen, True), ("rejected", pair.rejected, False)):
         full = _render(tokenizer, pair.prompt, response.text)
-        sides.append(encode_side(response, keep_correct, prefix, full, tokenizer, max_length, count_eot, name))
+        sides.append(encode_side(response, keep_correct, prefix, full, tokenizer, max_length, eot, name))
     chosen, rejected = sides
     if chosen.kept_tokens == 0 and rejected.kept_tokens == 0:
         truncated = " after truncation" if chosen.truncated or rejected.truncated else ""
+        # The end-of-turn token alone is no signal: such a pair is skipped, never trained.
         raise SkippedPair(f"no kept token on either side{truncated}", "masks")
     return EncodedPair(pair.pair_id, chosen, rejected)

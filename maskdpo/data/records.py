@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .errors import RecordError
 from .labels import LabelMap
-from .locate import locate_sentences
+from .locate import locate_sentences, uncovered_problem
 
 Message = dict  # {"role": str, "content": str, ...}
 ROLES = ("system", "user", "assistant", "tool")
@@ -148,6 +148,9 @@ def parse_response(obj: dict, label_map: LabelMap, field: str = "") -> Response:
                               f"{raw['text'][:40]!r} (offsets must count Unicode code points)", f"{where}.text")
         sentences.append(Sentence(start, end, *_correctness(raw, label_map, where)))
     check_spans(text, sentences, f"{field}sentences")
+    problem = uncovered_problem(text, [(s.start, s.end) for s in sentences]) if sentences else None
+    if problem:
+        raise RecordError(problem, f"{field}sentences")
     return Response(text, tuple(sentences))
 
 

@@ -46,8 +46,10 @@ class DataConfig:
     """Tokens per side (prompt + response); longer sides lose their tail (counted)."""
     token_budget: int = 4096
     """Tokens per packed micro-batch; every pair must fit."""
-    count_eot: bool = False
-    """Whether the end-of-turn token takes the weight of the response's last sentence."""
+    eot: str = "always"
+    """How each response's end-of-turn token counts: always (weight 1 on both sides, as the authors and
+    TRL count it, so that nothing masked is plain DPO), last_sentence (the weight of the response's last
+    sentence) or never. The token is the one the chat template writes after an assistant message."""
     correct_labels: str | None = None
     """Comma-separated labels counted as correct (default: ok, nofact, no_hallucination)."""
     hallucinated_labels: str | None = None
@@ -211,7 +213,8 @@ def _check_type(value, annotation, where: str):
 
 
 # Keys that were renamed: what to write instead.
-RENAMED = {"model.fused_head": "model.head (fused, kernel or eager; fused_head: false is head: kernel)"}
+RENAMED = {"model.fused_head": "model.head (fused, kernel or eager; fused_head: false is head: kernel)",
+           "data.count_eot": "data.eot (always, last_sentence or never; count_eot: true is eot: last_sentence)"}
 
 
 def _set(config: Config, key: str, value, source: str) -> None:

@@ -61,7 +61,7 @@ def prepare_data(config, run_dir: Path, say) -> PreparedData:
     model_path = config.model.path
     if tokenizer_path is None and model_path and (Path(model_path) / "tokenizer.json").exists():
         tokenizer_path = model_path
-    options = dict(max_length=d.max_length, count_eot=d.count_eot, strict=not d.skip_invalid,
+    options = dict(max_length=d.max_length, eot=d.eot, strict=not d.skip_invalid,
                    label_map=LabelMap.from_lists(d.correct_labels, d.hallucinated_labels), cache_dir=d.cache_dir)
     if rank == 0:
         encoded = encode_file(pairs_path, tokenizer_path, progress=True, **options)

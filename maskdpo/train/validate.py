@@ -55,6 +55,7 @@ def _architecture(config, error):
 
 def validate(config, world_size: int) -> None:
     from ..data.labels import LabelMap
+    from ..data.masks import EOT_CHOICES
     from ..dpo.loss import LOSS_TYPES
     from ..dpo.objective import HEADS
     from ..model.attention import BACKENDS
@@ -83,6 +84,7 @@ def validate(config, world_size: int) -> None:
         check((Path(d.tokenizer) / "tokenizer.json").is_file(),
               f"data.tokenizer: {d.tokenizer} holds no tokenizer.json (masks need a fast tokenizer)")
     check(d.max_length >= 2, f"data.max_length must be at least 2, got {d.max_length}")
+    check(d.eot in EOT_CHOICES, f"data.eot must be one of {', '.join(EOT_CHOICES)}, not {d.eot!r}")
     check(d.max_length * 2 <= d.token_budget,
           f"data.token_budget ({d.token_budget}) must hold a pair of max_length ({d.max_length}) sides")
     try:

@@ -98,3 +98,45 @@ def test_score_gaps_compare_exactly_and_bad_groups_are_skipped():
     assert build_pairs(duplicate)[1].skipped["duplicate_sample_ids"] == 1
     other = [dataclasses.replace(group[0], sample_id="99", prompt=({"role": "user", "content": "else"},))]
     assert build_pairs(group + other)[1].skipped["different_prompts"] == 1
+
+
+def _topic_samples():
+    """Annotated samples of 4 topics x 3 questions, 2 samples each (one better than the other)."""
+    records = []
+    for t in range(4):
+        for q in range(3):
+            for s, label in enumerate(("ok", "contradictory")):
+                records.append({"question_id": f"t{t}-q{q}", "sample_id": s, "topic": f"topic {t}",
+                                "prompt": "Tell me.", "response": "It is so.",
+                                "sentences": [{"start": 0, "end": 9, "label": label}]})
+    return records
+
+
+def test_scaling_study_selection_by_topics_and_questions_is_seeded_and_order_free(tmp_path, capsys):
+    import json
+    import random
+
+    from maskdpo.cli import main
+
+    records = _topic_samples()
+    file, shuffled = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in records))
+    random.Random(1).shuffle(records)
+    shuffled.write_text("".join(json.dumps(r) + "\n" for r in records))
+    outputs = []
+    for source, seed in ((file, 7), (shuffled, 7), (file, 8)):
+        out = tmp_path / f"pairs-{source.stem}-{seed}.jsonl"
+        assert main(["data", "pairs", str(source), "-o", str(out), "--topics", "2", "--questions-per-topic", "2",
+                     "--seed", str(seed)]) == 0
+        pairs = [json.loads(line) for line in out.read_text().splitlines()]
+        outputs.append(sorted(p["question_id"] for p in pairs))
+        printed = capsys.readouterr().out
+        assert f"selected (seed {seed}): 2 of 4 topics, 4 of 12 questions, 8 of 24 samples" in printed
+    assert outputs[0] == outputs[1]  # the same draw whatever the file order
+    assert len({q.split("-")[0] for q in outputs[0]}) == 2 and len(outputs[0]) == 4  # 2 topics x 2 questions
+    assert outputs[2] != outputs[0]  # another seed, another draw (for this data and these seeds)
+    # Without topics, selecting by topic is an error naming the question.
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "topic"}) + "\n" for r in records))
+    assert main(["data", "pairs", str(plain), "-o", str(tmp_path / "x.jsonl"), "--topics", "1"]) == 2
+    assert "has no topic" in capsys.readouterr().err

@@ -62,9 +62,16 @@ def _pairs(args) -> int:
     report = ReadReport(str(args.input))
     samples = [s for _, s in read_records(args.input, partial(_parse_annotated, label_map=label_map),
                                           strict=args.strict, rejects_path=args.rejects, report=report)]
+    selection = None
+    if args.topics is not None or args.questions_per_topic is not None:
+        from .subsample import subsample
+
+        samples, selection = subsample(samples, args.topics, args.questions_per_topic, args.seed)
     pairs, summary = build_pairs(samples, args.pairs_per_question, args.min_gap)
     count = write_jsonl(args.output, (pair_to_json(p) for p in pairs))
     print(report.summary())
+    if selection:
+        print(selection)
     print("\n".join(summary.lines()))
     print(f"wrote {count} pairs to {args.output}")
     return 0
@@ -130,6 +137,11 @@ def add_data_commands(sub) -> None:
     pairs.add_argument("-o", "--output", type=Path, required=True, help="pairs JSONL to write")
     pairs.add_argument("--pairs-per-question", type=_positive, default=1, help="k-th best vs k-th worst, k < this (default 1)")
     pairs.add_argument("--min-gap", type=float, default=0.0, help="least score difference for a pair (default 0)")
+    pairs.add_argument("--topics", type=_positive, default=None,
+                       help="keep the questions of this many topics, drawn with --seed (the paper's scaling study)")
+    pairs.add_argument("--questions-per-topic", type=_positive, default=None,
+                       help="keep this many questions of each topic, drawn with --seed")
+    pairs.add_argument("--seed", type=int, default=0, help="seed of the --topics / --questions-per-topic draw")
     _label_args(pairs)
     _record_args(pairs)
     pairs.set_defaults(func=_pairs)
@@ -155,7 +167,7 @@ def add_data_commands(sub) -> None:
 
 
 # Arguments naming files a command reads, and files it writes (maskdpo data and the data loop).
-INPUT_ARGS = ("input", "pairs", "questions", "samples", "annotated")
+INPUT_ARGS = ("input", "pairs", "questions", "samples", "annotated", "responses", "knowledge")
 OUTPUT_ARGS = ("output", "rejects")
 
 

@@ -53,6 +53,7 @@ class AnnotatedSample:
     language: str
     prompt: tuple[Message, ...]
     response: Response
+    topic: str | None = None  # the question's topic (the paper's scaling study selects by topic)
 
 
 @dataclass(frozen=True)
@@ -162,8 +163,11 @@ def parse_annotated(obj, label_map: LabelMap) -> AnnotatedSample:
     language = obj.get("language", "")
     if not isinstance(language, str):
         raise RecordError("must be a string", "language")
+    topic = obj.get("topic")
+    if topic is not None and not isinstance(topic, str):
+        raise RecordError("must be a string", "topic")
     return AnnotatedSample(str(question_id), str(sample_id), language, parse_prompt(obj.get("prompt")),
-                           parse_response(obj, label_map))
+                           parse_response(obj, label_map), topic)
 
 
 def _authors_side(obj: dict, side: str, label_map: LabelMap) -> Response:

@@ -112,7 +112,8 @@ def annotate(samples: list[dict], questions: dict[str, dict], output, client, te
                                                 text[start:end])
             sentences.append({"start": start, "end": end, "label": label, **({"unparsed": True} if unparsed else {})})
         return {"question_id": sample["question_id"], "sample_id": sample["sample_id"],
-                "language": sample.get("language", "en"), "prompt": sample["prompt"], "response": text,
-                "sentences": sentences, "annotator": annotator}
+                "language": sample.get("language", "en"),
+                "topic": sample.get("topic") or questions[sample["question_id"]].get("topic"),
+                "prompt": sample["prompt"], "response": text, "sentences": sentences, "annotator": annotator}
 
     return run_jobs(samples, work, output, sample_key, concurrency, desc="annotating", mismatch=mismatch)

@@ -117,14 +117,66 @@ def _read_annotated(path, strict: bool = True):
     return records
 
 
+def _factscore(args) -> int:
+    from . import factscore as fs
+    from .jobs import done_records
+    from .knowledge import KnowledgeIndex
+    from .sample import read_samples, sample_key
+
+    if not args.knowledge:
+        raise ValueError("--metric factscore needs --knowledge FILE (JSONL of {title, text} articles)")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    templates = fs.load_templates(args.templates)
+    knowledge = KnowledgeIndex.build(args.knowledge, args.cache_dir)
+    responses = args.responses
+    if responses is None:
+        if not args.questions:
+            raise ValueError("give --responses FILE, or --questions with the policy server (and the judge's)")
+        policy, judge_client = _client(args), _annotator(args)  # both checked before any request
+        status = _sample(args, args.questions, out / "samples.jsonl", samples=1, temperature=args.temperature,
+                         client=policy)
+        if status:
+            return status
+        responses = out / "samples.jsonl"
+    else:
+        judge_client = _annotator(args)
+    samples = read_samples(responses)
+    missing = sorted({s.get("topic") or "(none)" for s in samples if not knowledge.has_topic(s.get("topic") or "")})
+    if missing:
+        raise ValueError(f"responses whose topic has no article in {args.knowledge}: {missing[:5]}")
+    report = fs.extract(samples, out / "facts.jsonl", judge_client, templates, args.concurrency)
+    print(report.summary(f"atomic facts -> {out / 'facts.jsonl'}"))
+    if _status(report):
+        return _status(report)
+    wanted = {sample_key(s) for s in samples}
+    facts = [r for k, r in done_records(out / "facts.jsonl", sample_key).items() if k in wanted]
+    report = fs.judge(facts, out / "judged.jsonl", judge_client, templates, knowledge, args.concurrency)
+    print(report.summary(f"judged facts -> {out / 'judged.jsonl'}"))
+    if _status(report):
+        return _status(report)
+    result = fs.score(facts, list(done_records(out / "judged.jsonl", fs.fact_key).values()))
+    path = fs.write_results(result, out)
+    print(fs.markdown(result))
+    print(f"wrote {path} and factscore.md; retried requests: {judge_client.retried}")
+    return 0
+
+
 def _evaluate(args) -> int:
     from .evaluate import compare, markdown, score, write_results
 
     if args.compare:
-        print(compare(*args.compare))
+        if args.metric == "factscore":
+            from .factscore import compare as compare_factscore
+
+            print(compare_factscore(*args.compare))
+        else:
+            print(compare(*args.compare))
         return 0
     if not args.output:
         raise ValueError("--output DIR is needed")
+    if args.metric == "factscore":
+        return _factscore(args)
     annotated = args.annotated
     if annotated is None:
         if not args.questions:
@@ -192,7 +244,14 @@ def add_loop_commands(sub) -> None:
     _server_args(annotate)
     annotate.set_defaults(func=lambda a: _annotate(a, a.samples, a.questions, a.output))
 
-    evaluate = sub.add_parser("evaluate", help="ANAH score of annotated responses (or sample greedily and annotate)")
+    evaluate = sub.add_parser("evaluate", help="ANAH score of annotated responses (or sample greedily and annotate); "
+                                               "--metric factscore: FActScore against a local knowledge source")
+    evaluate.add_argument("--metric", choices=("anah", "factscore"), default="anah",
+                          help="anah (default: sentence labels, in domain) or factscore (atomic facts judged against "
+                               "--knowledge, the paper's out-of-domain biography metric)")
+    evaluate.add_argument("--knowledge", default=None, help="factscore: JSONL of {title, text} articles (topics = titles)")
+    evaluate.add_argument("--responses", default=None, help="factscore: responses JSONL (samples format) to score")
+    evaluate.add_argument("--cache-dir", default=".maskdpo-cache", help="factscore: where the knowledge index is cached")
     evaluate.add_argument("--annotated", default=None, help="annotated responses JSONL to score")
     evaluate.add_argument("--questions", default=None, help="test questions: sample (greedy) and annotate first")
     evaluate.add_argument("--output", default=None, help="directory for eval.json and eval.md")

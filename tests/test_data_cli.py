@@ -146,14 +146,16 @@ def test_null_and_duplicate_pair_ids_are_located(tmp_path, capsys, change, messa
     assert message in capsys.readouterr().err
 
 
-def test_inspect_finds_its_pair_past_a_raw_carriage_return(tmp_path, capsys):
+def test_inspect_finds_its_pair_past_a_raw_carriage_return_and_bad_utf8(tmp_path, capsys):
     pairs = tmp_path / "pairs.jsonl"
     assert main(["data", "pairs", str(BUNDLED_DATA / "annotated.jsonl"), "-o", str(pairs)]) == 0
     lines = pairs.read_text().splitlines()
     first = json.loads(lines[0])
     first["prompt"][0]["content"] += "\r"  # a raw CR inside a record (JSON allows it escaped only: raw below)
     lines[0] = json.dumps(first, ensure_ascii=False).replace("\\r", "\r")
-    pairs.write_bytes(("\n".join(lines) + "\n").encode())
+    raw = [line.encode() for line in lines]
+    raw[1] = raw[1].replace(b"e", b"\xff", 1)  # a line of invalid UTF-8 before the pair asked for
+    pairs.write_bytes(b"\n".join(raw) + b"\n")
     third = json.loads(lines[2])
     capsys.readouterr()
     code = main(["data", "inspect", str(pairs), "--pair-id", third["pair_id"], "--color", "never", "--cache-dir", "",

@@ -154,7 +154,7 @@ def test_loss_scale_and_empty_slots():
     labels = torch.where(seq_ids >= 0, torch.randint(0, vocab, (n,), generator=gen), -100)
     weights = (seq_ids >= 0).double()
     active = torch.nonzero(seq_ids >= 0).squeeze(1)
-    batch = LossInputs(labels, weights, seq_ids, active, torch.tensor([5, 7]), torch.zeros(4), torch.zeros(4),
+    batch = LossInputs(labels, weights, seq_ids, active, torch.tensor([5, 7]), torch.zeros(4), torch.zeros(4), active,
                        torch.tensor([-20.0, -25.0, -22.0, -21.0], dtype=torch.float64), torch.tensor([0.25]))
     objective = MaskDPOObjective(SequenceSums("eager"), beta=0.1)
     loss = objective(logits, tuple(batch))
@@ -188,10 +188,36 @@ def test_ipo_divides_by_the_sum_of_the_weights():
     weights = torch.rand(n, generator=gen, dtype=torch.float64) * (torch.arange(n) % 3 != 0)
     kept = torch.zeros(2, dtype=torch.float64).index_add(0, seq_ids, weights)
     batch = LossInputs(labels, weights, seq_ids, torch.nonzero(weights).squeeze(1), torch.tensor([0]), kept.float(),
-                       torch.full((2,), 10.0), torch.tensor([-9.0, -11.0], dtype=torch.float64), torch.tensor([1.0]))
+                       torch.full((2,), 10.0), torch.arange(n), torch.tensor([-9.0, -11.0], dtype=torch.float64),
+                       torch.tensor([1.0]))
     loss = MaskDPOObjective(SequenceSums("eager"), beta=0.5, loss_type="ipo")(logits, tuple(batch))
     logp = torch.log_softmax(logits, -1).gather(1, labels[:, None]).squeeze(1)
     sums = torch.zeros(2, dtype=torch.float64).index_add(0, seq_ids, weights * logp)
     chosen, rejected = layout.split_sides(sums - batch.ref_logps)
     z = chosen / kept[0] - rejected / kept[1]
     assert loss.item() == pytest.approx(((z - 1 / (2 * 0.5)) ** 2).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("head", ["fused", "kernel", "eager"])
+def test_the_reference_pass_scores_every_response_token_whatever_its_weight(models, head):
+    """ReferenceTokenLogps against transformers in float64: every response target's log-prob, also
+    those of masked sentences (weight 0), laid out by row."""
+    from maskdpo.dpo.objective import ReferenceTokenLogps
+
+    ours, theirs = models
+    encoded = encode_pair(pair(["ok", "unverifiable", "ok"], ["ok", "contradictory", "unverifiable"]), TOKENIZER)
+    mb = pack_pairs([encoded], 256, TOKENIZER.pad_token_id).micro_batches[0]
+    (ids, pos, cu), labels = pipeline_tensors(mb)
+    with torch.no_grad():
+        x = ours.embedding(ids)
+        for layer in ours.layers:
+            x = layer(x, pos, cu, 256)
+        hidden = ours.head.norm(x)
+        weight = ours.head.lm_head.weight
+        outputs = hidden if head == "fused" else hidden @ weight.t()
+        by_row = ReferenceTokenLogps(SequenceSums(head, weight if head == "fused" else None))(outputs, tuple(labels))
+        for s, side in enumerate((encoded.chosen, encoded.rejected)):
+            rows = mb.response_rows[mb.seq_ids[mb.response_rows] == s]
+            expected = response_logps(theirs, side.input_ids, side.prompt_length)
+            assert (side.weights[side.prompt_length:] == 0).any()  # masked tokens are scored too
+            torch.testing.assert_close(by_row[torch.from_numpy(rows)].double(), expected, rtol=1e-5, atol=1e-5)

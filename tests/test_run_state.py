@@ -225,3 +225,28 @@ def test_bad_data_met_after_start_is_one_line_not_a_traceback_per_rank(tmp_path,
     errors = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.startswith("error")]
     assert len(errors) == 1 and f"{tmp_path / 'pairs.jsonl'}:2: chosen.sentences[0].label" in errors[0], errors
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.slow
+def test_per_token_reference_cache_serves_another_label_mapping_exactly(tmp_path):
+    """Run 1 computes the reference log-probs per token; run 2, with nofact counted as hallucinated,
+    sums them under its own weights instead of a new pass, and gets what a fresh pass gives (run 3)."""
+    from model_helpers import tiny_hf_llama
+
+    tiny_hf_llama(tmp_path / "hf", vocab_size=4096)  # one starting model for the three runs
+    model = ["--model.path", str(tmp_path / "hf"), "--train.max_steps", "2"]
+    other = ["--data.correct_labels", "ok,no_hallucination", "--data.hallucinated_labels",
+             "nofact,contradictory,unverifiable,hallucination", *model]
+    first = train(tmp_path / "run1", tmp_path / "cache", *model)
+    assert first.returncode == 0 and "reference log-probs: computed" in first.stdout, first.stderr[-2000:]
+    second = train(tmp_path / "run2", tmp_path / "cache", *other)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "reference log-probs: loaded from cache (per token" in second.stdout
+    fresh = train(tmp_path / "run3", tmp_path / "fresh-cache", *other)
+    assert fresh.returncode == 0 and "reference log-probs: computed" in fresh.stdout
+    cached, computed = metrics(tmp_path / "run2"), metrics(tmp_path / "run3")
+    assert cached[0]["loss"] == pytest.approx(0.6931471805599453, abs=1e-6)  # reference = policy at step 0
+    for a, b in zip(cached, computed):
+        for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margin", "kept_fraction/chosen"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    assert metrics(tmp_path / "run1")[0]["kept_fraction/chosen"] != cached[0]["kept_fraction/chosen"]

@@ -13,7 +13,7 @@ import torch
 import transformers
 from model_helpers import tiny_hf_llama
 
-from maskdpo.dpo.reference_cache import load_reference, reference_key, save_reference
+from maskdpo.dpo.reference_cache import load_tokens, reference_key, save_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,31 +36,50 @@ def test_torchrun_launch_trains_from_an_hf_checkpoint(tmp_path):
     assert metrics[-1]["loss"] < metrics[0]["loss"]
     model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "run" / "hf"))
     assert model.config.num_hidden_layers == 2
-    assert list(tmp_path.joinpath("cache").glob("reference-*.pt"))
+    assert list(tmp_path.joinpath("cache").glob("reference-tokens-*.npz"))
 
 
-def test_reference_cache_is_keyed_by_model_data_and_packing(tmp_path):
+def test_reference_cache_is_keyed_by_model_code_and_versions_and_holds_sides_by_tokens(tmp_path, monkeypatch):
+    import numpy as np
+
+    import maskdpo.dpo.reference_cache as cache
+    from maskdpo.data.masks import EncodedPair, EncodedSide
+
+    def side(ids, prompt):
+        return EncodedSide(ids, [0.0] * prompt + [1.0] * (len(ids) - prompt), prompt, 0, len(ids) - prompt)
+
+    pairs = [EncodedPair("a", side([5, 6, 7, 8], 2), side([5, 6, 9], 2)), EncodedPair("b", side([1, 2, 3], 1),
+                                                                                       side([1, 4], 1))]
     tiny_hf_llama(tmp_path / "hf")
-    key = reference_key(tmp_path / "hf", "data1", 512, 2, 10)
-    table = torch.randn(10, 2)
-    save_reference(tmp_path / "cache", key, table)
-    assert torch.equal(load_reference(tmp_path / "cache", key), table)
-    assert reference_key(tmp_path / "hf", "data2", 512, 2, 10) != key
-    assert reference_key(tmp_path / "hf", "data1", 1024, 2, 10) != key
+    key = reference_key(tmp_path / "hf", extra={"head": "fused"})
+    tokens = {0: (np.float32([-1.5, -2.0]), np.float32([-0.5])), 1: (np.float32([-3.0, -1.0]), np.float32([-4.0]))}
+    save_tokens(tmp_path / "cache", key, pairs[:1], tokens)
+    assert load_tokens(tmp_path / "cache", key, pairs) is None  # pair b's sides are not there yet
+    save_tokens(tmp_path / "cache", key, pairs[1:], {0: tokens[1]})  # added to the same file
+    loaded = load_tokens(tmp_path / "cache", key, pairs)
+    assert all(np.array_equal(loaded[i][s], tokens[i][s]) for i in (0, 1) for s in (0, 1))
+    # Sides are found by their tokens, not their place or weights: a reordered subset is served.
+    reweighted = [EncodedPair("b2", EncodedSide([1, 2, 3], [0.0, 0.5, 0.0], 1, 0, 1), pairs[1].rejected)]
+    assert np.array_equal(load_tokens(tmp_path / "cache", key, reweighted)[0][0], tokens[1][0])
+    assert reference_key(tmp_path / "hf", extra={"head": "eager"}) != key
     time.sleep(0.01)
     (tmp_path / "hf" / "model.safetensors").touch()  # new weights written in place
-    assert reference_key(tmp_path / "hf", "data1", 512, 2, 10) != key
-    assert load_reference(tmp_path / "cache", "missing") is None
-
-
-def test_reference_cache_key_covers_the_code_the_versions_and_the_head(tmp_path, monkeypatch):
-    import maskdpo.dpo.reference_cache as cache
-
-    tiny_hf_llama(tmp_path / "hf")
-    key = reference_key(tmp_path / "hf", "data1", 512, 2, 10, extra={"head": "fused"})
-    assert reference_key(tmp_path / "hf", "data1", 512, 2, 10, extra={"head": "eager"}) != key
+    assert reference_key(tmp_path / "hf", extra={"head": "fused"}) != key
+    key = reference_key(tmp_path / "hf", extra={"head": "fused"})
     monkeypatch.setattr(cache, "source_digest", lambda *names: "edited kernels")  # the code changed
-    assert reference_key(tmp_path / "hf", "data1", 512, 2, 10, extra={"head": "fused"}) != key
+    assert reference_key(tmp_path / "hf", extra={"head": "fused"}) != key
     monkeypatch.undo()
     monkeypatch.setattr(cache, "library_versions", lambda: {"torch": "another"})
-    assert reference_key(tmp_path / "hf", "data1", 512, 2, 10, extra={"head": "fused"}) != key
+    assert reference_key(tmp_path / "hf", extra={"head": "fused"}) != key
+
+
+def test_weighted_sums_of_token_log_probs():
+    import numpy as np
+
+    from maskdpo.dpo.reference_cache import weighted_sums
+
+    tokens = {0: (np.float32([-1.0, -2.0, -3.0]), np.float32([-0.5])), 2: (np.float32([-4.0]), np.float32([-1.0, -1.0]))}
+    weights = {0: ([1.0, 0.0, 0.5], [1.0]), 2: ([0.0], [0.25, 1.0])}
+    table = weighted_sums(tokens, weights, 3)
+    assert table[0].tolist() == [-2.5, -0.5] and table[2].tolist() == [0.0, -1.25]
+    assert torch.isnan(table[1]).all()

@@ -34,6 +34,7 @@ class LossInputs(NamedTuple):
     pair_index: torch.Tensor  # (max_pairs,) int64 pair per slot, -1 for an empty slot
     kept: torch.Tensor  # (num_seqs,) float32 sum of counted weights per sequence
     response_tokens: torch.Tensor  # (num_seqs,) float32 response targets per sequence
+    response_rows: torch.Tensor  # (R,) int64 every row with a label, in order (the reference pass scores each)
     ref_logps: torch.Tensor  # (num_seqs,) reference sums per sequence; empty in the reference pass
     loss_scale: torch.Tensor  # (1,) float: the micro-batch's summed pair losses are multiplied by it
 
@@ -62,7 +63,7 @@ def pipeline_tensors(mb: MicroBatch, ref_logps: torch.Tensor | None = None,
     inputs = StageInputs(t(mb.input_ids), t(mb.position_ids), t(mb.cu_seqlens))
     labels = LossInputs(
         t(mb.labels), t(mb.weights), t(mb.seq_ids), t(mb.active_rows), t(mb.pair_index), t(mb.kept),
-        t(mb.response_tokens), torch.empty(0) if ref_logps is None else ref_logps.float(),
+        t(mb.response_tokens), t(mb.response_rows), torch.empty(0) if ref_logps is None else ref_logps.float(),
         torch.tensor([loss_scale], dtype=torch.float32),
     )
     return inputs, labels

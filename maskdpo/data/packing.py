@@ -42,6 +42,8 @@ class MicroBatch:
     kept          (num_seqs,)  float32 sum of the counted rows' weights per sequence: the kept tokens
                   (for 0/1 masks) and ipo's normaliser
     response_tokens  (num_seqs,)  float32 rows with a label per sequence (the response's targets)
+    response_rows (R,)  int64 indices of every row with a label (seq_ids >= 0), in order: the rows the
+                  reference pass scores one by one, whatever their weight
     """
 
     input_ids: np.ndarray
@@ -54,6 +56,7 @@ class MicroBatch:
     active_rows: np.ndarray
     kept: np.ndarray
     response_tokens: np.ndarray
+    response_rows: np.ndarray
 
     @property
     def num_seqs(self) -> int:
@@ -182,4 +185,4 @@ def _fill(pairs, indices, budget, pad_id, max_pairs, max_seqlen) -> MicroBatch:
     kept = np.bincount(seq_ids[counted], weights=weights[counted], minlength=sequences).astype(np.float32)
     response_tokens = np.bincount(seq_ids[seq_ids >= 0], minlength=sequences).astype(np.float32)
     return MicroBatch(input_ids, position_ids, cu_seqlens, labels, weights, seq_ids, pair_index, active_rows, kept,
-                      response_tokens)
+                      response_tokens, np.flatnonzero(seq_ids >= 0).astype(np.int64))

@@ -5,7 +5,7 @@ Two loss functions for the pipeline, each a plain callable `(outputs, labels) ->
 micro-batch's `LossInputs` (maskdpo.data.batch):
   MaskDPOObjective  training: sum of the micro-batch's pair losses times its loss_scale, so that
                     whatever the packing, the step's loss is the mean over all of its pairs
-  ReferenceSums     the reference pass: returns the per-sequence sums themselves
+  ReferenceTokenLogps  the reference pass: the log-prob of every labelled row
 Knows nothing of DeepSpeed; the engine decides which one the pipeline runs.
 """
 
@@ -50,9 +50,12 @@ class SequenceSums:
         self.head, self.weight = head, weight
 
     def __call__(self, outputs: torch.Tensor, batch: LossInputs) -> torch.Tensor:
-        rows = (batch.labels, batch.weights, batch.seq_ids, batch.num_seqs)
+        return self.compute(outputs, batch.labels, batch.weights, batch.seq_ids, batch.num_seqs, batch.active_rows)
+
+    def compute(self, outputs, labels, weights, seq_ids, num_seqs, active_rows) -> torch.Tensor:
+        rows = (labels, weights, seq_ids, num_seqs)
         if self.head == "fused":
-            return linear_sequence_logps(outputs, self.weight, *rows, active_rows=batch.active_rows)
+            return linear_sequence_logps(outputs, self.weight, *rows, active_rows=active_rows)
         if self.head == "eager":
             return eager_sequence_logps(outputs, *rows)
         # The gradient may overwrite the logits: nothing else needs them after this point.
@@ -130,11 +133,24 @@ class MaskDPOObjective:
         return totals, bad
 
 
-class ReferenceSums:
-    """The reference pass's loss function: the micro-batch's per-sequence sums, detached."""
+class ReferenceTokenLogps:
+    """The reference pass's loss function: the log-prob of every labelled row of the micro-batch
+    (response_rows, whatever its weight; 0 at other rows), each row its own "sequence" of the same
+    kernels, so that
+    sums under any weights (another label mapping, soft weights, end-of-turn choice) are a weighted
+    sum on the CPU, never another pass."""
 
     def __init__(self, sums: SequenceSums):
         self.sums = sums
 
     def __call__(self, outputs: torch.Tensor, labels) -> torch.Tensor:
-        return self.sums(outputs, LossInputs(*labels)).detach().float()
+        batch = LossInputs(*labels)
+        rows = batch.response_rows
+        own = torch.full_like(batch.seq_ids, -1)
+        own[rows] = torch.arange(rows.numel(), device=rows.device)
+        ones = torch.zeros_like(batch.weights)
+        ones[rows] = 1.0
+        logps = self.sums.compute(outputs, batch.labels, ones, own, rows.numel(), rows).detach().float()
+        # Laid out by row, (budget,): DeepSpeed adds up what the loss function returns across
+        # micro-batches, so its shape may not vary with the number of labelled rows.
+        return torch.zeros(batch.labels.shape[0], device=logps.device).index_copy_(0, rows, logps)

@@ -4,8 +4,8 @@ This is the only place that knows about stages, ranks and DeepSpeed. A step take
 gradient_accumulation_steps x DP packed micro-batches (maskdpo.train.loader decides which rank runs
 which); each micro-batch's loss is the sum of its pair losses scaled so that, after DeepSpeed's mean
 over micro-batches and data-parallel ranks, the step's loss is the mean over all of the step's pairs.
-The reference pass is another use of the same pipeline: the last stage runs ReferenceSums instead
-of the training objective, and the pipeline returns the per-sequence sums.
+The reference pass is another use of the same pipeline: the last stage runs ReferenceTokenLogps
+instead of the training objective, and the pipeline returns every response token's log-prob.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch.distributed as dist
 from ..data import layout
 from ..data.batch import pipeline_tensors, reference_for
 from ..data.packing import MicroBatch
-from ..dpo.objective import SUMS, MaskDPOObjective, ReferenceSums, SequenceSums, step_metrics
+from ..dpo.objective import SUMS, MaskDPOObjective, ReferenceTokenLogps, SequenceSums, step_metrics
 from ..model.attention import resolve_backend
 from ..model.llama import LlamaConfig
 from ..model.pipeline import PIPELINE_ZERO_STAGES, build_pipeline, head_weight, load_hf_into_stage, stage_hf_tensors
@@ -134,7 +134,7 @@ class PipelineTrainer:
         last = module.stage_id == module.num_stages - 1
         sums = SequenceSums(head, head_weight(module) if head == "fused" and last else None) if last else None
         self.objective = MaskDPOObjective(sums, beta, loss_type, label_smoothing) if last else None
-        self.reference_sums = ReferenceSums(sums) if last else None
+        self.reference_tokens = ReferenceTokenLogps(sums) if last else None
         module.loss_fn = self.objective
         optimizer = optimizer_factory([p for p in module.parameters() if p.requires_grad])
         scheduler = lr_scheduler_factory(optimizer) if lr_scheduler_factory else None
@@ -178,32 +178,46 @@ class PipelineTrainer:
                 raise ValueError(f"a micro-batch holds a sequence of {longest} tokens, more than max_seqlen "
                                  f"{self.max_seqlen} this pipeline was built with; pack with max_seqlen={self.max_seqlen}")
 
-    def reference_logps(self, micro_batches: list[MicroBatch], num_pairs: int) -> torch.Tensor:
-        """(num_pairs, 2) sums (chosen, rejected) of the current (frozen, starting) model, by pair
-        index; on every rank. Pairs that appear in none of the micro-batches stay NaN."""
+    def reference_token_logps(self, micro_batches: list[MicroBatch]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """pair index -> (chosen, rejected): the frozen starting model's float32 log-prob of every
+        response target of each side, in order; on every rank. Sums under any weights follow on the
+        CPU (maskdpo.dpo.reference_cache.weighted_sums)."""
         self._check_shapes(micro_batches)
         mine = self._my_share(micro_batches)
-        with self._last_stage_runs(self.reference_sums):
+        with self._last_stage_runs(self.reference_tokens):
             # One pipelined pass over all of this rank's micro-batches (evaluation keeps two buffers
             # whatever their number): one fill and drain instead of one per chunk.
             outputs = self.engine.eval_batch(iter([pipeline_tensors(mb) for mb in mine]), num_micro_batches=len(mine),
                                              reduce_output=None, bcast_loss=False)
-        local = []
+        local = {}
         if self.layout.last_stage:
-            local = [(mb.pair_index, torch.stack(layout.split_sides(sums.cpu()), dim=1)) for mb, sums in zip(mine, outputs)]
+            for mb, logps in zip(mine, outputs):
+                values, seq = logps.cpu().numpy()[mb.response_rows], mb.seq_ids[mb.response_rows]
+                for slot, index in enumerate(mb.pair_index):
+                    if index >= 0:
+                        local[int(index)] = tuple(values[seq == layout.seq_id(slot, side)] for side in (0, 1))
         gathered = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, local)
-        table = torch.full((num_pairs, 2), float("nan"))
-        for records in gathered:
-            for index, sums in records:
-                keep = torch.from_numpy(index) >= 0
-                table[torch.from_numpy(index)[keep]] = sums[keep]
-        present = sorted({int(i) for mb in micro_batches for i in mb.pair_index if i >= 0})
-        missing = [i for i in present if not torch.isfinite(table[i]).all()]
-        if missing:
-            raise RuntimeError(f"the reference pass gave non-finite log-probs for pairs {missing[:10]}"
-                               + (" ..." if len(missing) > 10 else "") + ": is the starting model finite?")
-        return table
+        tokens = {k: v for part in gathered for k, v in part.items()}
+        bad = sorted(i for i, sides in tokens.items() if not all(np.isfinite(s).all() for s in sides))
+        if bad:
+            raise RuntimeError(f"the reference pass gave non-finite log-probs for pairs {bad[:10]}"
+                               + (" ..." if len(bad) > 10 else "") + ": is the starting model finite?")
+        return tokens
+
+    def reference_logps(self, micro_batches: list[MicroBatch], num_pairs: int) -> torch.Tensor:
+        """(num_pairs, 2) reference sums (chosen, rejected) under the micro-batches' own weights;
+        pairs in none of them stay NaN."""
+        from ..dpo.reference_cache import weighted_sums
+
+        tokens = self.reference_token_logps(micro_batches)
+        weights = {}
+        for mb in micro_batches:
+            w, seq = mb.weights[mb.response_rows], mb.seq_ids[mb.response_rows]
+            for slot, index in enumerate(mb.pair_index):
+                if index >= 0:
+                    weights[int(index)] = tuple(w[seq == layout.seq_id(slot, side)] for side in (0, 1))
+        return weighted_sums(tokens, weights, num_pairs)
 
     def train_step(self, micro_batches: list[MicroBatch], reference: torch.Tensor) -> dict[str, float]:
         """One optimizer step over micro_batches_per_step micro-batches (all ranks' micro-batches;

@@ -80,24 +80,28 @@ def prepare_data(config, run_dir: Path, say) -> PreparedData:
 
 
 def reference_table(engine, config, model_path: Path, data: PreparedData, say) -> torch.Tensor:
-    """The (num_pairs, 2) reference log-probs: from the cache, or one pass of the starting model.
+    """The (num_pairs, 2) reference sums under this run's weights, from the per-token log-probs of
+    the starting model: cached, or from one reference pass.
 
-    Rank 0 decides and shares the table: ranks that disagreed (a cache directory that is not shared
-    across nodes) would enter different collectives and hang."""
-    from ..dpo.reference_cache import load_reference, reference_key, save_reference
+    Rank 0 decides whether the cache answers, and shares its decision and the table: ranks that
+    disagreed (a cache directory that is not shared across nodes) would enter different collectives."""
+    from ..dpo.reference_cache import load_tokens, reference_key, save_tokens, side_weights, weighted_sums
 
-    key = reference_key(model_path, data.encoded.key, config.data.token_budget, data.packing.max_pairs,
-                        len(data.encoded.pairs), extra={"bf16": config.parallel.bf16,
-                                                        "attention": engine.attention_backend,
-                                                        "max_seqlen": data.packing.max_seqlen, "head": config.model.head})
-    shared = [load_reference(config.data.cache_dir, key) if dist.get_rank() == 0 else None]
+    pairs = data.encoded.pairs
+    key = reference_key(model_path,
+                        extra={"bf16": config.parallel.bf16, "attention": engine.attention_backend,
+                               "head": config.model.head, "max_seqlen": data.packing.max_seqlen,
+                               "budget": config.data.token_budget})
+    cached = load_tokens(config.data.cache_dir, key, pairs) if dist.get_rank() == 0 else None
+    shared = [None if cached is None else weighted_sums(cached, side_weights(pairs), len(pairs))]
     dist.broadcast_object_list(shared, src=0)
     if shared[0] is not None:
-        say("reference log-probs: loaded from cache")
+        say("reference log-probs: loaded from cache (per token; summed under this run's weights)")
         return shared[0]
     start = time.perf_counter()
-    table = engine.reference_logps(data.packing.micro_batches, len(data.encoded.pairs))
+    tokens = engine.reference_token_logps(data.packing.micro_batches)
+    table = weighted_sums(tokens, side_weights(pairs), len(pairs))
     if dist.get_rank() == 0:
-        save_reference(config.data.cache_dir, key, table)
+        save_tokens(config.data.cache_dir, key, pairs, tokens)
     say(f"reference log-probs: computed in {time.perf_counter() - start:.1f}s")
     return table

@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_linear_sequence_logps as bench  # noqa: E402
 
 
+@pytest.mark.slow  # compiles peers (torch.compile fallbacks): half a minute
 def test_providers_agree_with_float64_on_cpu():
     # 4 sequences of 75 tokens: 2 pairs; Liger without torch.compile and CCE's torch.compile
     # fallback, since their GPU paths do not run under the Triton interpreter.

@@ -71,6 +71,7 @@ def test_killed_run_resumes_to_the_same_end(uninterrupted, tmp_path):
     assert all(torch.equal(ours[n], theirs[n]) for n in theirs)
 
 
+@pytest.mark.slow  # a subprocess each
 @pytest.mark.parametrize("extra,message", [
     (["--optim.lrr", "1e-3"], "unknown key 'optim.lrr'; did you mean optim.lr?"),
     (["--optim.lr", "fast"], "optim.lr must be float"),

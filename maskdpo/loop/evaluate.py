@@ -44,12 +44,17 @@ def markdown(result: dict, title: str = "ANAH score") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(result: dict, out_dir: str | Path) -> Path:
+def write_result_files(result: dict, out_dir: str | Path, stem: str, table: str) -> Path:
+    """OUT_DIR/STEM.json (the numbers) and OUT_DIR/STEM.md (the table); returns the JSON's path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / "eval.md").write_text(markdown(result))
-    return out_dir / "eval.json"
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / f"{stem}.md").write_text(table)
+    return out_dir / f"{stem}.json"
+
+
+def write_results(result: dict, out_dir: str | Path) -> Path:
+    return write_result_files(result, out_dir, "eval", markdown(result))
 
 
 def _load_result(path: str | Path) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..assets import TEMPLATES
 from .annotate import fill
+from .evaluate import write_result_files
 from .jobs import JobReport, run_jobs
 from .sample import sample_key
 
@@ -172,11 +173,7 @@ def markdown(result: dict, title: str = "FactScore") -> str:
 
 
 def write_results(result: dict, out_dir: str | Path) -> Path:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "factscore.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / "factscore.md").write_text(markdown(result))
-    return out_dir / "factscore.json"
+    return write_result_files(result, out_dir, "factscore", markdown(result))
 
 
 def compare(a: str | Path, b: str | Path) -> str:

@@ -83,3 +83,30 @@ def test_a_checkpoint_is_checked_against_its_manifest(tmp_path):
     assert "a.pt is missing" in Checkpointer.problem(tmp_path)
     (tmp_path / MANIFEST).unlink()
     assert "manifest.json is missing or unreadable" in Checkpointer.problem(tmp_path)
+
+
+def test_a_random_init_left_by_another_architecture_or_seed_is_made_again(tmp_path):
+    import torch.distributed as dist
+
+    from maskdpo.train.config import Config
+    from maskdpo.train.launcher import free_port
+    from maskdpo.train.prepare import starting_model
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        config = Config()
+        config.model.architecture = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
+                                     "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1}
+        said = []
+        path = starting_model(config, tmp_path, said.append)
+        first = json.loads((path / "config.json").read_text())
+        assert starting_model(config, tmp_path, said.append) == path and len(said) == 1  # reused as it is
+        config.model.architecture = {**config.model.architecture, "num_hidden_layers": 3}
+        starting_model(config, tmp_path, said.append)
+        assert json.loads((path / "config.json").read_text())["num_hidden_layers"] == 3 != first["num_hidden_layers"]
+        weights = (path / "model.safetensors").read_bytes()
+        config.train.seed = 5
+        starting_model(config, tmp_path, said.append)
+        assert (path / "model.safetensors").read_bytes() != weights and len(said) == 3
+    finally:
+        dist.destroy_process_group()

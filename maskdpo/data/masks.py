@@ -91,7 +91,7 @@ def end_of_turn(tokenizer) -> int | None:
     ids = tokenizer.backend_tokenizer.encode(after, add_special_tokens=False).ids
     added = set(tokenizer.added_tokens_decoder) | set(tokenizer.all_special_ids)
     marked = [i for i in ids if i in added]
-    return marked[0] if marked else ids[0] if ids else None
+    return marked[0] if marked else None  # plain text (a newline) is no end-of-turn token
 
 
 def _render(tokenizer, prompt, response_text: str | None) -> str:

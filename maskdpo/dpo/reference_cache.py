@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +63,14 @@ def _path(cache_dir, key) -> Path:
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:
+    """The cached sides; a damaged file reads as empty (the pass runs again and rewrites it)."""
     if not path.exists():
         return {}
-    with np.load(path) as data:
-        digests, bounds, values = data["digests"], data["bounds"], data["values"]
+    try:
+        with np.load(path) as data:
+            digests, bounds, values = data["digests"], data["bounds"], data["values"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return {}
     return {str(d): values[bounds[k]:bounds[k + 1]] for k, d in enumerate(digests)}
 
 

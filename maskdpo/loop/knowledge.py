@@ -23,17 +23,19 @@ def _passages(text: str) -> list[str]:
 
 
 class KnowledgeIndex:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, digest: str = ""):
         self.path = Path(path)
+        self.digest = digest  # of the source file: verdicts judged against another source are not reused
         self.db = sqlite3.connect(str(self.path), check_same_thread=False)
 
     @classmethod
     def build(cls, source: str | Path, cache_dir: str | Path) -> KnowledgeIndex:
         """The index of `source`, built on first use and reused while the file is unchanged."""
         source = Path(source)
-        index = Path(cache_dir) / f"knowledge-{file_digest(source)[:32]}.sqlite"
+        digest = file_digest(source)[:32]
+        index = Path(cache_dir) / f"knowledge-{digest}.sqlite"
         if index.exists():
-            return cls(index)
+            return cls(index, digest)
 
         def parse(obj, line):
             if not isinstance(obj, dict):
@@ -55,7 +57,7 @@ class KnowledgeIndex:
         db.commit()
         db.close()
         os.replace(tmp, index)  # atomic: a reader never sees a half-built index
-        return cls(index)
+        return cls(index, digest)
 
     def has_topic(self, title: str) -> bool:
         return self.db.execute("SELECT 1 FROM titles WHERE title = ?", (title,)).fetchone() is not None

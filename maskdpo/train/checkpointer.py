@@ -132,8 +132,10 @@ class Checkpointer:
         previous = fingerprint.read(complete[-1] / MANIFEST) if complete else None
         if previous:  # as large as the last one
             needed = torch.tensor([float(sum(f["size"] for f in previous["files"].values()))])
-        else:  # the weights, and fp32 weights and two Adam moments (12 bytes a parameter)
-            needed = torch.tensor([float(sum(p.numel() * (p.element_size() + 12) for p in trainer.module.parameters()))])
+        else:  # the weights once, and fp32 weights and two Adam moments (12 bytes a parameter) sharded over
+            # data-parallel replicas (ZeRO-1): every rank counts its stage's share
+            share = sum(p.numel() * (p.element_size() + 12) for p in trainer.module.parameters())
+            needed = torch.tensor([share / trainer.layout.data_parallel])
             needed = needed.to(compute_device())
             dist.all_reduce(needed)
         needed = needed.cpu().item()

@@ -30,16 +30,15 @@ def export_checkpoint(run_dir: str | Path, out: str | Path | None = None, checkp
         raise ValueError(f"{run_dir} holds no {fp.RUN_FILE}: not a maskdpo run directory")
     if checkpoint is not None:
         path = run_dir / CHECKPOINTS / checkpoint
-    else:
+        problem = Checkpointer.problem(path) if path.is_dir() else f"{path} does not exist"
+        if problem:
+            raise ValueError(f"cannot export {path.name}: {problem}")
+    else:  # the newest intact one, each candidate verified once
         latest = Checkpointer(run_dir, 1, 1).latest()
-        intact = [p for p in ([latest] if latest else []) + list(reversed(step_dirs(run_dir / CHECKPOINTS)))
-                  if p.is_dir() and Checkpointer.problem(p) is None]
-        if not intact:
+        candidates = ([latest] if latest else []) + [p for p in reversed(step_dirs(run_dir / CHECKPOINTS)) if p != latest]
+        path = next((p for p in candidates if p.is_dir() and Checkpointer.problem(p) is None), None)
+        if path is None:
             raise ValueError(f"{run_dir} has no intact checkpoint to export")
-        path = intact[0]
-    problem = Checkpointer.problem(path) if path.is_dir() else f"{path} does not exist"
-    if problem:
-        raise ValueError(f"cannot export {path.name}: {problem}")
     config_fp = state["fingerprint"]
     model_dir = Path(config_fp["model.path"]) if config_fp.get("model.path") else run_dir / "init"
     model_config = load_config(model_dir)

@@ -9,8 +9,8 @@ checkpointing (recomputation gives the same numbers).
 
 Extending a run: epochs and max_steps are part of it, because the learning-rate schedule is computed
 from the total number of steps, so a longer run is a different schedule from step 1. To train on,
-start a new run from this one's weights: --model.path RUN_DIR/hf (`maskdpo export RUN_DIR` writes it
-from the latest checkpoint of a run that has not finished).
+start a new run from this one's weights: --model.path RUN_DIR/hf, or for a run that has not finished
+`maskdpo export RUN_DIR -o DIR` (from its newest intact checkpoint) and --model.path DIR.
 """
 
 from __future__ import annotations

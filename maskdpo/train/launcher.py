@@ -73,4 +73,8 @@ def launch_local(world: int, argv: list[str], lock_fd: int | None = None) -> int
                     worker.kill()
             break
         time.sleep(0.2)
-    return max(abs(w.wait()) for w in workers)
+    codes = [w.wait() for w in workers]
+    failed = [c for c in codes if c not in (0, EXIT_STOPPED)]
+    if failed:  # a worker's own failure code; one killed by a signal (negative) is a failure, 1
+        return failed[0] if failed[0] > 0 else 1
+    return EXIT_STOPPED if EXIT_STOPPED in codes else 0

@@ -3,6 +3,7 @@ the starting model, the encoded and packed pairs, the reference log-probs."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +28,20 @@ def starting_model(config, run_dir: Path, say) -> Path:
     if config.model.path is not None:
         return Path(config.model.path)
     path = run_dir / "init"
-    if dist.get_rank() == 0 and not (path / "config.json").exists():
-        from ..model.hf import save_llama
-        from ..model.llama import Llama, LlamaConfig
+    made_by = {"architecture": config.model.architecture, "seed": config.train.seed}
+    record = path / "maskdpo-init.json"
+    if dist.get_rank() == 0:
+        previous = json.loads(record.read_text()) if record.exists() else None
+        if previous != json.loads(json.dumps(made_by)) or not (path / "config.json").exists():
+            # No checkpoint of another architecture or seed can be here (the run directory was checked):
+            # an init left by a run stopped before its first checkpoint is made again for this one.
+            from ..model.hf import save_llama
+            from ..model.llama import Llama, LlamaConfig
 
-        torch.manual_seed(config.train.seed)
-        save_llama(Llama(LlamaConfig(**config.model.architecture)), path)
-        say(f"random-initialised model written to {path}")
+            torch.manual_seed(config.train.seed)
+            save_llama(Llama(LlamaConfig(**config.model.architecture)), path)
+            record.write_text(json.dumps(made_by))
+            say(f"random-initialised model written to {path}")
     dist.barrier()
     return path
 
@@ -102,6 +110,9 @@ def reference_table(engine, config, model_path: Path, data: PreparedData, say) -
     tokens = engine.reference_token_logps(data.packing.micro_batches)
     table = weighted_sums(tokens, side_weights(pairs), len(pairs))
     if dist.get_rank() == 0:
-        save_tokens(config.data.cache_dir, key, pairs, tokens)
+        try:
+            save_tokens(config.data.cache_dir, key, pairs, tokens)
+        except OSError as e:  # the run goes on; only the next one pays the pass again
+            say(f"warning: reference log-probs not cached ({e})")
     say(f"reference log-probs: computed in {time.perf_counter() - start:.1f}s")
     return table

@@ -51,7 +51,8 @@ def check_run_directory(config, world_size: int) -> dict:
                 f"{run_dir} holds a run with another configuration; it would be mixed into this one:\n  "
                 + "\n  ".join(changed)
                 + f"\nUse another logging.run_dir, or start a new run from this one's weights with --model.path "
-                  f"{run_dir / 'hf'} (`maskdpo export {run_dir}` writes it for a run that has not finished).",
+                  f"{run_dir / 'hf'} (a finished run's export; for one that has not finished, `maskdpo export "
+                  f"{run_dir} -o DIR` writes it from the newest checkpoint: --model.path DIR).",
                 EXIT_CONFIG)
     state = fp.read(run_dir / fp.RUN_FILE) or {}
     if state.get("state") == "complete" and state.get("fingerprint") == current and latest is not None:

@@ -48,8 +48,9 @@ class RunLock:
         return self
 
     def release(self) -> None:
+        """Close this process's descriptor. Not LOCK_UN: workers given the same open file keep the
+        lock until the last of them exits, even when their launcher leaves first."""
         if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
 

@@ -5,10 +5,9 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pytest
-from train_helpers import comparable, metrics, processes_of, same_weights, train, wait_for_steps
+from train_helpers import comparable, kill_job, metrics, processes_of, same_weights, train, wait_for_steps, wait_until_gone
 
 
 def equal_to_uninterrupted(run_dir, uninterrupted_dir):
@@ -21,8 +20,7 @@ def test_a_kill_before_the_first_checkpoint_restarts_with_clean_metrics(uninterr
     run_dir = tmp_path / "run"
     process = train(run_dir, tmp_path / "cache", "--checkpoint.every", "100", popen=True)
     wait_for_steps(run_dir, 3, process)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_job(process)
     assert not (run_dir / "checkpoints" / "latest").exists()
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write('{"step": 4, "lo')  # a line cut short by the kill
@@ -41,10 +39,7 @@ def test_killing_the_launcher_alone_ends_its_workers(uninterrupted, tmp_path):
     assert len(workers) == 2
     process.kill()  # the launcher only: its workers are in the same session, not signalled
     process.wait()
-    deadline = time.time() + 120
-    while time.time() < deadline and processes_of(run_dir):
-        time.sleep(0.2)
-    assert not processes_of(run_dir), "workers outlived their launcher"
+    assert wait_until_gone(run_dir), "workers outlived their launcher"
     # They stopped the way Ctrl-C stops them: with a checkpoint, which a rerun resumes.
     assert (run_dir / "checkpoints" / "latest").exists()
 
@@ -58,10 +53,7 @@ def test_killing_one_worker_stops_the_job_and_a_rerun_resumes(uninterrupted, tmp
     os.kill(worker, signal.SIGKILL)
     process.communicate(timeout=120)
     assert process.returncode not in (0, 3)  # a failure, not a finish or a clean stop
-    deadline = time.time() + 60
-    while time.time() < deadline and processes_of(run_dir):
-        time.sleep(0.2)
-    assert not processes_of(run_dir)
+    assert wait_until_gone(run_dir, timeout=60)
     rerun = train(run_dir, tmp_path / "cache", "--checkpoint.every", "2")
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     equal_to_uninterrupted(run_dir, uninterrupted[0])
@@ -83,10 +75,7 @@ def test_killing_torchrun_ends_its_workers(tmp_path):
     assert len([pid for pid in processes_of(run_dir) if pid != process.pid]) == 2
     process.kill()  # torchrun's agent (the script execs it); its workers are not signalled
     process.wait()
-    deadline = time.time() + 120
-    while time.time() < deadline and processes_of(run_dir):
-        time.sleep(0.2)
-    assert not processes_of(run_dir), "workers outlived torchrun"
+    assert wait_until_gone(run_dir), "workers outlived torchrun"
 
 
 @pytest.mark.slow
@@ -94,8 +83,7 @@ def test_a_damaged_checkpoint_is_named_and_the_previous_one_is_used(uninterrupte
     run_dir = tmp_path / "run"
     process = train(run_dir, tmp_path / "cache", "--checkpoint.every", "1", popen=True)
     wait_for_steps(run_dir, 5, process)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_job(process)
     latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text()
     damaged = next(latest.glob("layer_01-*.pt"))
     damaged.write_bytes(damaged.read_bytes()[:1000])

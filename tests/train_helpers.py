@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -56,6 +57,20 @@ def processes_of(run_dir):
             if str(run_dir).encode() in cmdline and "Z" not in state:
                 found.append(int(proc.name))
     return found
+
+
+def kill_job(process):
+    """SIGKILL the whole job (launcher and workers: it runs in its own session)."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def wait_until_gone(run_dir, timeout=120):
+    """Wait until no process names `run_dir` any more; True when none is left."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and processes_of(run_dir):
+        time.sleep(0.2)
+    return not processes_of(run_dir)
 
 
 def same_weights(a, b):

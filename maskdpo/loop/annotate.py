@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..assets import TEMPLATES as ASSET_TEMPLATES
 from ..data.sentences import split_sentences
-from .jobs import JobReport, run_jobs
+from .jobs import JobReport, run_jobs, settings_mismatch
 from .sample import sample_key
 
 TEMPLATES = ASSET_TEMPLATES
@@ -31,15 +31,20 @@ _WORDS = {"factspresent": ["facts", "present"], "nofacts": ["no", "facts"], "noh
           "contradictory": ["contradictory"], "unverifiable": ["unverifiable"]}
 
 
-def load_templates(directory: str | Path | None = None) -> dict[str, str]:
+def read_templates(directory: str | Path | None, names: tuple[str, ...], what: str) -> dict[str, str]:
+    """name -> text of prompt templates from `directory` (default: the bundled ones)."""
     directory = Path(directory) if directory else TEMPLATES
     templates = {}
-    for name in TEMPLATE_FILES:
+    for name in names:
         file = directory / name
         if not file.is_file():
-            raise FileNotFoundError(f"{file}: annotation template missing (need {', '.join(TEMPLATE_FILES)})")
+            raise FileNotFoundError(f"{file}: {what} template missing (need {', '.join(names)})")
         templates[name] = file.read_text(encoding="utf-8")
     return templates
+
+
+def load_templates(directory: str | Path | None = None) -> dict[str, str]:
+    return read_templates(directory, TEMPLATE_FILES, "annotation")
 
 
 def parse_tag(reply: str, tags: dict[str, str]) -> str | None:
@@ -96,13 +101,7 @@ def annotate(samples: list[dict], questions: dict[str, dict], output, client, te
 
     annotator = {"source": client.server.base_url, "model": client.server.model}
     responses = {sample_key(s): s["response"] for s in samples}
-
-    def mismatch(record):
-        if record.get("annotator") != annotator:
-            return f"annotator {record.get('annotator')} then, {annotator} now"
-        if sample_key(record) in responses and record.get("response") != responses[sample_key(record)]:
-            return "the response differs from the samples file's"
-        return None
+    mismatch = settings_mismatch("annotator", annotator, sample_key, responses, "response", "the samples file's")
 
     def work(sample):
         text = sample["response"]

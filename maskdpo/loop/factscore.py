@@ -17,10 +17,9 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from ..assets import TEMPLATES
-from .annotate import fill
+from .annotate import fill, read_templates
 from .evaluate import write_result_files
-from .jobs import JobReport, run_jobs
+from .jobs import JobReport, run_jobs, settings_mismatch
 from .sample import sample_key
 
 GAMMA = 10
@@ -32,14 +31,7 @@ ABSTAIN = ("i'm sorry", "i am sorry", "i do not have", "i don't have", "i cannot
 
 
 def load_templates(directory: str | Path | None = None) -> dict[str, str]:
-    directory = Path(directory) if directory else TEMPLATES
-    out = {}
-    for name in TEMPLATE_FILES:
-        file = directory / name
-        if not file.is_file():
-            raise FileNotFoundError(f"{file}: FactScore template missing (need {', '.join(TEMPLATE_FILES)})")
-        out[name] = file.read_text(encoding="utf-8")
-    return out
+    return read_templates(directory, TEMPLATE_FILES, "FactScore")
 
 
 def abstains(response: str) -> bool:
@@ -73,13 +65,7 @@ def extract(samples: list[dict], output, client, templates, concurrency: int = 8
     extractor = {"source": client.server.base_url, "model": client.server.model,
                  "template": _digest(templates["factscore_facts.txt"])}
     responses = {sample_key(s): s["response"] for s in samples}
-
-    def mismatch(record):
-        if record.get("extractor") != extractor:
-            return f"extractor {record.get('extractor')} then, {extractor} now"
-        if sample_key(record) in responses and record.get("response") != responses[sample_key(record)]:
-            return "the response differs from the responses file's"
-        return None
+    mismatch = settings_mismatch("extractor", extractor, sample_key, responses, "response", "the responses file's")
 
     def work(sample):
         topic = sample.get("topic") or ""
@@ -105,13 +91,7 @@ def judge(fact_records: list[dict], output, client, templates, knowledge, concur
     items = [{"question_id": r["question_id"], "sample_id": r["sample_id"], "topic": r["topic"], "index": i,
               "fact": fact} for r in fact_records for i, fact in enumerate(r["facts"])]
     facts = {fact_key(i): i["fact"] for i in items}
-
-    def mismatch(record):
-        if record.get("judge") != judge_info:
-            return f"judge {record.get('judge')} then, {judge_info} now"
-        if fact_key(record) in facts and record.get("fact") != facts[fact_key(record)]:
-            return "the fact differs from facts.jsonl's"
-        return None
+    mismatch = settings_mismatch("judge", judge_info, fact_key, facts, "fact", "facts.jsonl's")
 
     def work(item):
         context = "\n\n".join(knowledge.retrieve(item["topic"], item["fact"], passages))

@@ -129,6 +129,19 @@ def run_jobs(items: list, work, output: str | Path, key, concurrency: int = 8, d
     return report
 
 
+def settings_mismatch(field: str, settings: dict, key, inputs: dict, input_field: str, source: str):
+    """The `mismatch` rule of run_jobs for a job whose records store their settings under `field`
+    and copy an input under `input_field`: a record written with other settings, or from another
+    version of its input (inputs: key -> value), is refused, never mixed in."""
+    def mismatch(record):
+        if record.get(field) != settings:
+            return f"{field} {record.get(field)} then, {settings} now"
+        if key(record) in inputs and record.get(input_field) != inputs[key(record)]:
+            return f"the {input_field} differs from {source}"
+        return None
+    return mismatch
+
+
 class Counter:
     """A thread-safe counter."""
 

@@ -69,12 +69,6 @@ class MetricsLogger:
                              margin=f"{record['rewards/margin']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
         self.bar.update(1)
 
-    def say(self, message: str) -> None:
-        if self.enabled:
-            from tqdm import tqdm
-
-            tqdm.write(message)
-
     def close(self) -> None:
         for thing in (self.bar, self.file, self.writer):
             if thing is not None:

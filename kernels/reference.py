@@ -32,47 +32,62 @@ def _active(labels, weights, seq_ids, num_seqs, ignore_index):
     return contributes(labels, weights, seq_ids, num_seqs, ignore_index)
 
 
+def forward(logits, labels, weights, seq_ids, num_seqs, ignore_index=IGNORE_INDEX):
+    """(N, V) logits -> (per-sequence sums, lse per row, 1 - p_label per row), as the kernel's forward.
+
+    1 - p_label is the sum over the other classes: exact for peaked rows where p_label ~ 1."""
+    n, vocab = logits.shape
+    acc = _acc(logits.dtype)
+    active = _active(labels, weights, seq_ids, num_seqs, ignore_index)
+    safe_labels = torch.where(active, labels, 0).long().clamp(0, max(vocab - 1, 0))
+    lse = torch.zeros(n, dtype=acc, device=logits.device)
+    rest = torch.zeros(n, dtype=acc, device=logits.device)
+    row_logps = torch.zeros(n, dtype=acc, device=logits.device)
+    for rows in _chunks(n, vocab):
+        x = logits[rows].to(acc)
+        lse[rows] = torch.logsumexp(x, dim=-1)
+        label = safe_labels[rows, None]
+        rest[rows] = torch.exp(x - lse[rows, None]).scatter(1, label, 0.0).sum(-1)
+        row_logps[rows] = weights[rows].to(acc) * (x.gather(1, label).squeeze(1) - lse[rows])
+    in_range = (labels >= 0) & (labels < vocab)
+    row_logps = torch.where(active, torch.where(in_range, row_logps, float("nan")), 0.0)
+    out = torch.zeros(num_seqs, dtype=acc, device=logits.device)
+    out.index_add_(0, seq_ids[active].long(), row_logps[active])
+    if n and bool(((seq_ids < -1) | (seq_ids >= num_seqs)).any()):
+        out.fill_(float("nan"))
+    return out, lse, rest
+
+
+def backward_into(grad, grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index=IGNORE_INDEX):
+    """The logits' gradient g[s_i] * w_i * (onehot(y_i) - softmax(logits_i)) written into `grad` (N, V)
+    (which may be the logits themselves), from the forward's lse and 1 - p_label."""
+    n, vocab = logits.shape
+    acc = lse.dtype
+    active = _active(labels, weights, seq_ids, num_seqs, ignore_index)
+    safe_labels = torch.where(active, labels, 0).long().clamp(0, max(vocab - 1, 0))
+    g = grad_out.to(acc)[torch.where(active, seq_ids, 0).long()] if grad_out.numel() else torch.zeros_like(lse)
+    coef = torch.where(active, g * weights.to(acc), 0.0)
+    for rows in _chunks(n, vocab):
+        chunk = -coef[rows, None] * torch.exp(logits[rows].to(acc) - lse[rows, None])
+        chunk.scatter_(1, safe_labels[rows, None], (coef[rows] * rest[rows])[:, None])
+        grad[rows] = chunk
+    return grad
+
+
 class _ReferenceFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, weights, seq_ids, num_seqs, ignore_index, inplace_backward):
-        n, vocab = logits.shape
-        acc = _acc(logits.dtype)
-        active = _active(labels, weights, seq_ids, num_seqs, ignore_index)
-        safe_labels = torch.where(active, labels, 0).long().clamp(0, vocab - 1)
-        lse = torch.zeros(n, dtype=acc, device=logits.device)
-        row_logps = torch.zeros(n, dtype=acc, device=logits.device)
-        for rows in _chunks(n, vocab):
-            x = logits[rows].to(acc)
-            lse[rows] = torch.logsumexp(x, dim=-1)
-            label_logit = x.gather(1, safe_labels[rows, None]).squeeze(1)
-            row_logps[rows] = weights[rows].to(acc) * (label_logit - lse[rows])
-        in_range = (labels >= 0) & (labels < vocab)
-        row_logps = torch.where(active, torch.where(in_range, row_logps, float("nan")), 0.0)
-        out = torch.zeros(num_seqs, dtype=acc, device=logits.device)
-        out.index_add_(0, seq_ids[active].long(), row_logps[active])
-        if n and bool(((seq_ids < -1) | (seq_ids >= num_seqs)).any()):
-            out.fill_(float("nan"))
-        ctx.save_for_backward(logits, weights, seq_ids, safe_labels, active, lse)
-        ctx.inplace_backward = inplace_backward
+        out, lse, rest = forward(logits, labels, weights, seq_ids, num_seqs, ignore_index)
+        ctx.save_for_backward(logits, labels, weights, seq_ids, lse, rest)
+        ctx.num_seqs, ctx.ignore_index, ctx.inplace_backward = num_seqs, ignore_index, inplace_backward
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        logits, weights, seq_ids, safe_labels, active, lse = ctx.saved_tensors
-        n, vocab = logits.shape
-        acc = lse.dtype
-        g = grad_out.to(acc)[torch.where(active, seq_ids, 0).long()] if grad_out.numel() else torch.zeros_like(lse)
-        coef = torch.where(active, g * weights.to(acc), 0.0)
+        logits, labels, weights, seq_ids, lse, rest = ctx.saved_tensors
         grad = logits if ctx.inplace_backward else torch.empty_like(logits)
-        for rows in _chunks(n, vocab):
-            p = torch.exp(logits[rows].to(acc) - lse[rows, None])
-            label = safe_labels[rows, None]
-            # 1 - p_label as the sum of the other classes: exact for peaked rows where p_label ~ 1.
-            others = p.scatter(1, label, 0.0).sum(-1, keepdim=True)
-            chunk = -coef[rows, None] * p
-            chunk.scatter_(1, label, coef[rows, None] * others)
-            grad[rows] = chunk
+        backward_into(grad, grad_out, logits, labels, weights, seq_ids, lse, rest, ctx.num_seqs, ctx.ignore_index)
         if ctx.inplace_backward:
             torch.autograd.graph.increment_version(logits)  # others that saved the logits must not use them
         return grad, None, None, None, None, None, None

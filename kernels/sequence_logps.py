@@ -33,11 +33,11 @@ import contextlib
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 from triton.runtime.interpreter import InterpretedFunction
 
 from . import reference
 from .checks import check_inplace, check_inputs, check_logits
+from .launch import check_variant, launch, resolve
 from .rows import IGNORE_INDEX
 
 
@@ -80,13 +80,47 @@ def _load_row(labels_ptr, seq_ids_ptr, weights_ptr, row, num_seqs, ignore_index,
     return label, seq, w, active
 
 
+LOG2E = tl.constexpr(1.4426950408889634)
+FLOOR = tl.constexpr(1.0e38)  # the running max's start: below any logit that matters; (x - m) * log2(e) stays finite
+
+
+@triton.jit
+def _exp(x, FTZ: tl.constexpr):
+    """exp(x). FTZ 1 (GPU, fp32): the native ex2.approx.ftz, whose results below 2**-126 flush to 0,
+    which no sum holding a term of 1 can see; FTZ 2 (the interpreter) computes that same flush with
+    tl.exp2; FTZ 0: tl.exp (fp64 accumulation)."""
+    if FTZ == 1:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x * LOG2E], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    elif FTZ == 2:
+        e = tl.exp2(x * LOG2E)
+        return tl.where(e < 1.1754943508222875e-38, 0.0, e)
+    else:
+        return tl.exp(x)
+
+
+@triton.jit
+def _row_start(row, T, stride_b, stride_t, ALIGN: tl.constexpr):
+    """(element offset of the row's aligned start, columns before the row in the first block).
+
+    With unit column stride the loop starts `lead` columns before the row, on an ALIGN-element (16
+    byte) boundary, so every block is loaded in 16-byte vectors whatever V is; the extra columns lie
+    in the same 16-byte sectors as the row's own and are masked out by value, never used."""
+    offset = (row // T) * stride_b + (row % T) * stride_t
+    if ALIGN > 1:
+        lead = offset % ALIGN
+        return tl.multiple_of(offset - lead, ALIGN), lead
+    else:
+        return offset, offset * 0
+
+
 @triton.jit
 def _sequence_logps_fwd_kernel(
     logits_ptr, labels_ptr, weights_ptr, seq_ids_ptr,
     lse_ptr, rest_ptr, row_logps_ptr,
     V, T, num_seqs, ignore_index,
     stride_b, stride_t, stride_v,
-    BLOCK_V: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr,
+    BLOCK_V: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr, ALIGN: tl.constexpr, FTZ: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     label, seq, w, active = _load_row(labels_ptr, seq_ids_ptr, weights_ptr, row, num_seqs, ignore_index, ACC)
@@ -95,28 +129,36 @@ def _sequence_logps_fwd_kernel(
     row_logp = tl.zeros([], ACC)
     if active:
         # Logits are addressed as a (B, T, V) view so that slices such as logits[:, :-1] need no copy.
-        row_ptr = logits_ptr + (row // T) * stride_b + (row % T) * stride_t
+        start_offset, lead = _row_start(row, T, stride_b, stride_t, ALIGN)
+        row_ptr = logits_ptr + start_offset
         in_range = (label >= 0) & (label < V)
-        label32 = tl.where(in_range, label, -1).to(tl.int32)
+        label_col = tl.where(in_range, label, -1).to(tl.int32) + lead.to(tl.int32)
+        end = tl.multiple_of((lead + V + ALIGN - 1) // ALIGN * ALIGN, ALIGN)
         cols = tl.arange(0, BLOCK_V)
-        m = tl.full([], float("-inf"), ACC)
-        s = tl.zeros([], ACC)        # sum of exp(x_j - m) over the row so far
-        s_other = tl.zeros([], ACC)  # the same without the label: 1 - p_label = s_other / s, exactly
-        for start in range(0, V, BLOCK_V):
-            idx = start + cols
-            x = tl.load(row_ptr + _column_offsets(idx, stride_v, WIDE), mask=idx < V,
-                        other=float("-inf")).to(ACC)
-            new_m = tl.maximum(m, tl.max(x, 0))
-            # While every logit so far is -inf, shift by 0 instead: -inf - -inf would be NaN.
-            shift = tl.where(new_m == float("-inf"), 0.0, new_m)
-            alpha = tl.where(m == float("-inf"), 0.0, tl.exp(m - shift))
-            e = tl.exp(x - shift)
-            s = s * alpha + tl.sum(e, 0)
-            s_other = s_other * alpha + tl.sum(tl.where(idx == label32, 0.0, e), 0)
-            m = new_m
-        lse = m + tl.log(s)
-        rest = s_other / s
-        x_label = tl.load(row_ptr + tl.where(in_range, label, 0) * stride_v).to(ACC)
+        # Per thread, for its own columns: the running max and the sum of exp(x - max) over every
+        # class but the label (1 - p_label = that sum / the whole sum, exactly: no cancellation for
+        # peaked rows). Each element costs one exponential: with d = x - m, exp(-|d|) is either the
+        # new term (x <= m) or the rescaling of the old sum (x > m, whose own term is 1).
+        # The running max starts finite (-FLOOR) so that a -inf logit, or a column outside the row
+        # (set to -inf), gives x - m = -inf and a term of 0, never -inf - -inf.
+        m = tl.full([BLOCK_V], -FLOOR, ACC)
+        s = tl.zeros([BLOCK_V], ACC)
+        for first in range(0, end, BLOCK_V):
+            pos = first + cols
+            x = tl.load(row_ptr + _column_offsets(pos, stride_v, WIDE), mask=pos < end).to(ACC)
+            x = tl.where((pos >= lead) & (pos < lead + V) & (pos != label_col), x, float("-inf"))
+            e = _exp(-tl.abs(x - m), FTZ)
+            s = tl.where(x > m, s * e + 1.0, s + e)
+            m = tl.maximum(m, x)
+        # One reduction of the row across the block, at its end.
+        shift_other = tl.max(m, 0)
+        s_other = tl.sum(s * _exp(m - shift_other, FTZ), 0)
+        x_label = tl.load(logits_ptr + start_offset + (tl.where(in_range, label, 0) + lead) * stride_v).to(ACC)
+        shift = tl.maximum(shift_other, x_label)
+        others = s_other * tl.exp(shift_other - shift)
+        total = others + tl.exp(x_label - shift)
+        lse = shift + tl.log(total)
+        rest = others / total
         row_logp = w * tl.where(in_range, x_label - lse, float("nan"))
     tl.store(lse_ptr + row, lse)
     tl.store(rest_ptr + row, rest)
@@ -155,33 +197,49 @@ def _sequence_logps_bwd_kernel(
     V, T, num_seqs, ignore_index, stride_grad_out,
     stride_b, stride_t, stride_v,
     gstride_b, gstride_t, gstride_v,
-    BLOCK_V: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr, BF16_RTNE_BY_HAND: tl.constexpr,
+    BLOCK_V: tl.constexpr, ACC: tl.constexpr, WIDE: tl.constexpr, ALIGN: tl.constexpr, FTZ: tl.constexpr,
+    BF16_RTNE_BY_HAND: tl.constexpr, INTERPRETED: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     label, seq, w, active = _load_row(labels_ptr, seq_ids_ptr, weights_ptr, row, num_seqs, ignore_index, ACC)
     g = tl.load(grad_out_ptr + tl.where(active, seq, 0) * stride_grad_out, mask=active, other=0.0).to(ACC)
     coef = tl.where(active, g * w, 0.0)
-    grad_row = grad_ptr + (row // T) * gstride_b + (row % T) * gstride_t
+    # The launcher gives ALIGN > 1 only when the gradient's rows sit at the same offsets mod ALIGN
+    # as the logits' (the same lead), with unit column strides.
+    grad_offset, lead = _row_start(row, T, gstride_b, gstride_t, ALIGN)
+    grad_row = grad_ptr + grad_offset
+    end = tl.multiple_of((lead + V + ALIGN - 1) // ALIGN * ALIGN, ALIGN)
     cols = tl.arange(0, BLOCK_V)
     if coef == 0:
         zeros = tl.zeros([BLOCK_V], grad_ptr.dtype.element_ty)
-        for start in range(0, V, BLOCK_V):
-            idx = start + cols
-            tl.store(grad_row + _column_offsets(idx, gstride_v, WIDE), zeros, mask=idx < V)
+        for first in range(0, end, BLOCK_V):
+            pos = first + cols
+            ptrs = grad_row + _column_offsets(pos, gstride_v, WIDE)
+            # Stores must stop exactly at the row's ends; only the first and last blocks reach them, so
+            # the blocks between store unmasked (16-byte vectors).
+            if (first == 0) | (first + BLOCK_V > lead + V):
+                tl.store(ptrs, zeros, mask=(pos >= lead) & (pos < lead + V))
+            else:
+                tl.store(ptrs, zeros)
     else:
-        row_ptr = logits_ptr + (row // T) * stride_b + (row % T) * stride_t
+        logits_offset, _ = _row_start(row, T, stride_b, stride_t, ALIGN)
+        row_ptr = logits_ptr + logits_offset
         lse = tl.load(lse_ptr + row)
         # The true class gets coef * (1 - p_label) from the forward's sum over the other classes:
         # computing p_label - 1 here would cancel for peaked rows (p_label ~ 1).
         label_grad = coef * tl.load(rest_ptr + row)
-        label32 = tl.where((label >= 0) & (label < V), label, -1).to(tl.int32)
-        for start in range(0, V, BLOCK_V):
-            idx = start + cols
-            inside = idx < V
-            x = tl.load(row_ptr + _column_offsets(idx, stride_v, WIDE), mask=inside,
-                        other=float("-inf")).to(ACC)
-            grad = tl.where(idx == label32, label_grad, -coef * tl.exp(x - lse))
-            _store_grad(grad_row + _column_offsets(idx, gstride_v, WIDE), grad, inside, BF16_RTNE_BY_HAND)
+        label_col = tl.where((label >= 0) & (label < V), label, -1).to(tl.int32) + lead.to(tl.int32)
+        for first in range(0, end, BLOCK_V):
+            pos = first + cols
+            x = tl.load(row_ptr + _column_offsets(pos, stride_v, WIDE), mask=pos < end).to(ACC)
+            if INTERPRETED:  # numpy warns on whatever lies beside the row; a GPU just drops those lanes
+                x = tl.where((pos >= lead) & (pos < lead + V), x, 0.0)
+            grad = tl.where(pos == label_col, label_grad, -coef * _exp(x - lse, FTZ))
+            ptrs = grad_row + _column_offsets(pos, gstride_v, WIDE)
+            if (first == 0) | (first + BLOCK_V > lead + V):
+                _store_grad(ptrs, grad, (pos >= lead) & (pos < lead + V), BF16_RTNE_BY_HAND)
+            else:
+                _store_grad(ptrs, grad, None, BF16_RTNE_BY_HAND)
 
 
 def _interpreted() -> bool:
@@ -189,22 +247,34 @@ def _interpreted() -> bool:
     return isinstance(_sequence_logps_fwd_kernel, InterpretedFunction)
 
 
+def _uses_triton(device: torch.device) -> bool:
+    return device.type == "cuda" or _interpreted()
+
+
 def _acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _launch_config(vocab: int) -> tuple[int, int]:
-    """Vocabulary block width and warp count.
+def _ftz(dtype: torch.dtype) -> int:
+    """The exponential `_exp` uses: native flush-to-zero ex2 on a GPU in fp32, its emulation under
+    the interpreter, the exact tl.exp for fp64."""
+    if dtype == torch.float64:
+        return 0
+    return 2 if _interpreted() else 1
 
-    The interpreter pays per block iteration, so it takes the whole row at once. On a GPU a block of
-    up to 32768 columns over 32 warps keeps 32 fp32 values per thread in registers (Liger-Kernel's
-    choice for the same streaming softmax).
-    """
-    whole_row = max(16, triton.next_power_of_2(vocab))
-    if _interpreted():
-        return min(whole_row, 1 << 18), 1
-    block = min(whole_row, 1 << 15)
-    return block, max(4, min(32, block // 1024))
+
+def _align(*tensors_and_strides) -> int:
+    """Elements per 16-byte vector when every row can be loaded and stored in them, else 1.
+
+    Needs unit column strides, 16-byte aligned base pointers and, for two tensors, row offsets that
+    agree mod the vector (then one `lead` serves both). Arguments: (tensor, (stride_b, stride_t,
+    stride_v)) pairs."""
+    first_tensor, (sb0, st0, _) = tensors_and_strides[0]
+    vector = 16 // first_tensor.element_size()
+    for tensor, (sb, st, sv) in tensors_and_strides:
+        if sv != 1 or tensor.data_ptr() % 16 or (sb - sb0) % vector or (st - st0) % vector:
+            return 1
+    return vector
 
 
 def _new_buffer(shape, dtype, device) -> torch.Tensor:
@@ -228,7 +298,8 @@ def _as_rows(logits: torch.Tensor) -> tuple[int, int, int, int]:
     return max(t, 1), logits.stride(0), logits.stride(1), logits.stride(2)
 
 
-def _forward(logits, labels, weights, seq_ids, num_seqs, ignore_index):
+def triton_forward(logits, labels, weights, seq_ids, num_seqs, ignore_index, variant=None):
+    """The forward launcher: (B, T, V) logits, flat row data -> (out, lse, 1 - p_label per row)."""
     n = logits.shape[0] * logits.shape[1]
     vocab = logits.shape[2]
     device = logits.device
@@ -240,86 +311,144 @@ def _forward(logits, labels, weights, seq_ids, num_seqs, ignore_index):
     out = _new_buffer((num_seqs,), out_dtype, device)
     if n == 0:
         return out.zero_(), lse, rest
-    block_v, warps = _launch_config(vocab)
+    shape = resolve(variant, vocab, device, _interpreted())
     t, sb, st, sv = _as_rows(logits)
-    _sequence_logps_fwd_kernel[(n,)](
-        logits, labels, weights, seq_ids, lse, rest, row_logps,
-        vocab, t, num_seqs, ignore_index, sb, st, sv,
-        BLOCK_V=block_v, ACC=acc, WIDE=_wide(vocab, sv), num_warps=warps,
-    )
+    launch(_sequence_logps_fwd_kernel, (n,),
+           logits, labels, weights, seq_ids, lse, rest, row_logps,
+           vocab, t, num_seqs, ignore_index, sb, st, sv,
+           BLOCK_V=shape.block_v, ACC=acc, WIDE=_wide(vocab, sv), ALIGN=_align((logits, (sb, st, sv))),
+           FTZ=_ftz(logits.dtype), num_warps=shape.num_warps)
     if num_seqs == 0:
         return out, lse, rest
     # Stable sort + searchsorted give each sequence its rows in ascending order without a host sync.
     sorted_ids, order = torch.sort(seq_ids.to(torch.int64), stable=True)
     bounds = torch.searchsorted(sorted_ids, torch.arange(num_seqs + 1, device=device))
-    _segment_sum_kernel[(num_seqs,)](
-        row_logps, order, sorted_ids, bounds, out, n, num_seqs,
-        BLOCK=1024, ACC=acc, num_warps=4,
-    )
+    launch(_segment_sum_kernel, (num_seqs,),
+           row_logps, order, sorted_ids, bounds, out, n, num_seqs,
+           BLOCK=1024, ACC=acc, num_warps=4)
     return out, lse, rest
 
 
-def _backward(grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index, inplace):
-    grad = logits if inplace else _new_buffer(logits.shape, logits.dtype, logits.device)
+def triton_backward(grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index, grad,
+                    variant=None):
+    """The backward launcher: writes the logits' gradient into `grad` (the logits themselves when in
+    place) and returns it."""
     n = logits.shape[0] * logits.shape[1]
     if n == 0:
         return grad
     vocab = logits.shape[2]
-    block_v, warps = _launch_config(vocab)
+    shape = resolve(variant, vocab, logits.device, _interpreted())
     t, sb, st, sv = _as_rows(logits)
     _, gsb, gst, gsv = _as_rows(grad)
-    _sequence_logps_bwd_kernel[(n,)](
-        logits, grad, labels, weights, seq_ids, lse, rest, grad_out,
-        vocab, t, num_seqs, ignore_index, grad_out.stride(0) if num_seqs else 0,
-        sb, st, sv, gsb, gst, gsv,
-        BLOCK_V=block_v, ACC=_acc_dtype(logits.dtype), WIDE=_wide(vocab, sv, gsv), num_warps=warps,
-        BF16_RTNE_BY_HAND=logits.dtype == torch.bfloat16 and _interpreted(),
-    )
+    launch(_sequence_logps_bwd_kernel, (n,),
+           logits, grad, labels, weights, seq_ids, lse, rest, grad_out,
+           vocab, t, num_seqs, ignore_index, grad_out.stride(0) if num_seqs else 0,
+           sb, st, sv, gsb, gst, gsv,
+           BLOCK_V=shape.block_v, ACC=_acc_dtype(logits.dtype), WIDE=_wide(vocab, sv, gsv),
+           ALIGN=_align((grad, (gsb, gst, gsv)), (logits, (sb, st, sv))), FTZ=_ftz(logits.dtype),
+           BF16_RTNE_BY_HAND=logits.dtype == torch.bfloat16 and _interpreted(), INTERPRETED=_interpreted(),
+           num_warps=shape.num_warps)
     return grad
 
 
-class SequenceLogpsFunction(torch.autograd.Function):
-    """Autograd wrapper over the Triton kernels; logits are a (B, T, V) view, the rest flat (B*T,)."""
+# ---- custom ops: what torch.compile and FakeTensorMode see (one node each, with fake shapes) ----
 
-    @staticmethod
-    def forward(ctx, logits, labels, weights, seq_ids, num_seqs, ignore_index, inplace_backward):
-        with _on_device(logits.device):
-            out, lse, rest = _forward(logits, labels, weights, seq_ids, num_seqs, ignore_index)
-        ctx.save_for_backward(logits, labels, weights, seq_ids, lse, rest)
-        ctx.num_seqs = num_seqs
-        ctx.ignore_index = ignore_index
-        ctx.inplace_backward = inplace_backward
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        logits, labels, weights, seq_ids, lse, rest = ctx.saved_tensors
-        with _on_device(logits.device):
-            grad = _backward(grad_out, logits, labels, weights, seq_ids, lse, rest,
-                             ctx.num_seqs, ctx.ignore_index, ctx.inplace_backward)
-        if ctx.inplace_backward:
-            # The logits now hold the gradient: anything else that saved them must fail loudly
-            # when it unpacks them, not compute with the gradient.
-            torch.autograd.graph.increment_version(logits)
-        return grad, None, None, None, None, None, None
+@torch.library.custom_op("maskdpo::sequence_logps_fwd", mutates_args=())
+def _forward_op(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, seq_ids: torch.Tensor,
+                num_seqs: int, ignore_index: int, inplace_backward: bool, variant: str | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, T, V) logits -> (per-sequence sums, lse per row, 1 - p_label per row). CUDA tensors run the
+    Triton kernels (so do CPU tensors under TRITON_INTERPRET=1); other CPU tensors the reference.
+    inplace_backward is only read by the backward."""
+    if not _uses_triton(logits.device):
+        b, t, vocab = logits.shape
+        return reference.forward(logits.reshape(b * t, vocab), labels, weights, seq_ids, num_seqs, ignore_index)
+    with _on_device(logits.device):
+        return triton_forward(logits, labels, weights, seq_ids, num_seqs, ignore_index, variant)
 
 
-def _uses_triton(device: torch.device) -> bool:
-    return device.type == "cuda" or _interpreted()
+@_forward_op.register_fake
+def _(logits, labels, weights, seq_ids, num_seqs, ignore_index, inplace_backward, variant):
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    n = logits.shape[0] * logits.shape[1]
+    return logits.new_empty((num_seqs,), dtype=acc), logits.new_empty((n,), dtype=acc), logits.new_empty((n,), dtype=acc)
 
 
-def _run(api, logits, labels, weights, seq_ids, num_seqs, ignore_index, inplace_backward, check_values):
-    """Check, then run (B, T, V) logits with flat (B*T,) row data on the kernel or the reference."""
+def _backward_into(grad, grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index, variant):
+    if not _uses_triton(logits.device):
+        b, t, vocab = logits.shape
+        reference.backward_into(grad.view(b * t, vocab) if grad.is_contiguous() else grad.reshape(b * t, vocab),
+                                grad_out, logits.reshape(b * t, vocab), labels, weights, seq_ids, lse, rest,
+                                num_seqs, ignore_index)
+        return grad
+    with _on_device(logits.device):
+        return triton_backward(grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index, grad,
+                               variant)
+
+
+@torch.library.custom_op("maskdpo::sequence_logps_bwd", mutates_args=())
+def _backward_op(grad_out: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                 seq_ids: torch.Tensor, lse: torch.Tensor, rest: torch.Tensor, num_seqs: int, ignore_index: int,
+                 variant: str | None) -> torch.Tensor:
+    """The logits' gradient in a new (B, T, V) buffer of their dtype."""
+    grad = _new_buffer(logits.shape, logits.dtype, logits.device)
+    return _backward_into(grad, grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index,
+                          variant)
+
+
+@_backward_op.register_fake
+def _(grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index, variant):
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+@torch.library.custom_op("maskdpo::sequence_logps_bwd_", mutates_args=("logits",))
+def _backward_inplace_op(grad_out: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                         seq_ids: torch.Tensor, lse: torch.Tensor, rest: torch.Tensor, num_seqs: int,
+                         ignore_index: int, variant: str | None) -> None:
+    """The logits' gradient written over the logits (each element is read before it is overwritten,
+    by the same thread)."""
+    _backward_into(logits, grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index, variant)
+
+
+@_backward_inplace_op.register_fake
+def _(grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index, variant):
+    return None
+
+
+def _setup_context(ctx, inputs, output):
+    logits, labels, weights, seq_ids, num_seqs, ignore_index, inplace_backward, variant = inputs
+    _, lse, rest = output
+    ctx.save_for_backward(logits, labels, weights, seq_ids, lse, rest)
+    ctx.num_seqs, ctx.ignore_index, ctx.inplace_backward, ctx.variant = num_seqs, ignore_index, inplace_backward, variant
+
+
+def _backward(ctx, grad_out, _grad_lse, _grad_rest):
+    logits, labels, weights, seq_ids, lse, rest = ctx.saved_tensors
+    grad_out = grad_out.contiguous()
+    if ctx.inplace_backward:
+        # The op declares that it mutates the logits: their version moves on, so anything else that
+        # saved them fails loudly when it unpacks them instead of computing with the gradient.
+        _backward_inplace_op(grad_out, logits, labels, weights, seq_ids, lse, rest, ctx.num_seqs,
+                             ctx.ignore_index, ctx.variant)
+        grad = logits
+    else:
+        grad = _backward_op(grad_out, logits, labels, weights, seq_ids, lse, rest, ctx.num_seqs, ctx.ignore_index,
+                            ctx.variant)
+    return grad, None, None, None, None, None, None, None
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _run(api, logits, labels, weights, seq_ids, num_seqs, ignore_index, inplace_backward, check_values, variant):
+    """Check, then run (B, T, V) logits with flat (B*T,) row data through the custom op."""
     b, t, vocab = logits.shape
     check_inputs(api, b * t, vocab, logits.device, labels, weights, seq_ids, num_seqs, ignore_index,
                  check_values)
-    if not _uses_triton(logits.device):
-        return reference.sequence_logps(logits.reshape(b * t, vocab), labels, weights, seq_ids, num_seqs,
-                                        ignore_index=ignore_index, inplace_backward=inplace_backward,
-                                        check_values=False)
-    return SequenceLogpsFunction.apply(logits, labels.contiguous(), weights.contiguous(),
-                                       seq_ids.contiguous(), num_seqs, ignore_index, inplace_backward)
+    check_variant(api, variant)
+    out, _, _ = _forward_op(logits, labels.contiguous(), weights.contiguous(), seq_ids.contiguous(), num_seqs,
+                            ignore_index, inplace_backward, variant)
+    return out
 
 
 def sequence_logps(
@@ -333,6 +462,7 @@ def sequence_logps(
     inplace_backward: bool = False,
     check_values: bool | None = None,
     vocab_group=None,
+    variant: str | None = None,
 ) -> torch.Tensor:
     """Per-sequence sums of weighted label log-probs, differentiable with respect to `logits`.
 
@@ -351,6 +481,8 @@ def sequence_logps(
         vocab_group: a torch.distributed group over which the vocabulary is split: logits are this
             rank's contiguous shard (N, V_r), labels global ids; ranks exchange per-row statistics,
             never logits (maskdpo.kernels.vocab_parallel; PyTorch, not the Triton kernel).
+        variant: a launch variant of the Triton kernels (maskdpo.kernels.launch.VARIANTS), e.g. to
+            benchmark them; None: the default for the device's architecture.
 
     Returns:
         (num_seqs,) float32 (float64 for float64 logits):
@@ -370,7 +502,7 @@ def sequence_logps(
         return vocab_parallel_sequence_logps(logits, labels, weights, seq_ids, num_seqs, ignore_index=ignore_index,
                                              group=vocab_group)
     return _run("sequence_logps", logits.unsqueeze(0), labels, weights, seq_ids, num_seqs, ignore_index,
-                inplace_backward, check_values)
+                inplace_backward, check_values, variant)
 
 
 def masked_logps(
@@ -381,6 +513,7 @@ def masked_logps(
     ignore_index: int = IGNORE_INDEX,
     inplace_backward: bool = False,
     check_values: bool | None = None,
+    variant: str | None = None,
 ) -> torch.Tensor:
     """Padded-batch form: logits (B, T, V), labels and weights (B, T) -> (B,) weighted sums.
 
@@ -396,4 +529,4 @@ def masked_logps(
             raise ValueError(f"masked_logps: {name} must have shape {(b, t)} to match logits, got {shape}")
     seq_ids = torch.arange(b, device=logits.device).repeat_interleave(t)
     return _run("masked_logps", logits, labels.reshape(-1), weights.reshape(-1), seq_ids, b, ignore_index,
-                inplace_backward, check_values)
+                inplace_backward, check_values, variant)

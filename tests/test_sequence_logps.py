@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from oracle import make_rows, oracle_sequence_logps
 
 from maskdpo.kernels import masked_logps, sequence_logps
+from maskdpo.kernels.launch import VARIANTS, Variant
 from maskdpo.kernels.sequence_logps import InterpretedFunction, _sequence_logps_fwd_kernel
 
 # Tolerances against float64, per logits dtype. The forward accumulates in fp32 from the exact
@@ -22,11 +23,15 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 KERNEL = importlib.import_module("maskdpo.kernels.sequence_logps")  # the package re-exports a same-named function
 
 
-@pytest.fixture(params=["whole-row", "multi-block"])
+@pytest.fixture(params=["whole-row", "multi-block", *VARIANTS])
 def blocks(request, monkeypatch):
-    """The interpreter takes a row in one block; GPUs stream it in several. Test both paths."""
-    if request.param == "multi-block":
-        monkeypatch.setattr(KERNEL, "_launch_config", lambda vocab: (max(16, triton.next_power_of_2(vocab) // 4), 1))
+    """The launch variant to run: the interpreter's default takes a row in one block; GPUs stream it
+    in several (every launch variant, and four blocks a row, which makes even small rows multi-block)."""
+    if request.param == "whole-row":
+        return None
+    if request.param == "multi-block":  # four blocks per row, whatever V
+        monkeypatch.setattr(KERNEL, "resolve", lambda variant, vocab, *_: Variant(max(16, triton.next_power_of_2(vocab) // 4), 1))
+        return None
     return request.param
 
 
@@ -53,7 +58,7 @@ def test_matches_float64(blocks, dtype, n, vocab):
     num_seqs = 5  # more sequences than some layouts fill: empty sequences must come out 0
     logits, labels, weights, seq_ids = make_rows(n, vocab, num_seqs, dtype, seed=n + vocab)
     grad_out = torch.randn(num_seqs, generator=torch.Generator().manual_seed(1))
-    out, grad = run_kernel(logits, labels, weights, seq_ids, num_seqs, grad_out)
+    out, grad = run_kernel(logits, labels, weights, seq_ids, num_seqs, grad_out, variant=blocks)
     ref_out, ref_grad = oracle_sequence_logps(logits, labels, weights, seq_ids, num_seqs, grad_out)
     assert out.dtype == torch.float32 and out.shape == (num_seqs,)
     assert grad.dtype == dtype and grad.shape == logits.shape
@@ -95,7 +100,7 @@ def test_peaked_rows_keep_an_accurate_true_class_gradient(blocks, dtype, gap):
     logits[torch.arange(n), labels] = gap
     logits = logits.to(dtype)
     weights, seq_ids = torch.ones(n), torch.arange(n) % 2
-    out, grad = run_kernel(logits, labels, weights, seq_ids, 2)
+    out, grad = run_kernel(logits, labels, weights, seq_ids, 2, variant=blocks)
     ref_out, ref_grad = oracle_sequence_logps(logits, labels, weights, seq_ids, 2)
     p_label = torch.log_softmax(logits.double(), -1).gather(1, labels[:, None]).exp()
     assert (1 - p_label).max() < 2e-3  # really peaked
@@ -261,7 +266,7 @@ def test_leading_blocks_of_minus_inf_stay_finite(blocks):
     logits[4, 250] = 1.0  # a row with a single finite logit
     labels = torch.randint(200, 300, (9,), generator=torch.Generator().manual_seed(0))
     labels[4] = 250
-    out, grad = run_kernel(logits, labels, weights, seq_ids, 2)
+    out, grad = run_kernel(logits, labels, weights, seq_ids, 2, variant=blocks)
     ref_out, ref_grad = oracle_sequence_logps(logits, labels, weights, seq_ids, 2)
     assert torch.isfinite(out).all()
     assert_close(out, ref_out, 1e-5, 1e-4)
@@ -301,5 +306,5 @@ def test_double_backward_is_refused():
     x = logits.clone().requires_grad_(True)
     out = sequence_logps(x, labels, weights, seq_ids, 1)
     (grad,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)  # grad_out depends on x
-    with pytest.raises(RuntimeError, match="once_differentiable"):
+    with pytest.raises(RuntimeError, match="sequence_logps_bwd.* no autograd formula"):
         grad.sum().backward()

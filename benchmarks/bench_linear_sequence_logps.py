@@ -51,8 +51,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (  # noqa: E402
     cuda_missing,
-    environment,  # noqa: E402
+    environment,
+    free_memory,
     interleaved_times,
+    one_at_a_time,
     results_dir,
 )
 from bench_sequence_logps import IGNORE_INDEX, _timed, sum_token_losses  # noqa: E402
@@ -194,23 +196,25 @@ def measure(table, inputs, reps: int, warmup: int) -> dict:
         torch.cuda.synchronize()
         return {"fwd_bwd": _timed(lambda: step(table[name], h, w, inputs))}
 
-    times, failed = interleaved_times(table, reps, warmup, time_one)
-    results = {}
-    for name in table:
-        if name in failed:
-            results[name] = {"error": failed[name]}
-            continue
-        h, w = leaves(inputs)
+    def memory_one(name):
+        h, w = leaves(inputs)  # freed on return; one_at_a_time frees the cache and resets the peak between names
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         step(table[name], h, w, inputs)
         torch.cuda.synchronize()
         grads = h.numel() * h.element_size() + w.numel() * w.element_size()
-        results[name] = {"fwd_bwd_ms": statistics.median(times[name]["fwd_bwd"]),
-                         "extra_peak_gib": (torch.cuda.max_memory_allocated() - before - grads) / 2 ** 30}
-        del h, w
-        torch.cuda.empty_cache()
+        return (torch.cuda.max_memory_allocated() - before - grads) / 2 ** 30
+
+    times, failed = interleaved_times(table, reps, warmup, time_one)
+    memory, failed_memory = one_at_a_time([name for name in table if name not in failed], memory_one)
+    failed.update(failed_memory)
+    results = {}
+    for name in table:
+        if name in failed:
+            results[name] = {"error": failed[name]}
+        else:
+            results[name] = {"fwd_bwd_ms": statistics.median(times[name]["fwd_bwd"]), "extra_peak_gib": memory[name]}
     return results
 
 
@@ -280,7 +284,7 @@ def main(argv=None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
         del inputs
-        torch.cuda.empty_cache()
+        free_memory()
     out_dir = results_dir(env["gpu"], args.out_dir)
     (out_dir / "linear_sequence_logps.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
     (out_dir / "linear_sequence_logps.md").write_text(markdown(env, rows))

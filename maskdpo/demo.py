@@ -20,10 +20,22 @@ def _sequence(sentences, keep: str, seq_id: int):
     return weights, [seq_id] * len(weights)
 
 
+def timed(fn, device: torch.device, synchronize=torch.cuda.synchronize, clock=time.perf_counter):
+    """(fn(), seconds). CUDA kernels run asynchronously: without a synchronisation before each clock
+    read, the time would count the launches, not the work (nor the work still queued before it)."""
+    if device.type == "cuda":
+        synchronize()
+    start = clock()
+    result = fn()
+    if device.type == "cuda":
+        synchronize()
+    return result, clock() - start
+
+
 def run_kernel_demo(vocab: int = 32000, seed: int = 0) -> int:
     from maskdpo.kernels import sequence_logps
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     w_c, s_c = _sequence(CHOSEN, "correct", 0)          # chosen: keep the correct sentences
     w_r, s_r = _sequence(REJECTED, "hallucinated", 1)   # rejected: keep the hallucinated ones
     gen = torch.Generator().manual_seed(seed)
@@ -34,10 +46,13 @@ def run_kernel_demo(vocab: int = 32000, seed: int = 0) -> int:
     seq_ids = torch.tensor(s_c + s_r, device=device)
 
     logits.requires_grad_(True)
-    start = time.perf_counter()
-    out = sequence_logps(logits, labels, weights, seq_ids, 2)
-    out.sum().backward()
-    elapsed = time.perf_counter() - start
+
+    def forward_backward():
+        out = sequence_logps(logits, labels, weights, seq_ids, 2)
+        out.sum().backward()
+        return out
+
+    out, elapsed = timed(forward_backward, device)
 
     exact = logits.detach().double().requires_grad_(True)
     logp = torch.log_softmax(exact, -1).gather(1, labels[:, None]).squeeze(1)
@@ -45,7 +60,7 @@ def run_kernel_demo(vocab: int = 32000, seed: int = 0) -> int:
     expected.sum().backward()
 
     print(f"Mask-DPO pair, V={vocab}, N={n} rows of bf16 logits on {device} "
-          f"({'Triton kernel' if device == 'cuda' else 'Triton interpreter'}), fwd+bwd {elapsed * 1e3:.1f} ms")
+          f"({'Triton kernel' if device.type == 'cuda' else 'Triton interpreter'}), fwd+bwd {elapsed * 1e3:.1f} ms")
     print(f"{'sequence':<10}{'tokens':>8}{'kept':>6}{'kernel':>14}{'float64':>14}{'|diff|':>10}")
     for i, (name, w) in enumerate((("chosen", w_c), ("rejected", w_r))):
         diff = abs(out[i].item() - expected[i].item())

@@ -31,6 +31,37 @@ def test_interleaved_times_drops_warmup_shuffles_rounds_and_reports_out_of_memor
     assert times["big"] == {}
 
 
+def test_memory_is_measured_one_at_a_time_freed_between_and_out_of_memory_is_an_error():
+    """Each measurement starts after the previous one's garbage (reference cycles, as autograd graphs
+    and engines make) is collected, also after one ran out of memory; that one is reported, not raised."""
+    import gc
+    import weakref
+
+    class Cycle:
+        def __init__(self):
+            self.me = self
+
+    left_behind = []  # a weak reference to the garbage each measurement leaves
+
+    def measure_one(name):
+        assert all(ref() is None for ref in left_behind), f"{name} measured beside the last one's garbage"
+        garbage = Cycle()
+        left_behind.append(weakref.ref(garbage))
+        if name == "big":
+            raise torch.OutOfMemoryError("no room")
+        return {"bytes": len(name)}
+
+    enabled = gc.isenabled()
+    gc.disable()  # only an explicit collection frees a cycle
+    try:
+        results, failed = bench_common.one_at_a_time(["a", "big", "ccc"], measure_one)
+    finally:
+        if enabled:
+            gc.enable()
+    assert results == {"a": {"bytes": 1}, "ccc": {"bytes": 3}} and failed == {"big": "out of memory"}
+    assert len(left_behind) == 3 and all(ref() is None for ref in left_behind)  # freed after the last one too
+
+
 def test_results_dir_is_dated_and_named_after_the_device(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_common, "RESULTS", tmp_path)
     path = bench_common.results_dir("NVIDIA H100 80GB HBM3")

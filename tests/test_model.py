@@ -104,6 +104,46 @@ def test_attention_backends_agree_where_they_run():
             resolve_backend("flash_attn", device)
 
 
+def test_torch_varlen_is_chosen_only_when_varlen_attn_takes_our_arguments(caplog):
+    from maskdpo.model.attention import varlen_unsupported, varlen_usable
+
+    # Older torch signatures, written out: each lacks some of what packed_causal_attention passes.
+    def varlen_attn_no_window(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None):
+        pass
+
+    def varlen_attn_no_gqa(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
+        pass
+
+    def varlen_attn_self_only(query, key, value, cu_seq, max_seqlen, *, scale=None, window_size=(-1, -1),
+                              enable_gqa=False):
+        pass  # the keywords, but not the separate key boundaries and length we pass positionally
+
+    def varlen_attn_full(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                         window_size=(-1, -1), enable_gqa=False):
+        pass
+
+    assert varlen_unsupported(varlen_attn_no_window, "2.10.0") == (
+        "torch_varlen skipped: torch 2.10.0's varlen_attn has no 'window_size' or 'enable_gqa' argument")
+    assert varlen_unsupported(varlen_attn_no_gqa, "2.11.0") == (
+        "torch_varlen skipped: torch 2.11.0's varlen_attn has no 'enable_gqa' argument")
+    assert varlen_unsupported(varlen_attn_self_only, "2.9.0") == (
+        "torch_varlen skipped: torch 2.9.0's varlen_attn does not take our call: too many positional arguments")
+    assert varlen_unsupported(varlen_attn_full, "2.13.0") is None
+
+    with caplog.at_level("WARNING", logger="maskdpo.model.attention"):
+        assert [varlen_usable(varlen_attn_no_gqa, "2.11.0") for _ in range(3)] == [False] * 3
+        assert varlen_usable(varlen_attn_full, "2.13.0")
+    assert [r.getMessage() for r in caplog.records] == [
+        "torch_varlen skipped: torch 2.11.0's varlen_attn has no 'enable_gqa' argument"]  # once
+
+    # This torch (2.13) has the whole signature; the answer needs no GPU.
+    from torch.nn.attention.varlen import varlen_attn
+
+    assert varlen_unsupported(varlen_attn, torch.__version__) is None
+    assert "torch_varlen" in available_backends(torch.device("cuda"), torch.bfloat16)
+    assert "torch_varlen" not in available_backends(torch.device("cuda"), torch.float32)
+
+
 def test_rotary_frequencies_stay_fp32_in_a_bf16_model(tmp_path):
     tiny_hf_llama(tmp_path)
     model = load_llama(tmp_path).to(torch.bfloat16)

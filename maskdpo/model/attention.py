@@ -2,7 +2,9 @@
 
 Backends, chosen automatically in this order, or named explicitly:
   flash_attn    flash-attn's varlen kernel (CUDA, when the flash-attn package is installed)
-  torch_varlen  torch's own FlashAttention for packed sequences (CUDA; torch >= 2.10)
+  torch_varlen  torch's own FlashAttention for packed sequences (CUDA; a torch whose varlen_attn
+                takes scale, window_size and enable_gqa, e.g. 2.13; older ones are skipped, with
+                the reason logged once)
   sdpa          a loop over sequences with torch's scaled_dot_product_attention (any device; the
                 CPU path). It reads cu_seqlens on the host, so on CUDA it synchronises.
 Every backend computes the same thing: each sequence attends causally to itself only.
@@ -10,12 +12,19 @@ Every backend computes the same thing: each sequence attends causally to itself 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
+import logging
 
 import torch
 import torch.nn.functional as F
 
 BACKENDS = ("flash_attn", "torch_varlen", "sdpa")
+# The keyword arguments packed_causal_attention passes to torch's varlen_attn.
+VARLEN_ARGUMENTS = ("scale", "window_size", "enable_gqa")
+
+logger = logging.getLogger(__name__)
 
 
 def _importable(module: str) -> bool:
@@ -27,13 +36,51 @@ def _importable(module: str) -> bool:
     return True
 
 
+def varlen_unsupported(varlen_attn, torch_version: str) -> str | None:
+    """Why torch's `varlen_attn` cannot take the call packed_causal_attention makes (seven positional
+    arguments and the VARLEN_ARGUMENTS keywords, which came in over several releases: 2.9-2.11 lack
+    some), or None when it can."""
+    prefix = f"torch_varlen skipped: torch {torch_version}'s varlen_attn"
+    try:
+        signature = inspect.signature(varlen_attn)
+    except (TypeError, ValueError):
+        return f"{prefix} has no signature to check"
+    parameters = signature.parameters
+    takes_any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    missing = [] if takes_any_keyword else [name for name in VARLEN_ARGUMENTS if name not in parameters]
+    if missing:
+        return f"{prefix} has no {' or '.join(repr(name) for name in missing)} argument"
+    try:
+        signature.bind(*range(7), **dict.fromkeys(VARLEN_ARGUMENTS))
+    except TypeError as error:
+        return f"{prefix} does not take our call: {error}"
+    return None
+
+
+@functools.cache  # one log line per varlen_attn, however often the backends are listed
+def varlen_usable(varlen_attn, torch_version: str) -> bool:
+    """Whether `varlen_attn` takes our call; the reason it does not is logged (once)."""
+    reason = varlen_unsupported(varlen_attn, torch_version)
+    if reason:
+        logger.warning(reason)
+    return reason is None
+
+
+def _torch_varlen_usable() -> bool:
+    if not _importable("torch.nn.attention.varlen"):
+        return False
+    from torch.nn.attention.varlen import varlen_attn
+
+    return varlen_usable(varlen_attn, torch.__version__)
+
+
 def available_backends(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> list[str]:
     """Backends that can run on `device` with `dtype`, best first (the flash kernels take fp16/bf16)."""
     out = []
     if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
         if _importable("flash_attn"):
             out.append("flash_attn")
-        if _importable("torch.nn.attention.varlen"):
+        if _torch_varlen_usable():
             out.append("torch_varlen")
     out.append("sdpa")
     return out

@@ -30,34 +30,28 @@ import torch
 
 from .checks import check_inputs, check_logits, should_check_values
 from .rows import IGNORE_INDEX, contributing_rows
-from .sequence_logps import sequence_logps
+from .sequence_logps import backward_into as kernel_backward_into
+from .sequence_logps import forward as kernel_forward
 from .vocab_parallel import shard_offset, vocab_parallel_sequence_logps
 
 DEFAULT_CHUNK_ROWS = 2048
 
 
-def _chunk_logps(logits, labels, weights, seq_ids, num_seqs, ignore_index, group, inplace):
-    if group is not None:  # a vocabulary shard: statistics are exchanged, never logits
-        return vocab_parallel_sequence_logps(logits, labels, weights, seq_ids, num_seqs, ignore_index=ignore_index,
-                                             group=group)
-    return sequence_logps(logits, labels, weights, seq_ids, num_seqs, ignore_index=ignore_index,
-                          inplace_backward=inplace, check_values=False)
+class _VocabParallelFunction(torch.autograd.Function):
+    """The fused head over a vocabulary shard (vocab_group): PyTorch statistics exchanged between ranks
+    per chunk; a process group cannot be a custom op's argument, so this path stays an autograd
+    Function."""
 
-
-class LinearSequenceLogpsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, weights, seq_ids, num_seqs, ignore_index, chunk_rows, group, rows,
                 accum_dtype):
-        if rows is None:
-            rows = contributing_rows(labels, weights, seq_ids, num_seqs, ignore_index)  # the one host sync
         h, lab, w, sid = hidden[rows], labels[rows], weights[rows], seq_ids[rows]
-        acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-        out = torch.zeros(num_seqs, dtype=acc, device=hidden.device)
+        out = torch.zeros(num_seqs, dtype=_acc(hidden.dtype), device=hidden.device)
         with torch.no_grad():
-            for start in range(0, rows.numel(), chunk_rows):
-                part = slice(start, start + chunk_rows)
+            for part in _chunks(rows.numel(), chunk_rows):
                 logits = h[part] @ weight.t()
-                out += _chunk_logps(logits, lab[part], w[part], sid[part], num_seqs, ignore_index, group, False)
+                out += vocab_parallel_sequence_logps(logits, lab[part], w[part], sid[part], num_seqs,
+                                                     ignore_index=ignore_index, group=group)
                 del logits  # freed before the next chunk's matmul: one chunk of logits alive at a time
         ctx.save_for_backward(hidden, weight, rows, lab, w, sid)
         ctx.num_seqs, ctx.ignore_index, ctx.chunk_rows, ctx.group = num_seqs, ignore_index, chunk_rows, group
@@ -70,24 +64,110 @@ class LinearSequenceLogpsFunction(torch.autograd.Function):
         h = hidden[rows]
         grad_h = torch.zeros_like(h)
         grad_w = torch.zeros_like(weight, dtype=ctx.accum_dtype)
-        for start in range(0, rows.numel(), ctx.chunk_rows):
-            part = slice(start, start + ctx.chunk_rows)
+        for part in _chunks(rows.numel(), ctx.chunk_rows):
             with torch.enable_grad():
                 logits = (h[part] @ weight.t()).detach().requires_grad_(True)
-                produced = logits.view_as(logits)  # a non-leaf view: the gradient overwrites the logits
-                sums = _chunk_logps(produced, lab[part], w[part], sid[part], ctx.num_seqs, ctx.ignore_index,
-                                    ctx.group, True)
+                sums = vocab_parallel_sequence_logps(logits, lab[part], w[part], sid[part], ctx.num_seqs,
+                                                     ignore_index=ctx.ignore_index, group=ctx.group)
                 (grad_logits,) = torch.autograd.grad(sums, logits, grad_out)
-            torch.mm(grad_logits, weight, out=grad_h[part])
-            if grad_w.dtype == weight.dtype:  # summed in place: cuBLAS adds into the output
-                grad_w.addmm_(grad_logits.t(), h[part])
-            else:  # the chunk's product (V x H, W's dtype) is added into the wider buffer
-                grad_w += grad_logits.t() @ h[part]
-            del logits, produced, sums, grad_logits  # one chunk of logits alive at a time
-        if ctx.group is not None:  # every vocabulary shard contributes to the hidden states' gradient
-            torch.distributed.all_reduce(grad_h, group=ctx.group)
+            _accumulate(grad_logits, h[part], weight, grad_h[part], grad_w)
+            del logits, sums, grad_logits  # one chunk of logits alive at a time
+        # Every vocabulary shard contributes to the hidden states' gradient.
+        torch.distributed.all_reduce(grad_h, group=ctx.group)
         grad_hidden = torch.zeros_like(hidden).index_copy_(0, rows, grad_h)
         return grad_hidden, grad_w.to(weight.dtype), None, None, None, None, None, None, None, None, None
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _chunks(n: int, chunk_rows: int):
+    for start in range(0, n, chunk_rows):
+        yield slice(start, start + chunk_rows)
+
+
+def _accumulate(grad_logits, h, weight, grad_h_part, grad_w):
+    """grad_h = G @ W into its rows, grad_W += G^T @ h."""
+    torch.mm(grad_logits, weight, out=grad_h_part)
+    if grad_w.dtype == weight.dtype:  # summed in place: cuBLAS adds into the output
+        grad_w.addmm_(grad_logits.t(), h)
+    else:  # the chunk's product (V x H, W's dtype) is added into the wider buffer
+        grad_w += grad_logits.t() @ h
+
+
+# ---- custom ops: one node each for torch.compile and FakeTensorMode ----
+
+@torch.library.custom_op("maskdpo::linear_sequence_logps_fwd", mutates_args=())
+def _forward_op(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                seq_ids: torch.Tensor, rows: torch.Tensor, num_seqs: int, ignore_index: int, chunk_rows: int,
+                accum_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (per-sequence sums, lse and 1 - p_label of each contributing row, for the backward).
+
+    Only the contributing rows (`rows`) go through the matmul, chunk by chunk; each chunk's logits
+    are freed before the next is made."""
+    h, lab, w, sid = hidden[rows], labels[rows], weights[rows], seq_ids[rows]
+    acc = _acc(hidden.dtype)
+    out = torch.zeros(num_seqs, dtype=acc, device=hidden.device)
+    lse = torch.empty(rows.numel(), dtype=acc, device=hidden.device)
+    rest = torch.empty_like(lse)
+    for part in _chunks(rows.numel(), chunk_rows):
+        logits = (h[part] @ weight.t()).unsqueeze(0)
+        sums, lse[part], rest[part] = kernel_forward(logits, lab[part], w[part], sid[part], num_seqs, ignore_index)
+        out += sums
+        del logits
+    return out, lse, rest
+
+
+@_forward_op.register_fake
+def _(hidden, weight, labels, weights, seq_ids, rows, num_seqs, ignore_index, chunk_rows, accum_dtype):
+    acc = _acc(hidden.dtype)
+    n = rows.shape[0]
+    return hidden.new_empty((num_seqs,), dtype=acc), hidden.new_empty((n,), dtype=acc), hidden.new_empty((n,), dtype=acc)
+
+
+@torch.library.custom_op("maskdpo::linear_sequence_logps_bwd", mutates_args=())
+def _backward_op(grad_out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                 weights: torch.Tensor, seq_ids: torch.Tensor, rows: torch.Tensor, lse: torch.Tensor,
+                 rest: torch.Tensor, num_seqs: int, ignore_index: int, chunk_rows: int,
+                 accum_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (grad_hidden, grad_weight). Each chunk's logits are made again and the kernel writes their
+    gradient over them from the forward's saved statistics (no second forward pass)."""
+    h, lab, w, sid = hidden[rows], labels[rows], weights[rows], seq_ids[rows]
+    grad_h = torch.zeros_like(h)
+    grad_w = torch.zeros_like(weight, dtype=accum_dtype or weight.dtype)
+    grad_out = grad_out.contiguous()
+    for part in _chunks(rows.numel(), chunk_rows):
+        logits = (h[part] @ weight.t()).unsqueeze(0)
+        kernel_backward_into(logits, grad_out, logits, lab[part], w[part], sid[part], lse[part], rest[part], num_seqs,
+                             ignore_index)
+        _accumulate(logits[0], h[part], weight, grad_h[part], grad_w)
+        del logits  # one chunk of logits alive at a time
+    grad_hidden = torch.zeros_like(hidden).index_copy_(0, rows, grad_h)
+    return grad_hidden, grad_w.to(weight.dtype)
+
+
+@_backward_op.register_fake
+def _(grad_out, hidden, weight, labels, weights, seq_ids, rows, lse, rest, num_seqs, ignore_index, chunk_rows,
+      accum_dtype):
+    return torch.empty_like(hidden), torch.empty_like(weight)
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, weight, labels, weights, seq_ids, rows, num_seqs, ignore_index, chunk_rows, accum_dtype = inputs
+    _, lse, rest = output
+    ctx.save_for_backward(hidden, weight, labels, weights, seq_ids, rows, lse, rest)
+    ctx.num_seqs, ctx.ignore_index, ctx.chunk_rows, ctx.accum_dtype = num_seqs, ignore_index, chunk_rows, accum_dtype
+
+
+def _backward(ctx, grad_out, _grad_lse, _grad_rest):
+    hidden, weight, labels, weights, seq_ids, rows, lse, rest = ctx.saved_tensors
+    grad_hidden, grad_weight = _backward_op(grad_out, hidden, weight, labels, weights, seq_ids, rows, lse, rest,
+                                            ctx.num_seqs, ctx.ignore_index, ctx.chunk_rows, ctx.accum_dtype)
+    return grad_hidden, grad_weight, None, None, None, None, None, None, None, None
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def linear_sequence_logps(
@@ -147,8 +227,15 @@ def linear_sequence_logps(
     if active_rows is not None:
         _check_active_rows(active_rows, hidden.device, labels, weights, seq_ids, num_seqs, ignore_index,
                            should_check_values(check_values, hidden.device))
-    return LinearSequenceLogpsFunction.apply(hidden, lm_head_weight, labels, weights, seq_ids, num_seqs,
-                                             ignore_index, chunk_rows, vocab_group, active_rows, accum_dtype)
+    rows = active_rows
+    if rows is None:
+        rows = contributing_rows(labels, weights, seq_ids, num_seqs, ignore_index)  # the one host sync
+    if vocab_group is not None:
+        return _VocabParallelFunction.apply(hidden, lm_head_weight, labels, weights, seq_ids, num_seqs, ignore_index,
+                                            chunk_rows, vocab_group, rows, accum_dtype)
+    out, _, _ = _forward_op(hidden, lm_head_weight, labels, weights, seq_ids, rows, num_seqs, ignore_index,
+                            chunk_rows, accum_dtype)
+    return out
 
 
 def _check_active_rows(active_rows, device, labels, weights, seq_ids, num_seqs, ignore_index, check_values):

@@ -37,7 +37,7 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from . import reference
 from .checks import check_inplace, check_inputs, check_logits
-from .launch import check_variant, launch, resolve
+from .launch import VARIANTS, check_variant, launch, resolve  # noqa: F401 - VARIANTS: named here for callers
 from .rows import IGNORE_INDEX
 
 
@@ -357,14 +357,9 @@ def triton_backward(grad_out, logits, labels, weights, seq_ids, lse, rest, num_s
 def _forward_op(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, seq_ids: torch.Tensor,
                 num_seqs: int, ignore_index: int, inplace_backward: bool, variant: str | None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, T, V) logits -> (per-sequence sums, lse per row, 1 - p_label per row). CUDA tensors run the
-    Triton kernels (so do CPU tensors under TRITON_INTERPRET=1); other CPU tensors the reference.
-    inplace_backward is only read by the backward."""
-    if not _uses_triton(logits.device):
-        b, t, vocab = logits.shape
-        return reference.forward(logits.reshape(b * t, vocab), labels, weights, seq_ids, num_seqs, ignore_index)
-    with _on_device(logits.device):
-        return triton_forward(logits, labels, weights, seq_ids, num_seqs, ignore_index, variant)
+    """(B, T, V) logits -> (per-sequence sums, lse per row, 1 - p_label per row). inplace_backward is
+    only read by the backward."""
+    return forward(logits, labels, weights, seq_ids, num_seqs, ignore_index, variant)
 
 
 @_forward_op.register_fake
@@ -374,12 +369,31 @@ def _(logits, labels, weights, seq_ids, num_seqs, ignore_index, inplace_backward
     return logits.new_empty((num_seqs,), dtype=acc), logits.new_empty((n,), dtype=acc), logits.new_empty((n,), dtype=acc)
 
 
-def _backward_into(grad, grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index, variant):
+def forward(logits, labels, weights, seq_ids, num_seqs, ignore_index, variant=None):
+    """(B, T, V) logits -> (per-sequence sums, lse per row, 1 - p_label per row), no autograd. CUDA
+    tensors run the Triton kernels (so do CPU tensors under TRITON_INTERPRET=1), other CPU tensors
+    the reference."""
     if not _uses_triton(logits.device):
         b, t, vocab = logits.shape
-        reference.backward_into(grad.view(b * t, vocab) if grad.is_contiguous() else grad.reshape(b * t, vocab),
-                                grad_out, logits.reshape(b * t, vocab), labels, weights, seq_ids, lse, rest,
+        return reference.forward(logits.reshape(b * t, vocab), labels, weights, seq_ids, num_seqs, ignore_index)
+    with _on_device(logits.device):
+        return triton_forward(logits, labels, weights, seq_ids, num_seqs, ignore_index, variant)
+
+
+def backward_into(grad, grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index, variant=None):
+    """The (B, T, V) logits' gradient written into `grad` (the logits themselves for in place), from
+    the forward's lse and 1 - p_label; returns it. Dispatches as `forward`."""
+    if not _uses_triton(logits.device):
+        b, t, vocab = logits.shape
+        try:
+            rows = grad.view(b * t, vocab)  # written in place, whatever its strides
+        except RuntimeError:  # (B, T, V) strides that no flat view has: compute aside, then copy
+            rows = None
+        target = rows if rows is not None else torch.empty(b * t, vocab, dtype=grad.dtype, device=grad.device)
+        reference.backward_into(target, grad_out, logits.reshape(b * t, vocab), labels, weights, seq_ids, lse, rest,
                                 num_seqs, ignore_index)
+        if rows is None:
+            grad.copy_(target.view(b, t, vocab))
         return grad
     with _on_device(logits.device):
         return triton_backward(grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index, grad,
@@ -392,7 +406,7 @@ def _backward_op(grad_out: torch.Tensor, logits: torch.Tensor, labels: torch.Ten
                  variant: str | None) -> torch.Tensor:
     """The logits' gradient in a new (B, T, V) buffer of their dtype."""
     grad = _new_buffer(logits.shape, logits.dtype, logits.device)
-    return _backward_into(grad, grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index,
+    return backward_into(grad, grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index,
                           variant)
 
 
@@ -407,7 +421,7 @@ def _backward_inplace_op(grad_out: torch.Tensor, logits: torch.Tensor, labels: t
                          ignore_index: int, variant: str | None) -> None:
     """The logits' gradient written over the logits (each element is read before it is overwritten,
     by the same thread)."""
-    _backward_into(logits, grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index, variant)
+    backward_into(logits, grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index, variant)
 
 
 @_backward_inplace_op.register_fake

@@ -51,6 +51,8 @@ class Row:
     variant: str
     block_v: int
     num_warps: int
+    wide: bool
+    align: int
     registers: int
     spill_bytes: int
     shared_bytes: int
@@ -179,8 +181,11 @@ def compile_case(arch: int, dtype, vocab: int, layout: str, variant) -> list[Row
     for c in compiled:
         registers, spills, shared = ptxas_usage(c.kernel.asm["ptx"], arch)
         warps = c.constants["num_warps"]
-        rows.append(Row(arch, c.name, str(dtype).removeprefix("torch."), vocab, layout, name,
-                        c.constants.get("BLOCK_V", c.constants.get("BLOCK", 0)), warps, registers, spills,
+        streaming = "BLOCK_V" in c.constants  # the segment sum has one shape for every case
+        rows.append(Row(arch, c.name, str(dtype).removeprefix("torch."), vocab if streaming else 0,
+                        layout if streaming else "-", name if streaming else "-",
+                        c.constants.get("BLOCK_V", c.constants.get("BLOCK", 0)), warps,
+                        bool(c.constants.get("WIDE", False)), int(c.constants.get("ALIGN", 1)), registers, spills,
                         shared, blocks_per_sm(arch, registers, warps, shared)))
     return rows
 
@@ -189,17 +194,18 @@ def markdown(rows: list[Row], seconds: float) -> str:
     lines = ["# Triton kernels compiled for GPU targets on a CPU machine", "",
              f"Compiled by benchmarks/compile_table.py in {seconds:.0f} s (ptxas -v of each cubin). "
              "Blocks per SM from registers, threads and shared memory.", "",
-             "| arch | kernel | dtype | V | layout | variant | warps | registers | spill bytes | shared bytes | blocks/SM |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| arch | kernel | dtype | V | layout | variant | warps | vector | 64-bit columns | registers | spill bytes | "
+             "shared bytes | blocks/SM |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     seen = set()
     for r in rows:
         key = (r.arch, r.kernel, r.dtype, r.vocab, r.layout, r.variant)
-        if key in seen:  # the segment sum is the same for every case of a dtype
+        if key in seen:  # the segment sum is the same for every case of a dtype: once
             continue
         seen.add(key)
         lines.append(f"| sm_{r.arch} | {r.kernel.removeprefix('_').removesuffix('_kernel')} | {r.dtype} | {r.vocab} | "
-                     f"{r.layout} | {r.variant} | {r.num_warps} | {r.registers} | {r.spill_bytes} | {r.shared_bytes} | "
-                     f"{r.blocks_per_sm} |")
+                     f"{r.layout} | {r.variant} | {r.num_warps} | {r.align} | {'yes' if r.wide else 'no'} | "
+                     f"{r.registers} | {r.spill_bytes} | {r.shared_bytes} | {r.blocks_per_sm} |")
     return "\n".join(lines) + "\n"
 
 

@@ -44,8 +44,9 @@ VARIANTS = {
 }
 
 # By compute capability (major * 10 + minor): the highest key not above a device's capability
-# applies. Chosen from the compile table (benchmarks/results/*/compile-table.md): the most blocks
-# per SM at 16 columns per thread without spills.
+# applies. Chosen from the compile table (benchmarks/results/2026-12-02-aot-sm80-sm90/compile-table.md):
+# 16 columns per thread (two 16-byte loads in bf16) at 5-7 blocks per SM, no spills; to be settled by
+# measurement (benchmarks/gpu_check.py) on the first GPU.
 DEFAULTS = {80: "b2048w4", 90: "b2048w4"}
 
 # Under the interpreter each block iteration costs Python time: without an explicit variant a row is

@@ -1,6 +1,17 @@
 """The independent float64 oracle: plain autograd through log_softmax, no chunking, no tricks."""
 
+import os
+
 import torch
+
+# Where the kernel tests run the kernels: the CPU (the Triton interpreter, tests/conftest.py) unless
+# MASKDPO_TEST_DEVICE names a GPU (benchmarks/gpu_check.py: MASKDPO_TEST_DEVICE=cuda,
+# TRITON_INTERPRET=0). The oracle always runs in float64 on the CPU.
+TEST_DEVICE = torch.device(os.environ.get("MASKDPO_TEST_DEVICE", "cpu"))
+
+
+def to_test_device(*tensors):
+    return tuple(t.to(TEST_DEVICE) if isinstance(t, torch.Tensor) else t for t in tensors)
 
 
 def oracle_sequence_logps(logits, labels, weights, seq_ids, num_seqs, grad_out=None, ignore_index=-100):

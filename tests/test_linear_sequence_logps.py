@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from oracle import make_rows, oracle_sequence_logps
+from oracle import TEST_DEVICE, make_rows, oracle_sequence_logps, to_test_device
 
 from maskdpo.kernels import contributing_rows, linear_sequence_logps
 
@@ -28,10 +28,14 @@ def inputs(n, hidden_size, vocab, num_seqs, dtype, seed, zero_fraction=0.3):
 
 
 def run(hidden, weight, labels, weights, seq_ids, num_seqs, grad_out, **kw):
+    """The fused head on the test device (oracle.TEST_DEVICE), forward and backward; results on the CPU."""
+    hidden, weight, labels, weights, seq_ids, grad_out = to_test_device(hidden, weight, labels, weights, seq_ids,
+                                                                        grad_out)
+    kw = {k: v.to(TEST_DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
     h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
     out = linear_sequence_logps(h, w, labels, weights, seq_ids, num_seqs, **kw)
     out.backward(grad_out)
-    return out.detach(), h.grad, w.grad
+    return out.detach().cpu(), h.grad.cpu(), w.grad.cpu()
 
 
 @pytest.mark.parametrize("dtype", list(TOL), ids=str)

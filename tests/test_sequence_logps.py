@@ -7,7 +7,7 @@ import torch
 import triton
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from oracle import make_rows, oracle_sequence_logps
+from oracle import TEST_DEVICE, make_rows, oracle_sequence_logps, to_test_device
 
 from maskdpo.kernels import masked_logps, sequence_logps
 from maskdpo.kernels.launch import VARIANTS, Variant
@@ -35,17 +35,20 @@ def blocks(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.skipif(TEST_DEVICE.type != "cpu", reason="on a GPU the kernels are compiled")
 def test_kernels_run_under_the_interpreter():
     assert isinstance(_sequence_logps_fwd_kernel, InterpretedFunction)
 
 
 def run_kernel(logits, labels, weights, seq_ids, num_seqs, grad_out=None, **kw):
-    x = logits.clone().requires_grad_(True)
-    out = sequence_logps(x, labels, weights, seq_ids, num_seqs, **kw)
+    """The kernel on the test device (CPU: interpreted), forward and backward; results on the CPU."""
     if grad_out is None:
         grad_out = torch.ones(num_seqs)
+    logits, labels, weights, seq_ids, grad_out = to_test_device(logits, labels, weights, seq_ids, grad_out)
+    x = logits.clone().requires_grad_(True)
+    out = sequence_logps(x, labels, weights, seq_ids, num_seqs, **kw)
     out.backward(grad_out)
-    return out.detach(), x.grad
+    return out.detach().cpu(), x.grad.cpu()
 
 
 def assert_close(actual, expected, rtol, atol):

@@ -27,8 +27,8 @@ setup(
     python_requires=">=3.10",
     packages=packages + kernel_packages,
     package_dir={"maskdpo.kernels": "kernels"},
-    # The example data, the bundled tokenizer and the annotation templates ship in the wheel.
-    package_data={"maskdpo.assets": ["data/*.jsonl", "tokenizer/*", "templates/*.txt"]},
+    # The example data, the bundled tokenizer, the annotation templates and the model configs ship in the wheel.
+    package_data={"maskdpo.assets": ["data/*.jsonl", "tokenizer/*", "templates/*.txt", "models/*.json"]},
     install_requires=[
         # Install with the CPU wheel pinned in the same command (see README): an unpinned torch
         # alone pulls the CUDA build.

@@ -10,6 +10,7 @@ from maskdpo.data.cli import add_data_commands
 from maskdpo.data.cli import run as run_data_command
 from maskdpo.loop.cli import add_loop_commands
 from maskdpo.loop.cli import run as run_loop_command
+from maskdpo.plan.cli import add_plan_command
 
 
 def _kernel_demo(args: argparse.Namespace) -> int:
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="plot a run's loss, reward accuracy and margin to RUN_DIR/metrics.png")
     plot.add_argument("run_dir")
     plot.set_defaults(func=_plot)
+    add_plan_command(sub)
     return parser
 
 

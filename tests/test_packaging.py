@@ -74,7 +74,8 @@ def test_wheel_holds_every_package_and_asset(installed):
     for expected in ["maskdpo/kernels/sequence_logps.py", "maskdpo/kernels/reference.py", "maskdpo/model/__init__.py",
                      "maskdpo/model/llama.py", "maskdpo/dpo/objective.py", "maskdpo/train/__main__.py",
                      "maskdpo/loop/annotate.py", "maskdpo/assets/templates/judge.txt",
-                     "maskdpo/assets/tokenizer/tokenizer.json", "maskdpo/assets/data/annotated.jsonl"]:
+                     "maskdpo/assets/tokenizer/tokenizer.json", "maskdpo/assets/data/annotated.jsonl",
+                     "maskdpo/assets/models/llama3.1-70b.json"]:
         assert expected in names, expected
     assert not [n for n in names if n.startswith(("kernels/", "tests/", "benchmarks/"))]
     # Every package folder of the checkout is in the wheel (a folder without __init__.py is not).

@@ -1,0 +1,240 @@
+"""maskdpo plan and the tensor-parallel shard rule (maskdpo.model.shards): the shard rule against
+torch.tensor_split and the real model's parameters; the plan's weight, gradient and optimizer bytes
+against what DeepSpeed really allocates in CPU runs; the command's output and errors."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from math import prod
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from maskdpo.cli import main
+from maskdpo.model.llama import Llama, LlamaConfig
+from maskdpo.model.shards import (
+    EMBEDDING,
+    LAYER_SPLITS,
+    LM_HEAD,
+    OUTER_SPLITS,
+    REPLICATED,
+    check_tensor_parallel,
+    rank_shapes,
+    shard_slice,
+    stage_shapes,
+    stages,
+)
+from maskdpo.plan import state_bytes
+
+TESTS = Path(__file__).resolve().parent
+
+
+def hf_config(tied=False, vocab_size=1001, **overrides):
+    options = dict(vocab_size=vocab_size, hidden_size=72, intermediate_size=96, num_hidden_layers=3,
+                   num_attention_heads=12, num_key_value_heads=6, tie_word_embeddings=tied, max_position_embeddings=256)
+    return transformers.LlamaConfig(**{**options, **overrides})
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_unsharded_shapes_are_the_models_parameters(tied):
+    config = LlamaConfig.from_hf(hf_config(tied).to_dict())
+    ours = {n: tuple(p.shape) for n, p in Llama(config).named_parameters()}
+    shapes = rank_shapes(config, 1, 0)
+    planned = {**{f"layers.{i}.{n}": s for i in range(config.num_hidden_layers) for n, s in shapes.layer.items()},
+               **shapes.embedding, **shapes.norm, **shapes.head}
+    assert planned == ours
+    # and Hugging Face's own model has as many parameters (a tied head counted once)
+    hf = transformers.LlamaForCausalLM(hf_config(tied))
+    assert sum(p.numel() for p in hf.parameters()) == sum(prod(s) for s in ours.values())
+
+
+@pytest.mark.parametrize("tp", [2, 3, 6])
+def test_shards_tile_every_parameter_as_tensor_split_does(tp):
+    config = LlamaConfig.from_hf(hf_config().to_dict())  # vocabulary 1001: no T here divides it
+    full = rank_shapes(config, 1, 0)
+    per_rank = [rank_shapes(config, tp, r) for r in range(tp)]
+    model = Llama(config)
+    params = dict(model.named_parameters())
+    for group in ("layer", "embedding", "norm", "head"):
+        for name, shape in getattr(full, group).items():
+            split = LAYER_SPLITS.get(name) or OUTER_SPLITS[name]
+            shards = [getattr(r, group)[name] for r in per_rank]
+            if split == REPLICATED:
+                assert shards == [shape] * tp
+                continue
+            tensor = params[f"layers.0.{name}" if group == "layer" else name].detach()
+            dim = 1 if name.endswith(("o_proj.weight", "down_proj.weight")) else 0
+            expected = torch.tensor_split(tensor, tp, dim=dim)
+            assert [tuple(e.shape) for e in expected] == shards, name
+            slices = [shard_slice(split, shape, tp, r) for r in range(tp)]
+            assert all(s[0] == dim for s in slices)
+            assert torch.equal(torch.cat([tensor.narrow(dim, a, b - a) for _, a, b in slices], dim), tensor)
+    # the vocabulary: first V % T ranks hold one row more, no padding
+    rows = [r.embedding[EMBEDDING][0] for r in per_rank]
+    assert sum(rows) == 1001 and max(rows) - min(rows) <= 1 and rows == sorted(rows, reverse=True)
+    assert all(r.head[LM_HEAD][0] == e for r, e in zip(per_rank, rows))
+
+
+def test_tensor_parallel_must_divide_heads_kv_heads_and_mlp():
+    seventy_b = LlamaConfig.from_hf(json.loads((TESTS.parent / "maskdpo/assets/models/llama3.1-70b.json").read_text()))
+    with pytest.raises(ValueError) as e:
+        check_tensor_parallel(seventy_b, 16, "Llama-3.1-70B")
+    assert str(e.value) == "tensor_parallel 16 does not divide num_key_value_heads 8 of Llama-3.1-70B's config"
+    check_tensor_parallel(seventy_b, 8)
+    config = LlamaConfig.from_hf(hf_config().to_dict())
+    with pytest.raises(ValueError, match="does not divide num_attention_heads 12"):
+        rank_shapes(config, 5, 0)
+    with pytest.raises(ValueError, match="does not divide intermediate_size 100"):
+        check_tensor_parallel(LlamaConfig.from_hf(hf_config(num_key_value_heads=12, num_attention_heads=12,
+                                                            intermediate_size=100).to_dict()), 12)
+
+
+# --- the plan's model-state bytes against a real CPU run ---------------------------------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_checkpoint(path, tied, seed):
+    """A tiny HF Llama whose hidden size (18) is 2 mod 4, so that the stages' parameter counts are not
+    multiples of the optimizer's alignment and its padding shows."""
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=4096, hidden_size=18, intermediate_size=30, num_hidden_layers=2,
+                                      num_attention_heads=3, num_key_value_heads=3 if tied else 1,
+                                      max_position_embeddings=512, tie_word_embeddings=tied, bos_token_id=0, eos_token_id=1)
+    transformers.LlamaForCausalLM(config).save_pretrained(str(path))
+    return path
+
+
+SCENARIOS = ("pp2-untied", "pp2-tied", "pp1-untied", "pp1-tied")
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plan")
+    untied, tied = tiny_checkpoint(root / "untied", False, 0), tiny_checkpoint(root / "tied", True, 1)
+    out = root / "out"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "0", "PYTHONPATH": str(TESTS)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(TESTS / "plan_worker.py"),
+               "--hf", str(untied), "--hf-tied", str(tied), "--out", str(out), "--scenarios", *SCENARIOS]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return {"untied": untied, "tied": tied, "out": out}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_plan_state_bytes_equal_what_deepspeed_allocates(measured, scenario):
+    pp, tying = int(scenario[2]), scenario.split("-")[1]
+    config = LlamaConfig.from_hf(json.loads((measured[tying] / "config.json").read_text()))
+    tensor_parallel = 1  # the comparison is per (stage, tensor rank): T > 1 adds ranks, not another rule
+    padding_seen = False
+    for rank in range(2):
+        got = json.loads((measured["out"] / f"{scenario}-rank{rank}.json").read_text())
+        assert got["optimizer"] == "BF16_Optimizer" and got["weight_dtypes"] == ["torch.bfloat16"]
+        assert got["grad_dtypes"] == ["torch.bfloat16"]
+        assert got["data_parallel"] == 2 // pp
+        stage = stages(config, pp)[got["stage"]]
+        shapes = stage_shapes(config, stage, tensor_parallel, 0)
+        assert sorted(shapes) == got["names"]  # the stage holds exactly the planned parameters
+        planned = state_bytes(sum(prod(s) for s in shapes.values()), got["data_parallel"])
+        assert planned.parameters == got["parameters"]
+        for term in ("weights", "grad_bf16", "grad_fp32", "master", "moments"):
+            assert getattr(planned, term) == got[term], (scenario, rank, term)
+        padding_seen |= planned.parameters % (2 * got["data_parallel"]) != 0
+    if pp == 1:  # D = 2: the parameter count is not a multiple of 2·D, so the padding is part of what matched
+        assert padding_seen
+
+
+# --- the command -------------------------------------------------------------------------------------
+
+def run_plan(capsys, *args):
+    status = main(["plan", *args])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def test_json_output_and_the_70b_layouts(capsys):
+    status, out, _ = run_plan(capsys, "--model", "llama3.1-70b", "--gpus", "32", "--gpu-memory", "80GB",
+                              "--token-budget", "8192", "--json")
+    assert status == 0
+    data = json.loads(out)
+    rows = data["layouts"]
+    assert {(r["tensor"], r["pipeline"], r["data"]) for r in rows} >= {(8, 4, 1), (1, 1, 32), (16, 2, 1)}
+    recommended = [r for r in rows if r["recommended"]]
+    assert recommended and all(r["fits"] and r["tensor"] * r["pipeline"] >= 16 for r in recommended)
+    # 70.6e9 parameters x (2 weights + 6 gradients + 12 / D optimizer) bytes over T·P GPUs: below 16 GPUs
+    # per replica the model states alone exceed 80 GB
+    assert all(not r["fits"] for r in rows if r["tensor"] * r["pipeline"] < 16)
+    t16 = next(r for r in rows if r["tensor"] == 16)
+    assert t16["reason"] == "tensor_parallel 16 does not divide num_key_value_heads 8 of Llama-3.1-70B's config"
+    nodes = next(r for r in rows if r["tensor"] == 32)
+    assert "does not divide" in nodes["reason"]
+
+
+def test_70b_on_16_gpus_needs_more_than_80gb_and_says_why(capsys):
+    status, out, _ = run_plan(capsys, "--model", "llama3.1-70b", "--gpus", "16", "--gpu-memory", "80GB", "--json")
+    rows = json.loads(out)["layouts"]
+    assert status == 0 and not any(r["fits"] for r in rows)
+    best = min((r for r in rows if r["total"] is not None), key=lambda r: r["total"])
+    # the nearest layouts use all 16 GPUs for one replica (D = 1): nothing left to partition the optimizer over
+    assert best["tensor"] >= 4 and best["data"] == 1 and "weights + gradients + optimizer state" in best["reason"]
+
+
+def test_table_names_recommendation_and_reasons(capsys):
+    status, out, _ = run_plan(capsys, "--model", "llama3.1-8b", "--gpus", "8", "--gpu-memory", "80GB",
+                              "--token-budget", "8192", "--activation-checkpointing", "off")
+    assert status == 0
+    assert "recommended (without activation checkpointing)" in out
+    assert "no: stage 0: activations" in out and "assumptions:" in out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == 10 and {r[3] for r in rows} == {"off"}  # the 10 layouts of 8 GPUs, the requested setting only
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "no/such/config.json", "--gpus", "8", "--gpu-memory", "80GB"], "--model no/such/config.json: no such file"),
+    (["--model", "llama3.1-8b", "--gpus", "8", "--gpu-memory", "80XB"], "--gpu-memory '80XB': expected a size"),
+    (["--model", "llama3.1-8b", "--gpus", "0", "--gpu-memory", "80GB"], "--gpus must be at least 1, got 0"),
+    (["--model", "llama3.1-8b", "--gpus", "8", "--gpu-memory", "4GB"], "--reserve 4GB leaves nothing"),
+    (["--model", str(TESTS.parent / "launch/configs/tiny-cpu.yaml"), "--gpus", "2", "--gpu-memory", "80GB"],
+     "tiny-cpu.yaml: parallel.bf16 is false"),
+    (["--model", str(TESTS.parent / "launch/configs/llama3.1-8b-paper.yaml"), "--gpus", "8", "--gpu-memory", "80GB"],
+     "llama3.1-8b-paper.yaml: model.path /models/Llama-3.1-8B-Instruct has no config.json here"),
+])
+def test_bad_input_is_one_line_naming_it(capsys, args, message):
+    status, out, err = run_plan(capsys, *args)
+    assert status == 2 and out == ""
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_bad_config_files_are_named(capsys, tmp_path):
+    (tmp_path / "empty.json").write_text("{}")
+    (tmp_path / "broken.json").write_text("{")
+    for name, message in (("empty.json", "not a Hugging Face Llama config.json: no vocab_size"),
+                          ("broken.json", "not a readable JSON config")):
+        status, _, err = run_plan(capsys, "--model", str(tmp_path / name), "--gpus", "8", "--gpu-memory", "80GB")
+        assert status == 2 and f"{tmp_path / name}: {message}" in err and err.count("\n") == 1, err
+
+
+def test_recipe_supplies_budget_checkpointing_and_accumulation(capsys, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model:\n  architecture: {vocab_size: 4096, hidden_size: 64, intermediate_size: 128, "
+                      "num_hidden_layers: 4, num_attention_heads: 4, num_key_value_heads: 2}\n"
+                      "data: {token_budget: 1024}\ntrain: {batch_pairs: 8, micro_batch_pairs: 2}\n"
+                      "parallel: {pipeline_stages: 2, bf16: true, activation_checkpointing: true}\n")
+    status, out, _ = run_plan(capsys, "--model", str(recipe), "--gpus", "8", "--gpu-memory", "1GB", "--reserve", "0.1GB",
+                              "--json")
+    data = json.loads(out)
+    assert status == 0 and data["token_budget"] == 1024
+    assert {r["checkpointing"] for r in data["layouts"]} == {True}
+    # 4 micro-batches per step: D = 8 does not divide them
+    d8 = next(r for r in data["layouts"] if r["data"] == 8)
+    assert "8 data-parallel ranks do not divide the step's 4 micro-batches" in d8["reason"]

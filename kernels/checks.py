@@ -43,8 +43,11 @@ def check_logits(api: str, logits, ndim: int) -> None:
 
 def should_check_values(check_values: bool | None, device: torch.device) -> bool:
     """check_values as the APIs take it: True, False, or None for "only on the CPU" (where reading a
-    tensor costs no device synchronisation)."""
-    return device.type == "cpu" if check_values is None else check_values
+    tensor costs no device synchronisation) and not while torch.compile traces (a host read there
+    would break the graph at the kernel)."""
+    if check_values is None:
+        return device.type == "cpu" and not torch.compiler.is_compiling()
+    return check_values
 
 
 def check_inputs(

@@ -11,8 +11,9 @@ Design: chunked matmuls + the fused sequence-logps kernel, never the whole logit
   synchronised; without it they are found on the device at the cost of one host synchronisation.
 - Forward: for each chunk of `chunk_rows` contributing rows, logits = h @ W^T (chunk x V, in the
   compute dtype) go through the kernel's forward and are freed.
-- Backward: each chunk's logits are recomputed, the kernel writes their gradient in place
-  (inplace_backward), and two matmuls give grad_h = G @ W and grad_W += G^T @ h. grad_W is summed
+- Backward: each chunk's logits are made again, the backward kernel writes their gradient over them
+  from the forward's saved per-row statistics (lse and 1 - p_label: no second forward pass), and two
+  matmuls give grad_h = G @ W and grad_W += G^T @ h. grad_W is summed
   in W's own dtype by default (it is the gradient returned: no V x H buffer more; in bf16 one
   rounding per chunk, as Liger's fused linear losses do); accum_dtype=torch.float32 sums in an fp32
   buffer instead (4 * V * H bytes more, 2.1 GB for Llama-3 8B's head, plus each chunk's V x H

@@ -6,20 +6,29 @@ For rows i of logits (N, V) with labels y_i, weights w_i and sequence ids s_i th
 
 and its gradient g[s_i] * w_i * (onehot(y_i) - softmax(logits_i)) with respect to the logits.
 
-Layout of the work (one Triton program per row, the vocabulary streamed in blocks):
-- forward: one pass over the row with an online softmax (running max and rescaled sums, fp32);
-  the label logit is one scalar load. Saves per row the fp32 log-sum-exp, 1 - p(label), and the
-  row's weighted log-prob. The per-sequence sums are then taken by a second, tiny kernel over the N row values in
-  a fixed order (rows sorted stably by sequence id), so results are bitwise deterministic: no
-  float atomics anywhere.
+Layout of the work (one Triton program per row, the vocabulary streamed in blocks; block shape from
+a launch variant, kernels/launch.py):
+- forward: one pass. Each thread keeps, for its own columns, a running max and the sum of exp(x - max)
+  over every class but the label, at one exponential per element; the row is reduced across the
+  block once, at its end, and the label logit (one scalar load) joins it there, so
+  1 - p(label) = (the others' sum) / (the whole sum) exactly. Saves per row the fp32 log-sum-exp,
+  1 - p(label), and the row's weighted log-prob. The per-sequence sums are then taken by a second,
+  tiny kernel over the N row values in a fixed order (rows sorted stably by sequence id), so results
+  are bitwise deterministic: no float atomics anywhere.
 - rows that contribute nothing (ignored label, seq id -1, weight 0: prompt tokens and masked
   sentences) are never read: the forward skips them and the backward only writes their zeros.
 - backward: one pass, one vectorised store per element. The true-class gradient is
-  coef * (1 - p_y) with 1 - p_y = sum_{j != y} exp(x_j - m) / sum_j exp(x_j - m) accumulated by
-  the forward, instead of coef * (p_y - 1): for peaked rows (p_y close to 1) that subtraction
-  would cancel and lose the gradient.
+  coef * (1 - p_y) from the forward, instead of coef * (p_y - 1): for peaked rows (p_y close to 1)
+  that subtraction would cancel and lose the gradient.
+- with unit column stride each row's loop starts on a 16-byte boundary (a few columns before the
+  row, masked by value; stores stop exactly at the row's ends), so loads and stores are 16-byte
+  vectors whatever V is.
+- exponentials are the GPU's flush-to-zero ex2 (fp32): a term below 2**-126 beside a term of 1.
 - `inplace_backward=True` writes the gradient over the logits' own storage (each element is read
   before it is overwritten, by the same thread), saving an N x V allocation.
+- the launchers are wrapped as torch.library custom ops with fake implementations (torch.compile
+  and FakeTensorMode see one node); CPU tensors outside the interpreter run the PyTorch reference
+  behind the same ops.
 
 Invalid values on CUDA (where checking them would need a host sync) are never silently dropped: a
 row with a label outside [0, V) gives NaN for its sequence, and a sequence id outside [-1, num_seqs)

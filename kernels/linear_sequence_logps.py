@@ -102,7 +102,7 @@ def _accumulate(grad_logits, h, weight, grad_h_part, grad_w):
 @torch.library.custom_op("maskdpo::linear_sequence_logps_fwd", mutates_args=())
 def _forward_op(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
                 seq_ids: torch.Tensor, rows: torch.Tensor, num_seqs: int, ignore_index: int, chunk_rows: int,
-                accum_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                accum_dtype: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (per-sequence sums, lse and 1 - p_label of each contributing row, for the backward).
 
     Only the contributing rows (`rows`) go through the matmul, chunk by chunk; each chunk's logits
@@ -131,12 +131,12 @@ def _(hidden, weight, labels, weights, seq_ids, rows, num_seqs, ignore_index, ch
 def _backward_op(grad_out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                  weights: torch.Tensor, seq_ids: torch.Tensor, rows: torch.Tensor, lse: torch.Tensor,
                  rest: torch.Tensor, num_seqs: int, ignore_index: int, chunk_rows: int,
-                 accum_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+                 accum_dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (grad_hidden, grad_weight). Each chunk's logits are made again and the kernel writes their
     gradient over them from the forward's saved statistics (no second forward pass)."""
     h, lab, w, sid = hidden[rows], labels[rows], weights[rows], seq_ids[rows]
     grad_h = torch.zeros_like(h)
-    grad_w = torch.zeros_like(weight, dtype=accum_dtype or weight.dtype)
+    grad_w = torch.zeros_like(weight, dtype=getattr(torch, accum_dtype) if accum_dtype else weight.dtype)
     grad_out = grad_out.contiguous()
     for part in _chunks(rows.numel(), chunk_rows):
         logits = (h[part] @ weight.t()).unsqueeze(0)
@@ -163,8 +163,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, _grad_lse, _grad_rest):
     hidden, weight, labels, weights, seq_ids, rows, lse, rest = ctx.saved_tensors
-    grad_hidden, grad_weight = _backward_op(grad_out, hidden, weight, labels, weights, seq_ids, rows, lse, rest,
-                                            ctx.num_seqs, ctx.ignore_index, ctx.chunk_rows, ctx.accum_dtype)
+    grad_hidden, grad_weight = torch.ops.maskdpo.linear_sequence_logps_bwd(
+        grad_out, hidden, weight, labels, weights, seq_ids, rows, lse, rest, ctx.num_seqs, ctx.ignore_index,
+        ctx.chunk_rows, ctx.accum_dtype)
     return grad_hidden, grad_weight, None, None, None, None, None, None, None, None
 
 
@@ -234,8 +235,13 @@ def linear_sequence_logps(
     if vocab_group is not None:
         return _VocabParallelFunction.apply(hidden, lm_head_weight, labels, weights, seq_ids, num_seqs, ignore_index,
                                             chunk_rows, vocab_group, rows, accum_dtype)
-    out, _, _ = _forward_op(hidden, lm_head_weight, labels, weights, seq_ids, rows, num_seqs, ignore_index,
-                            chunk_rows, accum_dtype)
+    # The dtype travels by name ("" for W's own): a plain string in the op's schema.
+    accum_name = str(accum_dtype).removeprefix("torch.") if accum_dtype is not None else ""
+    # Called through torch.ops (looked up at each call), not the CustomOpDef's cached overload: in a
+    # long process (the test suite, after transformers' generate in a worker thread) that cached
+    # handle was seen to go stale and the call failed in the dispatcher ("vector::reserve").
+    out, _, _ = torch.ops.maskdpo.linear_sequence_logps_fwd(hidden, lm_head_weight, labels, weights, seq_ids, rows,
+                                                            num_seqs, ignore_index, chunk_rows, accum_name)
     return out
 
 

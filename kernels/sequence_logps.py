@@ -451,12 +451,12 @@ def _backward(ctx, grad_out, _grad_lse, _grad_rest):
     if ctx.inplace_backward:
         # The op declares that it mutates the logits: their version moves on, so anything else that
         # saved them fails loudly when it unpacks them instead of computing with the gradient.
-        _backward_inplace_op(grad_out, logits, labels, weights, seq_ids, lse, rest, ctx.num_seqs,
-                             ctx.ignore_index, ctx.variant)
+        torch.ops.maskdpo.sequence_logps_bwd_(grad_out, logits, labels, weights, seq_ids, lse, rest, ctx.num_seqs,
+                                              ctx.ignore_index, ctx.variant)
         grad = logits
     else:
-        grad = _backward_op(grad_out, logits, labels, weights, seq_ids, lse, rest, ctx.num_seqs, ctx.ignore_index,
-                            ctx.variant)
+        grad = torch.ops.maskdpo.sequence_logps_bwd(grad_out, logits, labels, weights, seq_ids, lse, rest, ctx.num_seqs,
+                                                    ctx.ignore_index, ctx.variant)
     return grad, None, None, None, None, None, None, None
 
 
@@ -469,8 +469,10 @@ def _run(api, logits, labels, weights, seq_ids, num_seqs, ignore_index, inplace_
     check_inputs(api, b * t, vocab, logits.device, labels, weights, seq_ids, num_seqs, ignore_index,
                  check_values)
     check_variant(api, variant)
-    out, _, _ = _forward_op(logits, labels.contiguous(), weights.contiguous(), seq_ids.contiguous(), num_seqs,
-                            ignore_index, inplace_backward, variant)
+    # Through torch.ops, looked up at each call (see linear_sequence_logps for why).
+    out, _, _ = torch.ops.maskdpo.sequence_logps_fwd(logits, labels.contiguous(), weights.contiguous(),
+                                                     seq_ids.contiguous(), num_seqs, ignore_index, inplace_backward,
+                                                     variant)
     return out
 
 

@@ -4,7 +4,9 @@
         server.url                             # http://127.0.0.1:PORT/v1
 Failures can be injected for the first requests: server.failures = ["500", "timeout", "malformed", "empty", ...]
 ("empty": a well-formed reply whose message content is "" or only whitespace).
-It records every request body and the most requests it saw in flight at once.
+It records every request body and the most requests it saw in flight at once. Replies that stall
+wait on `server.closed` (a threading.Event set on exit), so leaving the block ends every handler
+thread: none outlives its test to run in the middle of another.
 """
 
 import json
@@ -20,6 +22,7 @@ class ChatServer:
         self.requests: list[dict] = []
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
+        self.closed = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,7 +43,7 @@ class ChatServer:
                     if failure == "timeout":  # the client gives up on it: not in flight for it any more
                         with server.lock:
                             server.in_flight -= 1
-                        time.sleep(server.timeout_sleep)
+                        server.closed.wait(server.timeout_sleep)
                         with server.lock:
                             server.in_flight += 1
                     if failure == "malformed":
@@ -66,7 +69,7 @@ class ChatServer:
                     pass  # the client gave up (a timeout): nothing to send
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd.daemon_threads = False  # server_close joins the handler threads
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
     def __enter__(self):
@@ -74,5 +77,6 @@ class ChatServer:
         return self
 
     def __exit__(self, *exc):
+        self.closed.set()  # stalled replies return now
         self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.server_close()  # joins every handler thread

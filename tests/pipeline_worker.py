@@ -10,6 +10,10 @@ Scenarios, in one launch of WORLD_SIZE processes:
                 reward accuracies
   packing-{M}-pp{P}  one SGD(lr=1) step over the same 8 pairs packed with at most M pairs per
                 micro-batch, with P pipeline stages (DP = WORLD_SIZE / P)
+  tp{T}-pp{P}[-tied]  one SGD(lr=1) step with T tensor-parallel ranks and P pipeline stages, bf16 off,
+                gradient clipping 1e9 (through DeepSpeed's norm, never binding), then an HF export
+                (the shards gathered); -tied: the tied model whose vocabulary T does not divide
+  tp{T}-pp{P}-resume  AdamW: checkpoint after step 1, steps 2-3, then a fresh engine resumes from it
 """
 
 import argparse
@@ -41,6 +45,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--hf", type=Path, required=True)
     parser.add_argument("--hf-tied", type=Path, default=None, help="a tied-embedding model for grads-*-tied")
+    parser.add_argument("--hf-odd", type=Path, default=None, help="a tied model with an odd vocabulary, for tp*-tied")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--scenarios", nargs="+", required=True)
     args = parser.parse_args()
@@ -71,6 +76,38 @@ def main():
             save_params(trainer, args.out, scenario)
             write(args.out, scenario, {"metrics": metrics, "reference": ref.tolist(),
                                        "pairs_per_micro_batch": [mb.num_pairs for mb in mbs_packed]})
+        elif scenario.startswith("tp") and scenario.endswith("-resume"):
+            tp, pp = (int(x) for x in scenario[2:].removesuffix("-resume").split("-pp"))
+            dp = world // (tp * pp)
+
+            def make(tp=tp, pp=pp, dp=dp):
+                return PipelineTrainer(config, pipeline_stages=pp, tensor_parallel=tp, gradient_accumulation_steps=2 // dp,
+                                       optimizer_factory=lambda params: torch.optim.AdamW(params, lr=1e-3), hf_path=args.hf)
+            trainer = make()
+            ref = trainer.reference_logps(mbs, num_pairs)
+            steps = [mbs[0:2], mbs[2:4], mbs[0:2]]
+            trainer.train_step(steps[0], ref)
+            trainer.save_checkpoint(args.out / f"{scenario}-ckpt", tag="step1")
+            straight = [trainer.train_step(s, ref)["loss"] for s in steps[1:]]
+            trainer.export_hf(args.out / f"{scenario}-straight")
+            resumed_trainer = make()
+            resumed_trainer.load_checkpoint(args.out / f"{scenario}-ckpt", tag="step1")
+            resumed = [resumed_trainer.train_step(s, ref)["loss"] for s in steps[1:]]
+            resumed_trainer.export_hf(args.out / f"{scenario}-resumed")
+            write(args.out, scenario, {"straight": straight, "resumed": resumed})
+        elif scenario.startswith("tp"):
+            tp, pp = (int(x) for x in scenario[2:].removesuffix("-tied").split("-pp"))
+            hf = args.hf_odd if scenario.endswith("-tied") else args.hf
+            trainer = PipelineTrainer(load_config(hf), pipeline_stages=pp, tensor_parallel=tp,
+                                      gradient_accumulation_steps=len(mbs) * pp * tp // world, optimizer_factory=sgd,
+                                      hf_path=hf, gradient_clipping=1e9)
+            ref = trainer.reference_logps(mbs, num_pairs)
+            metrics = trainer.train_step(mbs, ref)
+            trainer.export_hf(args.out / f"{scenario}-hf")
+            shapes = {n: list(p.shape) for n, p in trainer.module.named_parameters()}
+            gathered = [None] * world
+            dist.all_gather_object(gathered, [trainer.layout.tp_rank, trainer.layout.stage, shapes])
+            write(args.out, scenario, {"metrics": metrics, "reference": ref.tolist(), "shapes": gathered})
         elif scenario == "resume":
             def make():
                 return PipelineTrainer(config, pipeline_stages=2, gradient_accumulation_steps=2,

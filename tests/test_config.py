@@ -48,12 +48,33 @@ def test_bad_files_name_the_file_and_key(tmp_path, text, message):
     assert str(file) in str(error.value) and message in str(error.value)
 
 
+def test_tensor_parallel_is_checked_before_launch():
+    config = Config()
+    config.model.architecture = {"hidden_size": 48, "num_attention_heads": 6, "num_key_value_heads": 3,
+                                 "intermediate_size": 64}
+    config.parallel.tensor_parallel = 2
+    with pytest.raises(ConfigError, match="6 processes cannot form 2 tensor-parallel x 2 pipeline ranks"):
+        config.parallel.pipeline_stages = 2
+        config.validate(world_size=6)
+    config.parallel.pipeline_stages = 1
+    with pytest.raises(ConfigError, match="parallel.tensor_parallel: tensor_parallel 2 does not divide "
+                                          "num_key_value_heads 3"):
+        config.validate(world_size=2)
+    config.model.architecture["num_key_value_heads"] = 2
+    config.validate(world_size=2)
+    assert config.data_parallel(8) == 4  # world = T x P x D
+    config.model.head = "kernel"
+    with pytest.raises(ConfigError, match="tensor_parallel 2 needs model.head: fused"):
+        config.validate(world_size=2)
+
+
 def test_cross_field_validation():
     config = Config()
     config.model.architecture = {"hidden_size": 8, "num_attention_heads": 2, "num_key_value_heads": 1}
     config.validate(world_size=1)
     config.parallel.pipeline_stages = 2
-    with pytest.raises(ConfigError, match="must be a multiple of pipeline_stages"):
+    with pytest.raises(ConfigError, match="3 processes cannot form 2 pipeline stages: the process count must be a "
+                                          "multiple of 2"):
         config.validate(world_size=3)
     config.parallel.pipeline_stages, config.data.token_budget = 1, 1000
     with pytest.raises(ConfigError, match="token_budget"):

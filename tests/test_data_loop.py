@@ -107,7 +107,7 @@ def test_ctrl_c_with_requests_in_flight_exits_at_once_keeping_what_finished(tmp_
     def slow_after_two(body):  # two quick answers, then requests that would take a minute each
         served.append(1)
         if len(served) > 2:
-            time.sleep(60)
+            server.closed.wait(60)  # returns when the server closes at the end of the test
         return policy_reply(body)
 
     with ChatServer(slow_after_two) as server:

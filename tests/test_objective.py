@@ -103,7 +103,7 @@ def test_zero_stages_the_pipeline_refuses_fail_before_launch():
     assert check_parallelism(2, 1, 4) == 2
     with pytest.raises(ValueError, match="ZeRO stage 2 cannot be combined with a DeepSpeed pipeline"):
         check_parallelism(2, 2, 4)
-    with pytest.raises(ValueError, match="must be a multiple of pipeline_stages"):
+    with pytest.raises(ValueError, match="the process count must be a multiple of 3"):
         check_parallelism(3, 1, 4)
 
 

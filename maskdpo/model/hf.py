@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .llama import Llama, LlamaConfig
 
@@ -42,22 +42,17 @@ def load_config(path: str | Path) -> LlamaConfig:
     return LlamaConfig.from_hf(json.loads(file.read_text()))
 
 
-def load_hf_tensors(path: str | Path, names: set[str] | None = None) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors (only `names`, if given: a pipeline stage reads just its own shards)."""
+def tensor_files(path: str | Path) -> dict[str, str]:
+    """Each tensor's name in the checkpoint -> the safetensors file (in `path`) that holds it."""
     path = Path(path)
     if (path / INDEX).is_file():
-        weight_map = json.loads((path / INDEX).read_text())["weight_map"]
-        files = sorted({f for n, f in weight_map.items() if names is None or n in names})
-    elif (path / SINGLE).is_file():
-        files = [SINGLE]
-    else:
-        raise FileNotFoundError(f"{path}: no {SINGLE} or {INDEX}")
-    tensors = {}
-    for file in files:
-        for name, tensor in load_file(str(path / file)).items():
-            if names is None or name in names:
-                tensors[name] = tensor
-    return tensors
+        return dict(json.loads((path / INDEX).read_text())["weight_map"])
+    if (path / SINGLE).is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path / SINGLE), "pt") as f:
+            return {name: SINGLE for name in f.keys()}
+    raise FileNotFoundError(f"{path}: no {SINGLE} or {INDEX}")
 
 
 def load_hf_tensor_names(path: str | Path) -> list[str]:
@@ -80,22 +75,45 @@ LLAMA_TENSOR = re.compile(
 
 
 def load_state_dict(module: torch.nn.Module, path: str | Path, name_map=to_hf_name) -> None:
-    """Copy an HF checkpoint into `module` (names mapped by `name_map`); every parameter must be found."""
-    wanted = {name: name_map(name) for name, _ in module.named_parameters()}
-    tensors = load_hf_tensors(path, set(wanted.values()))
-    unexpected = sorted(n for n in load_hf_tensor_names(path) if not LLAMA_TENSOR.fullmatch(n))
+    """Copy an HF checkpoint into `module` (names mapped by `name_map`); every parameter must be found.
+
+    Tensor by tensor (safetensors' safe_open): a process never holds more than its own parameters
+    plus one tensor, and a tensor-parallel shard (a parameter with `tp_slice`, maskdpo.model.
+    tensor_parallel) reads only its rows or columns of the checkpoint's tensor."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    files = tensor_files(path)
+    unexpected = sorted(n for n in files if not LLAMA_TENSOR.fullmatch(n))
     if unexpected:
         raise KeyError(f"{path}: checkpoint holds tensors this Llama has no place for (an unsupported "
                        f"architecture?): {', '.join(unexpected[:5])}")
-    missing = sorted(hf for hf in wanted.values() if hf not in tensors)
+    params = dict(module.named_parameters())
+    wanted = {name: name_map(name) for name in params}
+    missing = sorted(hf for hf in wanted.values() if hf not in files)
     if missing:
         raise KeyError(f"{path}: checkpoint lacks {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+    by_file: dict[str, list[str]] = {}
+    for name, hf in wanted.items():
+        by_file.setdefault(files[hf], []).append(name)
     with torch.no_grad():
-        for name, param in module.named_parameters():
-            source = tensors[wanted[name]]
-            if source.shape != param.shape:
-                raise ValueError(f"{path}: {wanted[name]} has shape {tuple(source.shape)}, model expects {tuple(param.shape)}")
-            param.copy_(source.to(param.dtype))
+        for file, names in sorted(by_file.items()):
+            with safe_open(str(path / file), "pt") as f:
+                for name in names:
+                    param, hf = params[name], wanted[name]
+                    where = getattr(param, "tp_slice", None)
+                    view = f.get_slice(hf)
+                    shape = tuple(view.get_shape())
+                    if where is None:
+                        source = view[:]
+                    else:
+                        dim, start, stop = where
+                        source = view[tuple(slice(start, stop) if k == dim else slice(None) for k in range(len(shape)))]
+                    if tuple(source.shape) != tuple(param.shape):
+                        part = "" if where is None else f" (rows/columns [{where[1]}:{where[2]}) of dim {where[0]})"
+                        raise ValueError(f"{path / file}: {hf} has shape {shape}{part}, model expects "
+                                         f"{tuple(param.shape)}")
+                    param.copy_(source.to(param.dtype))
 
 
 def load_llama(path: str | Path, backend: str = "sdpa", dtype: torch.dtype = torch.float32) -> Llama:

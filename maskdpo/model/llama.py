@@ -127,7 +127,8 @@ class Rotary(nn.Module):
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
-        self._inv_freq_fp32 = rope_inv_freq(config)
+        with torch.device("cpu"):  # real values even when the model is built on the meta device
+            self._inv_freq_fp32 = rope_inv_freq(config)
         self.register_buffer("inv_freq", self._inv_freq_fp32.clone(), persistent=False)
 
     def _apply(self, fn, recurse=True):

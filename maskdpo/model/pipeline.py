@@ -12,7 +12,9 @@ integers. The stages never know about data or the loss beyond the callable they 
 
 from __future__ import annotations
 
+import contextlib
 import re
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +22,47 @@ from torch import nn
 
 from .hf import to_hf_name
 from .llama import DecoderLayer, Embedding, LlamaConfig, RMSNorm
+from .tensor_parallel import TensorParallel, mark_shards, parallelize
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How every layer of a stage is made: sharded for tensor parallelism and, when its weights come
+    from a checkpoint anyway, built on the meta device and materialised as its own shard only, in
+    the training dtype. A stage is built one layer at a time, so no rank ever holds a layer unsharded."""
+
+    tp: TensorParallel | None = None
+    """This rank's tensor-parallel group (None: no tensor parallelism)."""
+    meta: bool = False
+    """Build on the meta device; the values are loaded afterwards (maskdpo.model.hf.load_state_dict)."""
+    dtype: torch.dtype | None = None
+    """The dtype meta-built layers are materialised in (None: as built, fp32)."""
+
+    def building(self):
+        return torch.device("meta") if self.meta else contextlib.nullcontext()
+
+    def finish(self, layer: nn.Module) -> None:
+        if self.tp is not None:
+            parallelize(layer, self.tp)
+        if self.meta:
+            if self.dtype is not None:
+                layer.to(self.dtype)
+            layer.to_empty(device="cpu")
+            mark_shards(layer)  # to_empty made new parameters
+
+
+PLAIN = Placement()
 
 # ZeRO stages DeepSpeed accepts together with a PipelineModule (2 and 3 raise inside the engine).
 PIPELINE_ZERO_STAGES = (0, 1)
 
 
 class EmbeddingPipe(Embedding):
+    def __init__(self, config: LlamaConfig, placement: Placement = PLAIN):
+        with placement.building():
+            super().__init__(config)
+        placement.finish(self)
+
     def forward(self, inputs):
         input_ids, position_ids, cu_seqlens = inputs
         return super().forward(input_ids), position_ids, cu_seqlens
@@ -35,8 +72,11 @@ class DecoderLayerPipe(DecoderLayer):
     """max_seqlen: the longest sequence any micro-batch holds (packing guarantees it), which sizes
     the varlen attention kernels' work without a host sync; None: the token budget, always valid."""
 
-    def __init__(self, config: LlamaConfig, backend: str = "sdpa", max_seqlen: int | None = None):
-        super().__init__(config, backend)
+    def __init__(self, config: LlamaConfig, backend: str = "sdpa", max_seqlen: int | None = None,
+                 placement: Placement = PLAIN):
+        with placement.building():
+            super().__init__(config, backend)
+        placement.finish(self)
         self.max_seqlen = max_seqlen
 
     def forward(self, inputs):
@@ -46,9 +86,11 @@ class DecoderLayerPipe(DecoderLayer):
 
 
 class FinalNormPipe(nn.Module):
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig, placement: Placement = PLAIN):
         super().__init__()
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        with placement.building():
+            self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        placement.finish(self)
 
     def forward(self, inputs):
         return self.norm(inputs[0])
@@ -58,10 +100,14 @@ class LMHeadPipe(nn.Module):
     """The LM head. With `fused`, it passes the hidden states through and the loss applies its
     weight itself (linear_sequence_logps), so the whole logits never exist."""
 
-    def __init__(self, config: LlamaConfig, fused: bool = False):
+    vocab_parallel_head = True  # tensor parallelism splits lm_head's rows (maskdpo.model.tensor_parallel)
+
+    def __init__(self, config: LlamaConfig, fused: bool = False, placement: Placement = PLAIN):
         super().__init__()
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        with placement.building():
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.fused = fused
+        placement.finish(self)
 
     def forward(self, hidden):
         return hidden if self.fused else self.lm_head(hidden)
@@ -87,32 +133,38 @@ def head_weight(module: nn.Module):
     raise ValueError("this stage holds no LM head")
 
 
-def layer_specs(config: LlamaConfig, backend: str, fused_head: bool = False, max_seqlen: int | None = None):
+def layer_specs(config: LlamaConfig, backend: str, fused_head: bool = False, max_seqlen: int | None = None,
+                placement: Placement = PLAIN):
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
 
     if config.tie_word_embeddings:
-        first = TiedLayerSpec("embed", EmbeddingPipe, config, tied_weight_attr="embed_tokens.weight")
-        last = TiedLayerSpec("embed", EmbeddingPipe, config, forward_fn=_tied_head_fused if fused_head else _tied_head,
+        first = TiedLayerSpec("embed", EmbeddingPipe, config, placement, tied_weight_attr="embed_tokens.weight")
+        last = TiedLayerSpec("embed", EmbeddingPipe, config, placement,
+                             forward_fn=_tied_head_fused if fused_head else _tied_head,
                              tied_weight_attr="embed_tokens.weight")
     else:
-        first, last = LayerSpec(EmbeddingPipe, config), LayerSpec(LMHeadPipe, config, fused_head)
-    decoders = [LayerSpec(DecoderLayerPipe, config, backend, max_seqlen) for _ in range(config.num_hidden_layers)]
-    return [first, *decoders, LayerSpec(FinalNormPipe, config), last]
+        first, last = LayerSpec(EmbeddingPipe, config, placement), LayerSpec(LMHeadPipe, config, fused_head, placement)
+    decoders = [LayerSpec(DecoderLayerPipe, config, backend, max_seqlen, placement)
+                for _ in range(config.num_hidden_layers)]
+    return [first, *decoders, LayerSpec(FinalNormPipe, config, placement), last]
 
 
 def build_pipeline(config: LlamaConfig, num_stages: int, loss_fn, backend: str = "sdpa",
                    partition_method: str = "type:DecoderLayerPipe", activation_checkpointing: bool = False,
-                   fused_head: bool = False, max_seqlen: int | None = None):
+                   fused_head: bool = False, max_seqlen: int | None = None, topology=None,
+                   placement: Placement = PLAIN):
     """The PipelineModule (torch.distributed must be initialised). Decoder layers are split evenly
-    across stages by default ("parameters" balances parameter counts instead)."""
+    across stages by default ("parameters" balances parameter counts instead). topology: DeepSpeed's
+    PipeModelDataParallelTopology for tensor parallelism (None: pipeline x data)."""
     from deepspeed.pipe import PipelineModule
 
     if num_stages > config.num_hidden_layers:
         raise ValueError(f"{num_stages} pipeline stages for {config.num_hidden_layers} decoder layers: "
                          "every stage needs at least one")
     return PipelineModule(
-        layers=layer_specs(config, backend, fused_head, max_seqlen),
-        num_stages=num_stages,
+        layers=layer_specs(config, backend, fused_head, max_seqlen, placement),
+        num_stages=None if topology is not None else num_stages,
+        topology=topology,
         loss_fn=loss_fn,
         partition_method=partition_method,
         activation_checkpoint_interval=1 if activation_checkpointing else 0,

@@ -103,7 +103,10 @@ class TrainConfig:
 @dataclass
 class ParallelConfig:
     pipeline_stages: int = 1
-    """Pipeline stages; the processes are split into pipeline_stages x data-parallel ranks."""
+    """Pipeline stages; the processes are split into tensor_parallel x pipeline_stages x data-parallel ranks."""
+    tensor_parallel: int = 1
+    """Megatron-style tensor-parallel ranks per stage (adjacent ranks: keep them inside a node); must divide
+    the attention heads, key/value heads and MLP width; needs model.head: fused. `maskdpo plan` sizes it."""
     zero_stage: int = 1
     """DeepSpeed ZeRO stage (0 or 1 with a pipeline)."""
     processes: int | None = None
@@ -146,7 +149,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def data_parallel(self, world_size: int) -> int:
-        return world_size // self.parallel.pipeline_stages
+        return world_size // (self.parallel.pipeline_stages * self.parallel.tensor_parallel)
 
     def micro_batches_per_step(self) -> int:
         """Micro-batches of one optimizer step over all data-parallel ranks (accumulation x DP)."""

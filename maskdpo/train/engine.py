@@ -25,23 +25,49 @@ from ..data.packing import MicroBatch
 from ..dpo.objective import SUMS, MaskDPOObjective, ReferenceTokenLogps, SequenceSums, step_metrics
 from ..model.attention import resolve_backend
 from ..model.llama import LlamaConfig
-from ..model.pipeline import PIPELINE_ZERO_STAGES, build_pipeline, head_weight, load_hf_into_stage, stage_hf_tensors
+from ..model.pipeline import (
+    PIPELINE_ZERO_STAGES,
+    Placement,
+    build_pipeline,
+    head_weight,
+    load_hf_into_stage,
+    stage_hf_tensors,
+)
+from ..model.shards import check_tensor_parallel
+from ..model.tensor_parallel import TensorParallel, gather_full
 from .distributed import compute_device, init_distributed
 from .loader import data_parallel_share
 
 
-def check_parallelism(pipeline_stages: int, zero_stage: int, world_size: int) -> int:
-    """Validate a layout before any process starts; return the data-parallel degree."""
+def check_parallelism(pipeline_stages: int, zero_stage: int, world_size: int, tensor_parallel: int = 1) -> int:
+    """Validate a layout before any process starts; return the data-parallel degree
+    (world = tensor_parallel x pipeline_stages x data_parallel)."""
     if pipeline_stages < 1:
         raise ValueError(f"pipeline_stages must be at least 1, got {pipeline_stages}")
-    if world_size % pipeline_stages:
-        raise ValueError(f"{world_size} processes cannot form {pipeline_stages} pipeline stages: "
-                         f"the process count must be a multiple of pipeline_stages")
+    if tensor_parallel < 1:
+        raise ValueError(f"tensor_parallel must be at least 1, got {tensor_parallel}")
+    replica = pipeline_stages * tensor_parallel
+    if world_size % replica:
+        what = (f"{pipeline_stages} pipeline stages" if tensor_parallel == 1
+                else f"{tensor_parallel} tensor-parallel x {pipeline_stages} pipeline ranks")
+        raise ValueError(f"{world_size} processes cannot form {what}: the process count must be a multiple of "
+                         f"{replica}")
     if zero_stage not in PIPELINE_ZERO_STAGES:
         raise ValueError(f"ZeRO stage {zero_stage} cannot be combined with a DeepSpeed pipeline "
                          f"(it supports stages {PIPELINE_ZERO_STAGES}); use zero_stage=1 for sharded "
                          f"optimizer states")
-    return world_size // pipeline_stages
+    return world_size // replica
+
+
+def tensor_parallel_group(topology) -> TensorParallel:
+    """This rank's tensor-parallel group from DeepSpeed's topology (the "model" axis: adjacent ranks,
+    inside a node). Every rank creates every group, in the same order, as torch.distributed requires."""
+    rank, mine = dist.get_rank(), None
+    for ranks in topology.get_axis_comm_lists("model"):
+        group = dist.new_group(ranks)
+        if rank in ranks:
+            mine = TensorParallel(group, ranks.index(rank), len(ranks))
+    return mine
 
 
 OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
@@ -55,7 +81,8 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def deepspeed_config(gradient_accumulation_steps: int, data_parallel: int, zero_stage: int = 1,
-                     bf16: bool = False, gradient_clipping: float = 0.0, overrides: dict | None = None) -> dict:
+                     bf16: bool = False, gradient_clipping: float = 0.0, overrides: dict | None = None,
+                     tensor_parallel: int = 1) -> dict:
     """The DeepSpeed config we run with; `overrides` (a template file's contents, see launch/) are
     merged over it, except the batch-size keys, which follow from the packing and the layout."""
     owned = [k for k in OWNED_KEYS if k in (overrides or {})]
@@ -75,6 +102,10 @@ def deepspeed_config(gradient_accumulation_steps: int, data_parallel: int, zero_
     if bf16:
         config["bf16"] = {"enabled": True}
         config["data_types"] = {"grad_accum_dtype": "fp32"}  # bf16 compute, fp32 accumulation
+    if tensor_parallel > 1:
+        # Stages send the whole (replicated) hidden state to the same tensor rank of the next stage;
+        # DeepSpeed's partitioned sends assume Megatron's own activation layout.
+        config["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
     config = _merge(config, overrides or {})
     check_parallelism(1, config["zero_optimization"].get("stage", 0), 1)
     return config
@@ -95,6 +126,8 @@ class Layout:
     data_parallel: int
     stage: int
     dp_rank: int
+    tensor_parallel: int = 1
+    tp_rank: int = 0
 
     @property
     def last_stage(self) -> bool:
@@ -115,24 +148,42 @@ class PipelineTrainer:
                  gradient_clipping: float = 0.0, beta: float = 0.1, loss_type: str = "sigmoid",
                  label_smoothing: float = 0.0, attention: str = "auto", activation_checkpointing: bool = False,
                  partition_method: str = "type:DecoderLayerPipe", lr_scheduler_factory=None, seed: int = 0,
-                 head: str = "fused", max_seqlen: int | None = None, deepspeed_overrides: dict | None = None):
+                 head: str = "fused", max_seqlen: int | None = None, deepspeed_overrides: dict | None = None,
+                 tensor_parallel: int = 1):
         import deepspeed
+        from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
         init_distributed()
-        data_parallel = check_parallelism(pipeline_stages, zero_stage, dist.get_world_size())
+        data_parallel = check_parallelism(pipeline_stages, zero_stage, dist.get_world_size(), tensor_parallel)
+        if tensor_parallel > 1:
+            check_tensor_parallel(config, tensor_parallel)
+            if head != "fused":
+                raise ValueError(f"tensor_parallel {tensor_parallel} needs model.head: fused (the vocabulary is split "
+                                 f"across tensor ranks), got {head!r}")
         torch.manual_seed(seed)  # the same random initialisation on every rank
         self.config = config
         self.max_seqlen = max_seqlen
         self.attention_backend = resolve_attention(attention, compute_device(), bf16)
+        topology = (PipeModelDataParallelTopology(num_pp=pipeline_stages, num_mp=tensor_parallel, num_dp=data_parallel)
+                    if tensor_parallel > 1 else None)
+        self.tensor_parallel = tensor_parallel_group(topology) if topology is not None else TensorParallel(None, 0, 1)
+        # From a checkpoint, each layer is built on the meta device and materialised as this rank's
+        # shard in the training dtype, then read tensor by tensor (model.hf.load_state_dict): no rank
+        # holds its stage unsharded or in fp32 when training in bf16. A random start (no checkpoint)
+        # is built whole in fp32 with the seed, then sliced, as every layout would see it.
+        meta = hf_path is not None
+        placement = Placement(self.tensor_parallel if tensor_parallel > 1 else None, meta,
+                              compute_dtype(bf16) if meta else None)
         module = build_pipeline(config, pipeline_stages, None, self.attention_backend, partition_method,
                                 activation_checkpointing=activation_checkpointing, fused_head=head == "fused",
-                                max_seqlen=max_seqlen)
+                                max_seqlen=max_seqlen, topology=topology, placement=placement)
         if hf_path is not None:
             load_hf_into_stage(module, hf_path, config.num_hidden_layers)
         if bf16:
             module = module.to(compute_dtype(bf16))
         last = module.stage_id == module.num_stages - 1
-        sums = SequenceSums(head, head_weight(module) if head == "fused" and last else None) if last else None
+        group = self.tensor_parallel.group if tensor_parallel > 1 else None
+        sums = SequenceSums(head, head_weight(module) if head == "fused" and last else None, group) if last else None
         self.objective = MaskDPOObjective(sums, beta, loss_type, label_smoothing) if last else None
         self.reference_tokens = ReferenceTokenLogps(sums) if last else None
         module.loss_fn = self.objective
@@ -141,11 +192,11 @@ class PipelineTrainer:
         self.engine, _, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, lr_scheduler=scheduler,
             config=deepspeed_config(gradient_accumulation_steps, data_parallel, zero_stage, bf16, gradient_clipping,
-                                    deepspeed_overrides),
+                                    deepspeed_overrides, tensor_parallel),
         )
         self.module = module
         self.layout = Layout(pipeline_stages, data_parallel, self.engine.stage_id,
-                             self.engine.grid.get_data_parallel_rank())
+                             self.engine.grid.get_data_parallel_rank(), tensor_parallel, self.tensor_parallel.rank)
         self.gradient_accumulation_steps = gradient_accumulation_steps
 
     @property
@@ -241,6 +292,8 @@ class PipelineTrainer:
         device = compute_device()
         if self.objective is not None:
             totals, bad = self.objective.take(device)
+            if self.layout.tp_rank != 0:  # every tensor rank of the last stage computed the same sums
+                totals, bad = torch.zeros_like(totals), []
         else:
             totals, bad = torch.zeros(len(SUMS), dtype=torch.float64, device=device), []
         flag = torch.tensor([float(len(bad))], dtype=torch.float64, device=device)
@@ -298,15 +351,22 @@ class PipelineTrainer:
         path = Path(path)
         shard = f"model-stage-{self.layout.stage + 1:05d}-of-{self.layout.pipeline_stages:05d}.safetensors"
         names = []
-        if self.layout.dp_rank == 0:
-            path.mkdir(parents=True, exist_ok=True)
-            tensors = stage_hf_tensors(self.module, self.config.num_hidden_layers)
-            if self.layout.stage != 0:  # a tied embedding is written once, by the first stage
-                tensors = {n: t for n, t in tensors.items() if n != "model.embed_tokens.weight"}
-            tensors = {n: t.detach().to("cpu", dtype or t.dtype).contiguous() for n, t in tensors.items()}
-            save_file(tensors, str(path / (shard + ".tmp")), metadata={"format": "pt"})
-            os.replace(path / (shard + ".tmp"), path / shard)
-            names = [(n, shard, t.numel() * t.element_size()) for n, t in tensors.items()]
+        if self.layout.dp_rank == 0:  # the first replica's tensor ranks gather each tensor together
+            writer = self.layout.tp_rank == 0
+            if writer:
+                path.mkdir(parents=True, exist_ok=True)
+            tensors = {}
+            for name, t in stage_hf_tensors(self.module, self.config.num_hidden_layers).items():
+                if self.layout.stage != 0 and name == "model.embed_tokens.weight":
+                    continue  # a tied embedding is written once, by the first stage
+                full = gather_full(t, self.tensor_parallel)  # one tensor at a time
+                if writer:
+                    tensors[name] = full.detach().to("cpu", dtype or t.dtype).contiguous()
+                del full
+            if writer:
+                save_file(tensors, str(path / (shard + ".tmp")), metadata={"format": "pt"})
+                os.replace(path / (shard + ".tmp"), path / shard)
+                names = [(n, shard, t.numel() * t.element_size()) for n, t in tensors.items()]
         gathered = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, names)
         if dist.get_rank() == 0:

@@ -41,6 +41,7 @@ def build_engine(config: Config, model_path: Path, packing, total_steps: int, wo
     c = config
     return PipelineTrainer(
         load_model_config(model_path), pipeline_stages=c.parallel.pipeline_stages,
+        tensor_parallel=c.parallel.tensor_parallel,
         gradient_accumulation_steps=c.accumulation_steps(world),
         optimizer_factory=lambda params: torch.optim.AdamW(params, lr=c.optim.lr, betas=tuple(c.optim.betas),
                                                            weight_decay=c.optim.weight_decay),

@@ -59,6 +59,7 @@ def validate(config, world_size: int) -> None:
     from ..dpo.loss import LOSS_TYPES
     from ..dpo.objective import HEADS
     from ..model.attention import BACKENDS
+    from ..model.shards import check_tensor_parallel
     from .config import ConfigError
     from .engine import OWNED_KEYS, check_parallelism
 
@@ -116,9 +117,16 @@ def validate(config, world_size: int) -> None:
     check(p.partition in PARTITIONS or p.partition.startswith("type:"),
           f"parallel.partition must be parameters, uniform or type:<layer class regex>, not {p.partition!r}")
     try:
-        dp = check_parallelism(p.pipeline_stages, p.zero_stage, world_size)
+        dp = check_parallelism(p.pipeline_stages, p.zero_stage, world_size, p.tensor_parallel)
     except ValueError as e:
         error(f"parallel: {e}")
+    if p.tensor_parallel > 1:
+        try:
+            check_tensor_parallel(arch, p.tensor_parallel)
+        except ValueError as e:
+            error(f"parallel.tensor_parallel: {e}")
+        check(m.head == "fused", f"parallel.tensor_parallel {p.tensor_parallel} needs model.head: fused (the "
+                                 f"vocabulary is split across tensor ranks), not {m.head!r}")
     check(p.pipeline_stages <= arch.num_hidden_layers,
           f"parallel.pipeline_stages ({p.pipeline_stages}) exceeds the model's {arch.num_hidden_layers} decoder layers")
     check(not (p.bf16 and p.zero_stage == 0), "parallel.bf16 needs parallel.zero_stage 1 (DeepSpeed accumulates "
@@ -140,7 +148,7 @@ def validate(config, world_size: int) -> None:
                          "train.batch_pairs, train.micro_batch_pairs and the layout)")
         stage = template.get("zero_optimization", {}).get("stage", p.zero_stage)
         try:
-            check_parallelism(p.pipeline_stages, stage, world_size)
+            check_parallelism(p.pipeline_stages, stage, world_size, p.tensor_parallel)
         except ValueError as e:
             error(f"parallel.deepspeed_config: {file}: {e}")
     # checkpoint, logging

@@ -1,0 +1,175 @@
+"""Megatron-style tensor parallelism, applied from outside to plain model modules.
+
+The model code (maskdpo.model.llama) knows nothing of ranks. `parallelize` walks a built module (a
+pipeline stage) and swaps, in place and under the same parameter names:
+  q, k, v, gate, up     -> ColumnParallelLinear   (output rows split; input gradient all-reduced)
+  o, down               -> RowParallelLinear      (input columns split; output all-reduced)
+  the embedding         -> VocabParallelEmbedding (vocabulary rows split; output all-reduced)
+  the LM head's weight  -> its vocabulary shard   (the fused head exchanges per-row statistics with
+                           vocab_group=, never logits; it all-reduces the hidden states' gradient)
+  norms                 -> unchanged, replicated  (their gradients agree on every rank)
+Which rows and columns a rank holds is maskdpo.model.shards' rule (tensor_split sizes, no padding).
+Each sharded parameter carries `tensor_model_parallel = True` (DeepSpeed then counts it once per
+rank in the gradient norm, and replicated ones once) and `tp_slice = (dim, start, stop)` within the
+full tensor (what the checkpoint loader reads and the HF export gathers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .llama import Attention, DecoderLayer, Embedding
+from .shards import COLUMN, ROW, VOCAB, shard_slice
+
+
+@dataclass(frozen=True)
+class TensorParallel:
+    group: object
+    """The torch.distributed group of this rank's tensor-parallel peers."""
+    rank: int
+    """This rank's index in the group."""
+    size: int
+    """T, the number of tensor-parallel ranks."""
+
+
+class _CopyToRegion(torch.autograd.Function):
+    """Identity forward; the backward sums the input's gradient over the group (each rank's shard
+    of the next layer contributes part of it)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class _ReduceFromRegion(torch.autograd.Function):
+    """All-reduce forward (each rank holds a partial sum); identity backward."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        x = x.contiguous()
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def _shard_parameter(owner: nn.Module, weight: torch.Tensor, split: str, tp: TensorParallel) -> nn.Parameter:
+    """This rank's shard of `weight` (real or meta) as a new parameter; `owner` (the module that will
+    hold it as .weight) remembers where the shard sits, so that the marks survive a re-creation of
+    the parameter (to_empty from the meta device makes new ones: mark_shards again)."""
+    owner.tp_slice = shard_slice(split, tuple(weight.shape), tp.size, tp.rank)
+    dim, start, stop = owner.tp_slice
+    shard = nn.Parameter(weight.detach().narrow(dim, start, stop - start).clone(), requires_grad=weight.requires_grad)
+    _mark(shard, owner.tp_slice)
+    return shard
+
+
+def _mark(param: nn.Parameter, where: tuple[int, int, int]) -> None:
+    param.tensor_model_parallel = True  # DeepSpeed: a model-parallel parameter (norms, gradient clipping)
+    param.partition_dim = where[0]
+    param.tp_slice = where
+
+
+def mark_shards(module: nn.Module) -> None:
+    """Put the shard marks back on every sharded parameter of `module` (after to_empty)."""
+    for sub in module.modules():
+        where = getattr(sub, "tp_slice", None)
+        if where is not None:
+            _mark(sub.weight, where)
+
+
+class ColumnParallelLinear(nn.Module):
+    def __init__(self, linear: nn.Linear, tp: TensorParallel):
+        super().__init__()
+        self.weight = _shard_parameter(self, linear.weight, COLUMN, tp)
+        self.group = tp.group
+
+    def forward(self, x):
+        return F.linear(_CopyToRegion.apply(x, self.group), self.weight)
+
+
+class RowParallelLinear(nn.Module):
+    def __init__(self, linear: nn.Linear, tp: TensorParallel):
+        super().__init__()
+        self.weight = _shard_parameter(self, linear.weight, ROW, tp)
+        self.group = tp.group
+
+    def forward(self, x):
+        return _ReduceFromRegion.apply(F.linear(x, self.weight), self.group)
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Rows [start, stop) of the embedding; ids outside them give 0 here and their row on the rank
+    that holds it, and the all-reduce sums the one non-zero contribution."""
+
+    def __init__(self, embedding: nn.Embedding, tp: TensorParallel):
+        super().__init__()
+        self.weight = _shard_parameter(self, embedding.weight, VOCAB, tp)
+        _, self.start, self.stop = self.tp_slice
+        self.group = tp.group
+
+    def forward(self, ids):
+        outside = (ids < self.start) | (ids >= self.stop)
+        local = torch.where(outside, 0, ids - self.start)
+        out = F.embedding(local, self.weight).masked_fill(outside[..., None], 0.0)
+        return _ReduceFromRegion.apply(out, self.group)
+
+
+def _parallelize_layer(layer: DecoderLayer, tp: TensorParallel) -> None:
+    attn: Attention = layer.self_attn
+    for name in ("q_proj", "k_proj", "v_proj"):
+        setattr(attn, name, ColumnParallelLinear(getattr(attn, name), tp))
+    attn.o_proj = RowParallelLinear(attn.o_proj, tp)
+    attn.heads //= tp.size  # whole heads per rank (shards.check_tensor_parallel)
+    attn.kv_heads //= tp.size
+    mlp = layer.mlp
+    mlp.gate_proj = ColumnParallelLinear(mlp.gate_proj, tp)
+    mlp.up_proj = ColumnParallelLinear(mlp.up_proj, tp)
+    mlp.down_proj = RowParallelLinear(mlp.down_proj, tp)
+
+
+def parallelize(module: nn.Module, tp: TensorParallel) -> None:
+    """Shard every decoder layer, embedding and LM head inside `module` for this rank (in place)."""
+    if tp.size == 1:
+        return
+    for sub in list(module.modules()):
+        if isinstance(sub, DecoderLayer):
+            _parallelize_layer(sub, tp)
+        elif isinstance(sub, Embedding):
+            sub.embed_tokens = VocabParallelEmbedding(sub.embed_tokens, tp)
+        elif getattr(sub, "vocab_parallel_head", False):  # the pipeline's LM head (LMHeadPipe)
+            sub.lm_head.weight = _shard_parameter(sub.lm_head, sub.lm_head.weight, VOCAB, tp)
+
+
+def gather_full(tensor: torch.Tensor, tp: TensorParallel) -> torch.Tensor:
+    """The whole tensor from every rank's shard of it (`tensor.tp_slice`), on every rank; a replicated
+    tensor is returned as it is. Uneven shards are padded to the largest for the all-gather."""
+    where = getattr(tensor, "tp_slice", None)
+    if where is None or tp.size == 1:
+        return tensor
+    dim = where[0]
+    sizes = [torch.zeros(1, dtype=torch.int64, device=tensor.device) for _ in range(tp.size)]
+    dist.all_gather(sizes, torch.tensor([tensor.shape[dim]], device=tensor.device), group=tp.group)
+    sizes = [int(s) for s in sizes]
+    local = tensor.detach().contiguous()
+    if local.shape[dim] < max(sizes):
+        pad = list(local.shape)
+        pad[dim] = max(sizes) - local.shape[dim]
+        local = torch.cat([local, local.new_zeros(pad)], dim)
+    parts = [torch.empty_like(local) for _ in range(tp.size)]
+    dist.all_gather(parts, local, group=tp.group)
+    return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, sizes)], dim)

@@ -1,0 +1,118 @@
+"""Tensor parallelism inside the DeepSpeed pipeline (CPU, gloo, 2 and 4 processes) against the
+Mask-DPO step written from the formula in float64 with transformers (tests/test_pipeline.py's
+oracle), through the HF export (which gathers the shards)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from model_helpers import tiny_hf_llama
+from pipeline_data import micro_batches
+from safetensors.torch import load_file
+from test_pipeline import check_step, free_port, oracle_step
+
+from maskdpo.model.hf import load_config
+from maskdpo.model.shards import rank_shapes, shard_range
+from maskdpo.train.engine import check_parallelism
+
+TESTS = Path(__file__).resolve().parent
+ODD_VOCAB = 4093  # not divisible by 2; holds every token id of the bundled pairs (< 4092)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tp-models")
+    untied = tiny_hf_llama(root / "hf", "gqa-rope-scaling", vocab_size=4096)
+    odd = tiny_hf_llama(root / "hf-odd", "tied-mha", vocab_size=ODD_VOCAB, seed=2)
+    return {"untied": (root / "hf", untied), "tied": (root / "hf-odd", odd)}
+
+
+@pytest.fixture(scope="module")
+def launch(models, tmp_path_factory):
+    """launch(processes, scenarios): pipeline_worker.py under torchrun, once per call; its results folder.
+    The kernels run their PyTorch path (the 4-process runs under the interpreter would be too slow)."""
+    done = {}
+
+    def run(processes: int, scenarios: tuple[str, ...]) -> Path:
+        if (processes, scenarios) not in done:
+            out = tmp_path_factory.mktemp("tp-" + "-".join(scenarios))
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "0", "PYTHONPATH": str(TESTS)}
+            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
+                       str(processes), "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+                       str(TESTS / "pipeline_worker.py"), "--hf", str(models["untied"][0]),
+                       "--hf-odd", str(models["tied"][0]), "--out", str(out), "--scenarios", *scenarios]
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+            done[(processes, scenarios)] = out
+        return done[(processes, scenarios)]
+    return run
+
+
+def exported(folder: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(str(file)))
+    return tensors
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes,scenario,model", [
+    (2, "tp2-pp1", "untied"),
+    (2, "tp2-pp1-tied", "tied"),
+    (4, "tp2-pp2", "untied"),
+])
+def test_tensor_parallel_step_matches_plain_pytorch(launch, models, processes, scenario, model):
+    """T = 2 (DP = 1) and T = 2 x P = 2; tied embeddings with a vocabulary T does not divide: the
+    same loss, reference sums and updated parameters as float64 transformers, after the export has
+    gathered the shards into standard tensors."""
+    scenarios = ("tp2-pp2", "tp1-pp2") if processes == 4 else (scenario,)
+    out = launch(processes, scenarios)
+    mbs, _ = micro_batches()
+    pairs = [int(i) for mb in mbs for i in mb.pair_index if i >= 0]
+    loss, reference, updated = oracle_step(models[model][0], pairs)
+    result = json.loads((out / f"{scenario}.json").read_text())
+    assert result["metrics"]["loss"] == pytest.approx(loss, abs=1e-6)
+    assert result["metrics"]["pairs"] == len(pairs)  # the last stage's tensor ranks counted once
+    check_step(result, exported(out / f"{scenario}-hf"), reference, updated, models[model][1].state_dict(),
+               tied=model == "tied")
+    # Every rank held exactly its shard (maskdpo.model.shards' rule), not the whole tensors.
+    config = load_config(models[model][0])
+    for tp_rank, _stage, shapes in result["shapes"]:
+        expected = rank_shapes(config, 2, tp_rank)
+        for name, shape in shapes.items():
+            if name.endswith("self_attn.q_proj.weight"):
+                assert tuple(shape) == expected.layer["self_attn.q_proj.weight"]
+            if name.endswith("embed_tokens.weight"):
+                start, stop = shard_range(config.vocab_size, 2, tp_rank)
+                assert tuple(shape) == (stop - start, config.hidden_size)
+    if processes == 4:  # the same step with T = 1 (P = 2, D = 2) exports the same model
+        single = exported(out / "tp1-pp2-hf")
+        ours = exported(out / f"{scenario}-hf")
+        assert set(single) == set(ours)
+        for name in single:
+            torch.testing.assert_close(ours[name], single[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_tensor_parallel_resume_is_bitwise(launch):
+    out = launch(2, ("tp2-pp1-resume",))
+    result = json.loads((out / "tp2-pp1-resume.json").read_text())
+    assert result["resumed"] == result["straight"]
+    straight, resumed = exported(out / "tp2-pp1-resume-straight"), exported(out / "tp2-pp1-resume-resumed")
+    assert set(straight) == set(resumed)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    # The checkpoint holds one model file per tensor rank (DeepSpeed's mp_rank_XX layout).
+    assert len(list((out / "tp2-pp1-resume-ckpt" / "step1").glob("mp_rank_0*_model_states.pt"))) == 2
+
+
+def test_a_world_size_that_does_not_factor_is_refused():
+    assert check_parallelism(2, 1, 8, tensor_parallel=2) == 2
+    with pytest.raises(ValueError, match="6 processes cannot form 4 tensor-parallel x 1 pipeline ranks"):
+        check_parallelism(1, 1, 6, tensor_parallel=4)
+    with pytest.raises(ValueError, match="tensor_parallel must be at least 1"):
+        check_parallelism(1, 1, 2, tensor_parallel=0)

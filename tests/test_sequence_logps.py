@@ -55,9 +55,17 @@ def assert_close(actual, expected, rtol, atol):
     torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=atol, equal_nan=True)
 
 
+SHAPES = [(1, 1), (1, 127), (37, 1), (37, 127), (37, 32000), (4, 128256)]
+# The GPU launch variants stream a row in 1024-4096-column blocks, which the interpreter pays for per
+# block: they run every shape but (37, 32000); the default and multi-block paths run them all.
+VARIANT_SHAPES = [s for s in SHAPES if s != (37, 32000)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("n,vocab", [(1, 1), (1, 127), (37, 1), (37, 127), (37, 32000), (4, 128256)])
+@pytest.mark.parametrize("n,vocab", SHAPES)
 def test_matches_float64(blocks, dtype, n, vocab):
+    if blocks in VARIANTS and (n, vocab) not in VARIANT_SHAPES:
+        pytest.skip("a launch variant on the largest row count: covered by the other shapes")
     num_seqs = 5  # more sequences than some layouts fill: empty sequences must come out 0
     logits, labels, weights, seq_ids = make_rows(n, vocab, num_seqs, dtype, seed=n + vocab)
     grad_out = torch.randn(num_seqs, generator=torch.Generator().manual_seed(1))

@@ -20,6 +20,8 @@ from maskdpo.model.shards import rank_shapes, shard_range
 from maskdpo.train.engine import check_parallelism
 
 TESTS = Path(__file__).resolve().parent
+# One launch of 2 processes serves every 2-process test (each scenario builds its own engine).
+TWO_PROCESS = ("tp2-pp1", "tp2-pp1-tied", "tp2-pp1-resume")
 ODD_VOCAB = 4093  # not divisible by 2; holds every token id of the bundled pairs (< 4092)
 
 
@@ -69,7 +71,7 @@ def test_tensor_parallel_step_matches_plain_pytorch(launch, models, processes, s
     """T = 2 (DP = 1) and T = 2 x P = 2; tied embeddings with a vocabulary T does not divide: the
     same loss, reference sums and updated parameters as float64 transformers, after the export has
     gathered the shards into standard tensors."""
-    scenarios = ("tp2-pp2", "tp1-pp2") if processes == 4 else (scenario,)
+    scenarios = ("tp2-pp2", "tp1-pp2") if processes == 4 else TWO_PROCESS
     out = launch(processes, scenarios)
     mbs, _ = micro_batches()
     pairs = [int(i) for mb in mbs for i in mb.pair_index if i >= 0]
@@ -99,7 +101,7 @@ def test_tensor_parallel_step_matches_plain_pytorch(launch, models, processes, s
 
 @pytest.mark.slow
 def test_tensor_parallel_resume_is_bitwise(launch):
-    out = launch(2, ("tp2-pp1-resume",))
+    out = launch(2, TWO_PROCESS)
     result = json.loads((out / "tp2-pp1-resume.json").read_text())
     assert result["resumed"] == result["straight"]
     straight, resumed = exported(out / "tp2-pp1-resume-straight"), exported(out / "tp2-pp1-resume-resumed")

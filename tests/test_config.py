@@ -4,24 +4,40 @@ import pytest
 
 from maskdpo.train.config import Config, ConfigError, OptimConfig, field_docs, load_config
 
-RECIPES = ["tiny-cpu", "llama3.1-8b-paper", "llama3.1-8b-authors"]
+RECIPES = ["tiny-cpu", "llama3.1-8b-paper", "llama3.1-8b-authors", "llama3.1-70b"]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipes_load(recipe, tmp_path):
     from pathlib import Path
 
-    (tmp_path / "config.json").write_text("{}")  # a stand-in model directory for validation
+    from maskdpo.assets import MODELS
+
+    # A stand-in model directory for validation (the 70B recipe: the published config's shapes).
+    (tmp_path / "config.json").write_text((MODELS / "llama3.1-70b.json").read_text() if "70b" in recipe else "{}")
     (tmp_path / "pairs.jsonl").write_text("")
     config = load_config(Path(__file__).resolve().parents[1] / "launch" / "configs" / f"{recipe}.yaml",
                          ["--model.path", str(tmp_path), "--data.pairs", str(tmp_path / "pairs.jsonl")]
-                         if "8b" in recipe else [])
+                         if "llama" in recipe else [])
     assert isinstance(config.optim.lr, float) and config.optim.lr > 0
     if recipe == "llama3.1-8b-paper":
         assert (config.optim.lr, config.train.batch_pairs, config.train.epochs, config.data.max_length) == (5e-6, 64, 3, 1024)
         config.validate(world_size=8)
     if recipe == "llama3.1-8b-authors":
         assert (config.optim.lr, config.train.batch_pairs, config.optim.warmup_ratio) == (5e-7, 32, 0.03)
+    if recipe == "llama3.1-70b":  # the planned layout: T=8 x P=4 on 32 GPUs, and it fits by the plan
+        from maskdpo.model.hf import load_config as load_model_config
+        from maskdpo.plan.layouts import PlanInputs, plan_layout
+
+        assert (config.parallel.tensor_parallel, config.parallel.pipeline_stages) == (8, 4)
+        config.validate(world_size=32)
+        inputs = PlanInputs(load_model_config(tmp_path), "Llama-3.1-70B", 32, 80 * 10 ** 9,
+                            tokens=config.data.token_budget,
+                            batch_micro_batches=config.train.batch_pairs // config.train.micro_batch_pairs)
+        assert plan_layout(inputs, 8, 4, 1, checkpointing=True).fits
+        with pytest.raises(ConfigError, match="16 processes cannot form 8 tensor-parallel x 4 pipeline ranks|"
+                                              "multiple of 32"):
+            config.validate(world_size=16)
 
 
 def test_file_then_overrides(tmp_path):

@@ -103,8 +103,18 @@ def main():
                                       hf_path=hf, gradient_clipping=1e9)
             ref = trainer.reference_logps(mbs, num_pairs)
             metrics = trainer.train_step(mbs, ref)
+            metrics["grad_norm"] = float(trainer.engine.get_global_grad_norm())  # what clipping would use
             trainer.export_hf(args.out / f"{scenario}-hf")
             shapes = {n: list(p.shape) for n, p in trainer.module.named_parameters()}
+            # Replicated parameters (norms) must stay identical on every tensor rank.
+            tp_group = trainer.tensor_parallel.group
+            replicated_equal = True
+            for p in trainer.module.parameters():
+                if tp_group is not None and getattr(p, "tp_slice", None) is None:
+                    copies = [torch.empty_like(p) for _ in range(tp)]
+                    dist.all_gather(copies, p.detach().contiguous(), group=tp_group)
+                    replicated_equal &= all(torch.equal(c, copies[0]) for c in copies)
+            metrics["replicated_equal"] = replicated_equal
             gathered = [None] * world
             dist.all_gather_object(gathered, [trainer.layout.tp_rank, trainer.layout.stage, shapes])
             write(args.out, scenario, {"metrics": metrics, "reference": ref.tolist(), "shapes": gathered})

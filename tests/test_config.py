@@ -224,3 +224,13 @@ def test_duplicate_yaml_keys_are_refused(tmp_path):
     file.write_text("optim:\n  lr: 1.0e-3\noptim:\n  warmup_ratio: 0\n")
     with pytest.raises(ConfigError, match=r"dup.yaml:3: duplicate key 'optim'"):
         load_config(file)
+
+
+def test_the_run_fingerprint_holds_the_tensor_parallel_layout():
+    """A run resumes only under the layout it started with: tensor_parallel is part of its fingerprint."""
+    from maskdpo.train.fingerprint import fingerprint
+
+    config = Config()
+    config.parallel.tensor_parallel = 2
+    one, two = fingerprint(Config(), 2), fingerprint(config, 2)
+    assert (one["parallel.tensor_parallel"], two["parallel.tensor_parallel"]) == (1, 2)

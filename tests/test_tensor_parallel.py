@@ -79,8 +79,14 @@ def test_tensor_parallel_step_matches_plain_pytorch(launch, models, processes, s
     result = json.loads((out / f"{scenario}.json").read_text())
     assert result["metrics"]["loss"] == pytest.approx(loss, abs=1e-6)
     assert result["metrics"]["pairs"] == len(pairs)  # the last stage's tensor ranks counted once
-    check_step(result, exported(out / f"{scenario}-hf"), reference, updated, models[model][1].state_dict(),
-               tied=model == "tied")
+    start = models[model][1].state_dict()
+    check_step(result, exported(out / f"{scenario}-hf"), reference, updated, start, tied=model == "tied")
+    # DeepSpeed's gradient norm (what clipping uses) counts every parameter once: sharded ones on
+    # their rank, replicated ones once, a tied embedding once. SGD(lr=1): gradient = start - updated.
+    names = [n for n in updated if not (n == "lm_head.weight" and model == "tied")]
+    norm = torch.sqrt(sum(((start[n].double() - updated[n]) ** 2).sum() for n in names)).item()
+    assert result["metrics"]["grad_norm"] == pytest.approx(norm, rel=1e-4)
+    assert result["metrics"]["replicated_equal"]
     # Every rank held exactly its shard (maskdpo.model.shards' rule), not the whole tensors.
     config = load_config(models[model][0])
     for tp_rank, _stage, shapes in result["shapes"]:

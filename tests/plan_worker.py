@@ -1,7 +1,8 @@
 """Run under torchrun by test_plan.py: the real PipelineTrainer (bf16, fp32 gradient accumulation,
 ZeRO-1, AdamW) for one step on CPU, and the bytes DeepSpeed really allocated, per rank, to a file.
 
-Scenarios: pp{P}-{tied|untied}, each a fresh engine with P stages and D = WORLD_SIZE / P.
+Scenarios: [tp{T}-]pp{P}-{tied|untied}, each a fresh engine with T tensor-parallel ranks (default 1),
+P stages and D = WORLD_SIZE / (T P); tp scenarios use the --hf-tp* checkpoints (heads T divides).
 """
 
 import argparse
@@ -27,12 +28,13 @@ def storage_bytes(tensors) -> int:
     return sum(seen.values())
 
 
-def measure(hf: Path, pipeline_stages: int) -> dict:
+def measure(hf: Path, pipeline_stages: int, tensor_parallel: int = 1) -> dict:
     config = load_config(hf)
     mbs, num_pairs = micro_batches()
     world = int(os.environ["WORLD_SIZE"])
-    trainer = PipelineTrainer(config, pipeline_stages=pipeline_stages, bf16=True, gradient_clipping=1.0,
-                              gradient_accumulation_steps=len(mbs) * pipeline_stages // world,
+    trainer = PipelineTrainer(config, pipeline_stages=pipeline_stages, tensor_parallel=tensor_parallel, bf16=True,
+                              gradient_clipping=1.0,
+                              gradient_accumulation_steps=len(mbs) * pipeline_stages * tensor_parallel // world,
                               optimizer_factory=lambda p: torch.optim.AdamW(p, lr=1e-3), hf_path=hf)
     optimizer = trainer.engine.optimizer
     params = list(trainer.module.parameters())
@@ -50,6 +52,7 @@ def measure(hf: Path, pipeline_stages: int) -> dict:
     state = [t for s in optimizer.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
     return {
         "stage": trainer.layout.stage, "dp_rank": trainer.layout.dp_rank, "data_parallel": trainer.layout.data_parallel,
+        "tp_rank": trainer.layout.tp_rank,
         "optimizer": type(optimizer).__name__,
         "names": sorted({model_name(n, config.num_hidden_layers) for n, _ in trainer.module.named_parameters()}),
         "parameters": sum(p.numel() for p in params),
@@ -67,12 +70,19 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--hf", type=Path, required=True)
     parser.add_argument("--hf-tied", type=Path, required=True)
+    parser.add_argument("--hf-tp", type=Path, default=None)
+    parser.add_argument("--hf-tp-tied", type=Path, default=None)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--scenarios", nargs="+", required=True)
     args = parser.parse_args()
     for scenario in args.scenarios:
-        pp, tying = scenario.removeprefix("pp").split("-")
-        result = measure(args.hf_tied if tying == "tied" else args.hf, int(pp))
+        tp = int(scenario.split("-")[0].removeprefix("tp")) if scenario.startswith("tp") else 1
+        pp, tying = scenario.split("-")[-2].removeprefix("pp"), scenario.split("-")[-1]
+        if tp > 1:
+            hf = args.hf_tp_tied if tying == "tied" else args.hf_tp
+        else:
+            hf = args.hf_tied if tying == "tied" else args.hf
+        result = measure(hf, int(pp), tp)
         (args.out / f"{scenario}-rank{dist.get_rank()}.json").write_text(json.dumps(result))
         dist.barrier()
 

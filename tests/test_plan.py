@@ -101,56 +101,64 @@ def free_port():
         return s.getsockname()[1]
 
 
-def tiny_checkpoint(path, tied, seed):
+def tiny_checkpoint(path, tied, seed, heads=3, vocab=4096):
     """A tiny HF Llama whose hidden size (18) is 2 mod 4, so that the stages' parameter counts are not
-    multiples of the optimizer's alignment and its padding shows."""
+    multiples of the optimizer's alignment and its padding shows. heads=2 (key/value heads 2, hidden 20
+    for an even rotary dimension) and an odd vocabulary for the tensor-parallel scenarios."""
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=4096, hidden_size=18, intermediate_size=30, num_hidden_layers=2,
-                                      num_attention_heads=3, num_key_value_heads=3 if tied else 1,
+    kv = heads if tied or heads == 2 else 1
+    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=18 if heads == 3 else 20, intermediate_size=30,
+                                      num_hidden_layers=2,
+                                      num_attention_heads=heads, num_key_value_heads=kv,
                                       max_position_embeddings=512, tie_word_embeddings=tied, bos_token_id=0, eos_token_id=1)
     transformers.LlamaForCausalLM(config).save_pretrained(str(path))
     return path
 
 
-SCENARIOS = ("pp2-untied", "pp2-tied", "pp1-untied", "pp1-tied")
+SCENARIOS = ("pp2-untied", "pp2-tied", "pp1-untied", "pp1-tied", "tp2-pp1-untied", "tp2-pp1-tied")
 
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
     root = tmp_path_factory.mktemp("plan")
     untied, tied = tiny_checkpoint(root / "untied", False, 0), tiny_checkpoint(root / "tied", True, 1)
+    tp_untied = tiny_checkpoint(root / "tp-untied", False, 2, heads=2, vocab=4093)
+    tp_tied = tiny_checkpoint(root / "tp-tied", True, 3, heads=2, vocab=4093)
     out = root / "out"
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "0", "PYTHONPATH": str(TESTS)}
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(TESTS / "plan_worker.py"),
-               "--hf", str(untied), "--hf-tied", str(tied), "--out", str(out), "--scenarios", *SCENARIOS]
+               "--hf", str(untied), "--hf-tied", str(tied), "--hf-tp", str(tp_untied), "--hf-tp-tied", str(tp_tied),
+               "--out", str(out), "--scenarios", *SCENARIOS]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return {"untied": untied, "tied": tied, "out": out}
+    return {"untied": untied, "tied": tied, "tp-untied": tp_untied, "tp-tied": tp_tied, "out": out}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_plan_state_bytes_equal_what_deepspeed_allocates(measured, scenario):
-    pp, tying = int(scenario[2]), scenario.split("-")[1]
-    config = LlamaConfig.from_hf(json.loads((measured[tying] / "config.json").read_text()))
-    tensor_parallel = 1  # the comparison is per (stage, tensor rank): T > 1 adds ranks, not another rule
+    tensor_parallel = int(scenario.split("-")[0][2:]) if scenario.startswith("tp") else 1
+    pp, tying = int(scenario.split("-")[-2][2:]), scenario.split("-")[-1]
+    checkpoint = measured[f"tp-{tying}" if tensor_parallel > 1 else tying]
+    config = LlamaConfig.from_hf(json.loads((checkpoint / "config.json").read_text()))
     padding_seen = False
     for rank in range(2):
         got = json.loads((measured["out"] / f"{scenario}-rank{rank}.json").read_text())
         assert got["optimizer"] == "BF16_Optimizer" and got["weight_dtypes"] == ["torch.bfloat16"]
         assert got["grad_dtypes"] == ["torch.bfloat16"]
-        assert got["data_parallel"] == 2 // pp
+        assert got["data_parallel"] == 2 // (pp * tensor_parallel)
         stage = stages(config, pp)[got["stage"]]
-        shapes = stage_shapes(config, stage, tensor_parallel, 0)
+        shapes = stage_shapes(config, stage, tensor_parallel, got["tp_rank"])  # this rank's shards
         assert sorted(shapes) == got["names"]  # the stage holds exactly the planned parameters
         planned = state_bytes(sum(prod(s) for s in shapes.values()), got["data_parallel"])
         assert planned.parameters == got["parameters"]
         for term in ("weights", "grad_bf16", "grad_fp32", "master", "moments"):
             assert getattr(planned, term) == got[term], (scenario, rank, term)
         padding_seen |= planned.parameters % (2 * got["data_parallel"]) != 0
-    if pp == 1:  # D = 2: the parameter count is not a multiple of 2·D, so the padding is part of what matched
+    # D = 2: the parameter count is not a multiple of 2·D, so the padding is part of what matched
+    if pp == 1 and tensor_parallel == 1:
         assert padding_seen
 
 

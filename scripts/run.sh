@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+PYTHON="$PWD/${VENV:-.venv}/bin/python"
+source launch/env.sh  # TORCH_EXTENSIONS_DIR inside the environment: DeepSpeed's op is built once there
 exec "${VENV:-.venv}/bin/maskdpo" train --config launch/configs/tiny-cpu.yaml "$@"

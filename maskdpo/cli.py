@@ -53,9 +53,38 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shows_default(default, optional: bool) -> bool:
+    return optional and not (default is None or default is False or default is True or default is argparse.SUPPRESS)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it already names one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text or "default)" in text or not _shows_default(action.default, bool(action.option_strings)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of `maskdpo` and of each of its commands (sub-commands inherit the class)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        # argparse prints no help line for an option without help, not even its default
+        optional = bool(args) and args[0].startswith("-")
+        if not kwargs.get("help") and _shows_default(kwargs.get("default"), optional):
+            kwargs["help"] = "(default: %(default)s)"
+        return super().add_argument(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maskdpo", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="maskdpo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     demo = sub.add_parser("kernel-demo", help="run the fused sequence-logps kernel on a worked Mask-DPO example")
     demo.add_argument("--vocab", type=int, default=32000, help="vocabulary size of the random logits")
     demo.add_argument("--seed", type=int, default=0, help="random seed")

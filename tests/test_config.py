@@ -114,7 +114,7 @@ def test_bf16_needs_zero_1_and_deepspeed_local_rank_is_ignored():
     config.parallel.bf16, config.parallel.zero_stage = True, 0
     with pytest.raises(ConfigError, match="parallel.bf16 needs parallel.zero_stage 1"):
         config.validate(world_size=1)
-    path, overrides = _split_argv(["--local_rank=3", "--config", "x.yaml", "--local_rank", "2", "--optim.lr", "1"])
+    path, overrides, _ = _split_argv(["--local_rank=3", "--config", "x.yaml", "--local_rank", "2", "--optim.lr", "1"])
     assert path == "x.yaml" and overrides == ["--optim.lr", "1"]
 
 

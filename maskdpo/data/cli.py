@@ -37,11 +37,11 @@ def _record_args(parser):
 
 def _encode_args(parser):
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the bundled one)")
-    parser.add_argument("--max-length", type=_positive, default=1024, help="tokens per side, prompt included (default 1024)")
+    parser.add_argument("--max-length", type=_positive, default=1024, help="tokens per side, prompt included")
     parser.add_argument("--eot", choices=("always", "last_sentence", "never"), default="always",
                         help="how each response's end-of-turn token counts: always (weight 1, as the authors and "
                              "TRL; default), last_sentence (its last sentence's weight) or never")
-    parser.add_argument("--workers", type=_positive, default=1, help="processes for large files (default 1)")
+    parser.add_argument("--workers", type=_positive, default=1, help="processes for large files")
     parser.add_argument("--cache-dir", default=".maskdpo-cache", help="encoded-pairs cache ('' to disable)")
 
 
@@ -135,8 +135,8 @@ def add_data_commands(sub) -> None:
     pairs.add_argument("input", nargs="?", type=Path, default=BUNDLED_DATA / "annotated.jsonl",
                        help="annotated samples JSONL (default: the bundled example)")
     pairs.add_argument("-o", "--output", type=Path, required=True, help="pairs JSONL to write")
-    pairs.add_argument("--pairs-per-question", type=_positive, default=1, help="k-th best vs k-th worst, k < this (default 1)")
-    pairs.add_argument("--min-gap", type=float, default=0.0, help="least score difference for a pair (default 0)")
+    pairs.add_argument("--pairs-per-question", type=_positive, default=1, help="k-th best vs k-th worst, k < this")
+    pairs.add_argument("--min-gap", type=float, default=0.0, help="least score difference for a pair")
     pairs.add_argument("--topics", type=_positive, default=None,
                        help="keep the questions of this many topics, drawn with --seed (the paper's scaling study)")
     pairs.add_argument("--questions-per-topic", type=_positive, default=None,
@@ -157,7 +157,7 @@ def add_data_commands(sub) -> None:
     inspect = commands.add_parser("inspect", help="show a pair's masks in colour, and totals for the file")
     inspect.add_argument("pairs", type=Path, help="pairs JSONL (ours or the authors' format)")
     which = inspect.add_mutually_exclusive_group()
-    which.add_argument("--index", type=int, default=0, help="which usable pair to show (default 0)")
+    which.add_argument("--index", type=int, default=0, help="which usable pair to show")
     which.add_argument("--pair-id", default=None, help="show the pair with this id")
     inspect.add_argument("--color", choices=["auto", "always", "never"], default="auto")
     _encode_args(inspect)

@@ -63,11 +63,11 @@ def _annotator(args):
 
 
 def _sampling_args(parser, samples: int, temperature: float):
-    parser.add_argument("--samples", type=_positive, default=samples, help=f"responses per question (default {samples})")
+    parser.add_argument("--samples", type=_positive, default=samples, help="responses per question")
     parser.add_argument("--temperature", type=float, default=temperature, help="0 is greedy")
-    parser.add_argument("--top-k", type=int, default=40)
+    parser.add_argument("--top-k", type=int, default=40, help="sample among the k likeliest tokens (sent in the request body)")
     parser.add_argument("--top-p", type=float, default=1.0, help="sent explicitly: models may default to 0.9")
-    parser.add_argument("--max-tokens", type=_positive, default=1024)
+    parser.add_argument("--max-tokens", type=_positive, default=1024, help="most tokens per response")
     parser.add_argument("--local-model", default=None, help="sample with transformers from this directory instead")
 
 
@@ -240,8 +240,9 @@ def add_loop_commands(sub) -> None:
     annotate.add_argument("--samples", required=True, help="samples JSONL")
     annotate.add_argument("--questions", required=True, help="questions JSONL (reference documents)")
     annotate.add_argument("--output", required=True, help="annotated samples JSONL (appended; a rerun resumes)")
-    annotate.add_argument("--templates", default=None, help="directory with facts.txt, reference.txt, judge.txt")
-    _server_args(annotate)
+    annotate.add_argument("--templates", default=None, help="directory with facts.txt, reference.txt, judge.txt "
+                                                               "(default: the bundled ones)")
+    _server_args(annotate, role="annotator")
     annotate.set_defaults(func=lambda a: _annotate(a, a.samples, a.questions, a.output))
 
     evaluate = sub.add_parser("evaluate", help="ANAH score of annotated responses (or sample greedily and annotate); "
@@ -256,20 +257,21 @@ def add_loop_commands(sub) -> None:
     evaluate.add_argument("--questions", default=None, help="test questions: sample (greedy) and annotate first")
     evaluate.add_argument("--output", default=None, help="directory for eval.json and eval.md")
     evaluate.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="print B minus A (eval dirs or files)")
-    evaluate.add_argument("--templates", default=None)
+    evaluate.add_argument("--templates", default=None, help="annotator (or factscore) prompt templates directory "
+                                                             "(default: the bundled ones)")
     _server_args(evaluate)
     _server_args(evaluate, "annotator-", role="annotator")
     _sampling_args(evaluate, samples=1, temperature=0.0)
     evaluate.set_defaults(func=_evaluate)
 
     prepare = sub.add_parser("prepare", help="sample -> annotate -> pairs -> encoded, ready to train")
-    prepare.add_argument("--questions", required=True)
+    prepare.add_argument("--questions", required=True, help="training questions JSONL (reference documents)")
     prepare.add_argument("--output", required=True, help="directory: samples, annotated, pairs")
-    prepare.add_argument("--templates", default=None)
-    prepare.add_argument("--pairs-per-question", type=_positive, default=1)
+    prepare.add_argument("--templates", default=None, help="annotator prompt templates directory (default: the bundled ones)")
+    prepare.add_argument("--pairs-per-question", type=_positive, default=1, help="k-th best vs k-th worst, k < this")
     prepare.add_argument("--tokenizer", default=None, help="tokenizer for the encoded cache (default: bundled)")
-    prepare.add_argument("--max-length", type=int, default=1024)
-    prepare.add_argument("--cache-dir", default=".maskdpo-cache")
+    prepare.add_argument("--max-length", type=int, default=1024, help="tokens per side, prompt included")
+    prepare.add_argument("--cache-dir", default=".maskdpo-cache", help="encoded-pairs cache")
     _server_args(prepare)
     _server_args(prepare, "annotator-", role="annotator")
     _sampling_args(prepare, samples=4, temperature=0.8)

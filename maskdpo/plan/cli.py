@@ -26,12 +26,12 @@ def add_plan_command(sub) -> None:
                    help="llama3.1-8b, llama3.1-70b (bundled configs), an HF config.json or model directory, or a recipe YAML")
     p.add_argument("--gpus", type=int, required=True, help="GPUs of the job (T x P x D)")
     p.add_argument("--gpu-memory", required=True, help="memory per GPU, e.g. 80GB (10^9 bytes) or 80GiB")
-    p.add_argument("--gpus-per-node", type=int, default=8, help="tensor parallelism stays inside a node (default 8)")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="tensor parallelism stays inside a node")
     p.add_argument("--token-budget", type=int, default=None,
                    help="tokens per micro-batch (default: the recipe's data.token_budget, else 4096)")
     p.add_argument("--activation-checkpointing", choices=("on", "off", "both"), default=None,
                    help="plan with, without or both (default: the recipe's setting, else both)")
-    p.add_argument("--reserve", default="4GB", help="memory per GPU left out of the plan (default 4GB)")
+    p.add_argument("--reserve", default="4GB", help="memory per GPU left out of the plan")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=run)
 

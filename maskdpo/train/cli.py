@@ -29,7 +29,8 @@ from .run_lock import RunDirectoryBusy, RunLock
 
 
 def _split_argv(argv: list[str]):
-    config_path, overrides = None, []
+    """(config file, overrides, whether --help-config was asked)."""
+    config_path, overrides, help_config = None, [], False
     i = 0
     while i < len(argv):
         if argv[i] == "--config" and i + 1 < len(argv):
@@ -44,29 +45,16 @@ def _split_argv(argv: list[str]):
         elif argv[i] in ("-h", "--help"):
             print(__doc__)
             print("Options: --config FILE, and --section.key VALUE for any config field (see `maskdpo train "
-                  "--help-config`). Rerunning into the same logging.run_dir resumes from its latest checkpoint.")
+                  "--help-config`: every field, its default and its documentation, as YAML; after --config FILE "
+                  "and overrides: that configuration). Rerunning into the same logging.run_dir resumes from its "
+                  "latest checkpoint.")
             raise SystemExit(0)
         elif argv[i] == "--help-config":
-            _print_config_help()
-            raise SystemExit(0)
+            help_config, i = True, i + 1
         else:
             overrides.append(argv[i])
             i += 1
-    return config_path, overrides
-
-
-def _print_config_help() -> None:
-    import dataclasses
-
-    from .config import Config, field_docs
-
-    for section in dataclasses.fields(Config):
-        kind = section.default_factory
-        docs = field_docs(kind)
-        print(f"{section.name}:")
-        for f in dataclasses.fields(kind):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            print(f"  {f.name}: {default!r}\n      {docs.get(f.name, '')}")
+    return config_path, overrides, help_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,8 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     if launched:
         die_with_parent()
     try:
-        config_path, overrides = _split_argv(argv)
+        config_path, overrides, help_config = _split_argv(argv)
         config = load_config(config_path, overrides)
+        if help_config:
+            from .config import config_yaml
+
+            print(config_yaml(config), end="")
+            return 0
         world = int(os.environ.get("WORLD_SIZE", "1")) if launched else (config.parallel.processes or 1)
         config.validate(world)
         fingerprint = check_run_directory(config, world)

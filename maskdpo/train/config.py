@@ -25,9 +25,9 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     path: str | None = None
-    """Hugging Face Llama directory to start from (config.json + safetensors); None: random init."""
+    """Hugging Face Llama directory to start from (config.json + safetensors); null: a random init."""
     architecture: dict = field(default_factory=dict)
-    """LlamaConfig fields (hidden_size, num_hidden_layers, ...) for a random init when path is None."""
+    """LlamaConfig fields (hidden_size, num_hidden_layers, ...) for a random init when path is null."""
     attention: str = "auto"
     """Attention backend: auto, flash_attn, torch_varlen or sdpa."""
     head: str = "fused"
@@ -41,7 +41,7 @@ class DataConfig:
     pairs: str = "bundled"
     """Pairs JSONL (ours or the authors' format); "bundled" builds pairs from the example data."""
     tokenizer: str | None = None
-    """Tokenizer directory; default: model.path when it holds tokenizer.json, else the bundled one."""
+    """Tokenizer directory; null: model.path when it holds tokenizer.json, else the bundled one."""
     max_length: int = 1024
     """Tokens per side (prompt + response); longer sides lose their tail (counted)."""
     token_budget: int = 4096
@@ -51,9 +51,9 @@ class DataConfig:
     TRL count it, so that nothing masked is plain DPO), last_sentence (the weight of the response's last
     sentence) or never. The token is the one the chat template writes after an assistant message."""
     correct_labels: str | None = None
-    """Comma-separated labels counted as correct (default: ok, nofact, no_hallucination)."""
+    """Comma-separated labels counted as correct; null: ok, nofact, no_hallucination."""
     hallucinated_labels: str | None = None
-    """Comma-separated labels counted as hallucinated (default: contradictory, unverifiable, hallucination)."""
+    """Comma-separated labels counted as hallucinated; null: contradictory, unverifiable, hallucination."""
     skip_invalid: bool = False
     """Skip invalid records (counted, written to a rejects file) instead of stopping at the first."""
     cache_dir: str = ".maskdpo-cache"
@@ -91,7 +91,7 @@ class TrainConfig:
     epochs: int = 3
     """Passes over the data."""
     max_steps: int | None = None
-    """Stop after this many optimizer steps (default: epochs' worth)."""
+    """Stop after this many optimizer steps; null: the epochs' worth."""
     batch_pairs: int = 32
     """Pairs per optimizer step over all data-parallel ranks: micro_batch_pairs x DP x accumulation."""
     micro_batch_pairs: int = 4
@@ -110,7 +110,8 @@ class ParallelConfig:
     zero_stage: int = 1
     """DeepSpeed ZeRO stage (0 or 1 with a pipeline)."""
     processes: int | None = None
-    """On CPU, processes `maskdpo train` starts itself (gloo); on GPUs the launcher decides."""
+    """On CPU, processes `maskdpo train` starts itself (gloo); null: one. Under torchrun or deepspeed
+    the launcher decides."""
     bf16: bool = False
     """bf16 weights and compute with fp32 gradient accumulation."""
     activation_checkpointing: bool = False
@@ -118,7 +119,7 @@ class ParallelConfig:
     partition: str = "type:DecoderLayerPipe"
     """How layers split across stages: type:DecoderLayerPipe (equal decoder layers) or parameters."""
     deepspeed_config: str | None = None
-    """JSON merged over the generated DeepSpeed config (templates in launch/)."""
+    """JSON file merged over the generated DeepSpeed config (templates in launch/); null: none."""
 
 
 @dataclass
@@ -287,6 +288,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"command line: {flag} needs a value")
         _set(config, flag[2:], yaml.safe_load(text), "command line")
     return config
+
+
+def config_yaml(config: Config, width: int = 100) -> str:
+    """The configuration as YAML with each field's documentation above it as a comment: what
+    `maskdpo train --help-config` prints, a file `--config` reads back to the same configuration."""
+    import textwrap
+
+    lines = ["# maskdpo train configuration: every field, its value and what it does.",
+             "# Save it, edit it and pass it as --config FILE; any field can also be given as --section.key VALUE."]
+    for section in dataclasses.fields(Config):
+        values = getattr(config, section.name)
+        docs = field_docs(type(values))
+        lines.append(f"{section.name}:")
+        for f in dataclasses.fields(values):
+            doc = " ".join(docs.get(f.name, "").split())
+            lines += textwrap.wrap(doc, width, initial_indent="  # ", subsequent_indent="  # ")
+            # Flow style keeps each field on one line; YAML spells None, True as null, true.
+            dumped = yaml.safe_dump({f.name: getattr(values, f.name)}, default_flow_style=True, sort_keys=False,
+                                    width=float("inf"), allow_unicode=True).strip()
+            lines.append("  " + dumped[1:-1])  # without the mapping's braces
+    return "\n".join(lines) + "\n"
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -35,7 +35,7 @@ def _plot(args: argparse.Namespace) -> int:
 
     try:
         print(plot_run(args.run_dir))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", default=None, help="output folder (default RUN_DIR/export-step-N)")
     export.add_argument("--checkpoint", default=None, help="a checkpoint's name, e.g. step-00000300 (default: newest intact)")
     export.set_defaults(func=_export)
-    plot = sub.add_parser("plot", help="plot a run's loss, reward accuracy and margin to RUN_DIR/metrics.png")
+    plot = sub.add_parser("plot", help="plot a run's loss, reward accuracy and margin, chosen/rejected rewards and learning rate to RUN_DIR/metrics.png")
     plot.add_argument("run_dir")
     plot.set_defaults(func=_plot)
     add_plan_command(sub)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "data":
         return run_data_command(args)
-    if args.command in ("sample", "annotate", "evaluate", "prepare"):
+    if args.command in ("sample", "annotate", "annotate-templates", "evaluate", "prepare"):
         return run_loop_command(args)
     return args.func(args)
 

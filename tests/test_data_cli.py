@@ -163,3 +163,41 @@ def test_inspect_finds_its_pair_past_a_raw_carriage_return_and_bad_utf8(tmp_path
     out = capsys.readouterr()
     assert code == 0, out.err
     assert f"pair {third['pair_id']}" in out.out
+
+
+@pytest.mark.parametrize("color", ["never", "always"])
+def test_inspect_prints_a_legend_of_exactly_the_marks_in_use(tmp_path, capsys, color):
+    import re
+
+    from maskdpo.data.inspect import MARKS, RESET, STYLES
+
+    pairs = tmp_path / "pairs.jsonl"
+    assert main(["data", "pairs", str(BUNDLED_DATA / "annotated.jsonl"), "-o", str(pairs)]) == 0
+    capsys.readouterr()
+    assert main(["data", "inspect", str(pairs), "--index", "2", "--color", color, "--cache-dir", ""]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("pair "))
+    legend = lines[header + 1]
+    assert legend.startswith("legend: ") and lines[header + 2].startswith("── chosen:")
+    body = "\n".join(lines[header + 2:])
+    escapes = re.compile(r"\033\[[0-9;]*m")
+    if color == "never":
+        assert not escapes.search(legend)
+        used = {marks for marks in MARKS.values() if any(marks)}
+        for opening, closing in used:  # each bracket pair around a word, once
+            assert len(re.findall(re.escape(opening) + r"[^\W\d_][\w /=]*" + re.escape(closing), legend)) == 1, legend
+        bracket_chars = {c for marks in used for c in marks}
+        assert {c for c in legend if not c.isascii()} == bracket_chars  # no other mark named
+        assert {c for c in body if c in bracket_chars} <= set(legend)
+        assert "masked" in legend and "prompt" in legend and "not shown" in legend
+    else:
+        styles = {style for style in STYLES.values() if style}
+        assert set(escapes.findall(legend)) == styles | {RESET}
+        for cls, style in STYLES.items():
+            if style:  # each meaning in its own style
+                assert re.search(re.escape(style) + r"[^\033]+" + re.escape(RESET), legend), cls
+        assert "kept chosen" in legend and "kept rejected" in legend and "soft" in legend and "masked plain" in legend
+        assert re.search(re.escape(STYLES["prompt"]) + r"prompt", legend)
+        assert set(escapes.findall(body)) <= set(escapes.findall(legend))
+        chosen, rejected = body.split("── rejected:")  # the sides are coloured too, not only the legend
+        assert STYLES["kept_chosen"] in chosen and STYLES["kept_rejected"] in rejected

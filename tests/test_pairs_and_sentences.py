@@ -1,11 +1,12 @@
 """Pair construction and the rule-based sentence splitter."""
 
 import random
+import re
 
 import pytest
 
 from maskdpo.data import build_pairs, split_sentences
-from maskdpo.data.bundled import bundled_samples
+from maskdpo.data.bundled import bundled_pairs, bundled_samples
 
 
 def by_question(samples):
@@ -44,7 +45,7 @@ def test_several_pairs_per_question_and_minimum_gap():
     assert len(two) > len(one)
     assert {p.pair_id for p in one} <= {p.pair_id for p in two}
     for p in two:  # never the same sample on both sides, never a reversed preference
-        chosen_id, rejected_id = p.pair_id.split(":")[1].split(">")
+        chosen_id, rejected_id = p.pair_id.split(":")[1].split("-vs-")
         assert chosen_id != rejected_id and p.chosen.score() > p.rejected.score()
     strict, summary = build_pairs(samples, min_gap=0.9)
     assert all(p.chosen.score() - p.rejected.score() >= 0.9 for p in strict)
@@ -140,3 +141,14 @@ def test_scaling_study_selection_by_topics_and_questions_is_seeded_and_order_fre
     plain.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "topic"}) + "\n" for r in records))
     assert main(["data", "pairs", str(plain), "-o", str(tmp_path / "x.jsonl"), "--topics", "1"]) == 2
     assert "has no topic" in capsys.readouterr().err
+
+
+# Characters a POSIX shell leaves alone unquoted: an id like this can be pasted after --pair-id as is.
+SHELL_SAFE = re.compile(r"[A-Za-z0-9\-_.:/,=@+]+")
+
+
+def test_pair_ids_are_safe_unquoted_in_a_shell():
+    bundled = [p.pair_id for p in bundled_pairs()]
+    several = [p.pair_id for p in build_pairs(bundled_samples(), pairs_per_question=3)[0]]
+    assert bundled and len(set(bundled)) == len(bundled) and len(several) > len(bundled)
+    assert [i for i in bundled + several if not SHELL_SAFE.fullmatch(i)] == []

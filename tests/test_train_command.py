@@ -48,6 +48,44 @@ def test_hf_export_matches_the_trained_pipeline(uninterrupted):
 
 
 @pytest.mark.slow
+def test_hf_export_is_what_serving_stacks_expect(uninterrupted, tmp_path):
+    """A random init with the bundled tokenizer: tokenizer files as shipped, generation stops at the chat
+    template's end of turn, the dtype label is the weights' own, files readable as umask allows; the same
+    from `maskdpo export`."""
+    import json
+    import stat
+
+    from safetensors import safe_open
+
+    from maskdpo.assets import TOKENIZER
+    from maskdpo.cli import main as cli_main
+
+    run_dir, _ = uninterrupted
+    assert cli_main(["export", str(run_dir), "-o", str(tmp_path / "export")]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    for hf in (run_dir / "hf", tmp_path / "export"):
+        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            assert (hf / name).read_bytes() == (TOKENIZER / name).read_bytes(), name
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf))
+        eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+        generation = transformers.GenerationConfig.from_pretrained(str(hf))
+        assert eot in ([generation.eos_token_id] if isinstance(generation.eos_token_id, int) else generation.eos_token_id)
+        assert generation.bos_token_id == tokenizer.convert_tokens_to_ids("<|begin_of_text|>")
+        config = json.loads((hf / "config.json").read_text())
+        assert config["eos_token_id"] == generation.eos_token_id and config["bos_token_id"] == generation.bos_token_id
+        dtypes = set()
+        for file in hf.glob("*.safetensors"):
+            with safe_open(str(file), "pt") as f:
+                dtypes |= {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+        assert dtypes == {"F32"} and config["dtype"] == config["torch_dtype"] == "float32"
+        for file in hf.iterdir():
+            assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~umask, file.name
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(hf))
+        assert model.generation_config.eos_token_id == generation.eos_token_id
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_end(uninterrupted, tmp_path):
     run_dir, _ = uninterrupted
     total = len(metrics(run_dir))

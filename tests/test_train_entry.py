@@ -22,6 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_torchrun_launch_trains_from_an_hf_checkpoint(tmp_path):
     """launch/torchrun.sh with 2 CPU processes, starting from a Hugging Face checkpoint directory."""
     tiny_hf_llama(tmp_path / "hf", vocab_size=4096)
+    # A source labelled bf16 with its own generation config, as published models are; trained in fp32.
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16", "torch_dtype": "bfloat16"}))
+    generation = {"bos_token_id": 0, "eos_token_id": [1, 7], "do_sample": True, "temperature": 0.6, "top_p": 0.9}
+    (tmp_path / "hf" / "generation_config.json").write_text(json.dumps(generation))
     env = {**os.environ, "PYTHON": sys.executable, "TRITON_INTERPRET": "0"}
     command = ["bash", str(ROOT / "launch" / "torchrun.sh"), "2", "--config",
                str(ROOT / "launch" / "configs" / "tiny-cpu.yaml"), "--model.path", str(tmp_path / "hf"),
@@ -36,6 +41,12 @@ def test_torchrun_launch_trains_from_an_hf_checkpoint(tmp_path):
     assert metrics[-1]["loss"] < metrics[0]["loss"]
     model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "run" / "hf"))
     assert model.config.num_hidden_layers == 2
+    exported = tmp_path / "run" / "hf"
+    assert (exported / "generation_config.json").read_bytes() == (tmp_path / "hf" / "generation_config.json").read_bytes()
+    assert model.generation_config.eos_token_id == [1, 7] and model.generation_config.temperature == 0.6
+    config = json.loads((exported / "config.json").read_text())
+    assert config["dtype"] == config["torch_dtype"] == "float32" and config["eos_token_id"] == 1  # the weights' dtype
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert list(tmp_path.joinpath("cache").glob("reference-tokens-*.npz"))
 
 

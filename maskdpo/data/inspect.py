@@ -12,6 +12,24 @@ STYLES = {"prompt": "\033[2m", "kept_chosen": "\033[1;32m", "kept_rejected": "\0
 RESET = "\033[0m"
 # Without colour, kept text is bracketed ⟦…⟧, soft-weighted text ⟨…⟩; prompt/template is left out.
 MARKS = {"kept_chosen": ("⟦", "⟧"), "kept_rejected": ("⟦", "⟧"), "soft": ("⟨", "⟩"), "masked": ("", "")}
+# What each class means, in the legend line under the pair's header (in this order).
+MEANINGS = {"kept_chosen": "kept chosen = correct sentences", "kept_rejected": "kept rejected = hallucinated sentences",
+            "soft": "soft weight", "prompt": "prompt/template", "masked": "masked"}
+
+
+def legend(color: bool) -> str:
+    """One line explaining the marks of the mode in use: with colour, each class's meaning in its own
+    style (STYLES); without, each bracket pair of MARKS around what it marks."""
+    if color:
+        return "legend: " + "  ".join(f"{STYLES[c]}{text}{RESET}" if STYLES[c] else f"{text} plain"
+                                      for c, text in MEANINGS.items())
+    groups: dict[tuple[str, str], list[str]] = {}  # kept text has the same brackets on both sides: shown once
+    for cls, marks in MARKS.items():
+        if any(marks):
+            groups.setdefault(marks, []).append(cls)
+    names = {("kept_chosen", "kept_rejected"): "kept"}
+    shown = " ".join(f"{a}{names.get(tuple(c), ' / '.join(MEANINGS[x] for x in c))}{b}" for (a, b), c in groups.items())
+    return f"legend: {shown}, masked text plain, prompt and template not shown"
 
 
 def _classes(side: EncodedSide, name: str) -> list[str]:
@@ -63,6 +81,7 @@ def side_counts(side: EncodedSide) -> str:
 
 def show_pair(pair: Pair, encoded: EncodedPair, tokenizer, color: bool) -> str:
     lines = [f"pair {pair.pair_id}" + (f"  (question {pair.question_id}, {pair.language})" if pair.question_id else "")]
+    lines.append(legend(color))
     for name in ("chosen", "rejected"):
         side = getattr(encoded, name)
         lines.append(f"── {name}: {side_counts(side)}")

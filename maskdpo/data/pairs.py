@@ -88,7 +88,7 @@ def build_pairs(samples: list[AnnotatedSample], pairs_per_question: int = 1, min
             gap = chosen.response.score() - rejected.response.score()
             if gap <= EPSILON or gap < min_gap - EPSILON:
                 break
-            pairs.append(Pair(f"{question_id}:{chosen.sample_id}>{rejected.sample_id}", question_id,
+            pairs.append(Pair(f"{question_id}:{chosen.sample_id}-vs-{rejected.sample_id}", question_id,
                               chosen.language, chosen.prompt, chosen.response, rejected.response))
             summary.chosen_scores.append(chosen.response.score())
             summary.rejected_scores.append(rejected.response.score())

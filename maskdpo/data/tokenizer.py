@@ -11,6 +11,16 @@ from ..assets import TOKENIZER
 BUNDLED_TOKENIZER = TOKENIZER
 
 
+def run_tokenizer_dir(tokenizer: str | Path | None, model_path: str | Path | None) -> Path:
+    """The tokenizer a training run uses: data.tokenizer, else model.path when it holds
+    tokenizer.json, else the bundled one."""
+    if tokenizer is not None:
+        return Path(tokenizer)
+    if model_path is not None and (Path(model_path) / "tokenizer.json").exists():
+        return Path(model_path)
+    return BUNDLED_TOKENIZER
+
+
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(path: str | Path | None = None):
     """A fast tokenizer with a chat template from a local directory (default: the bundled one).

@@ -151,10 +151,22 @@ def save_hf(tensors: dict[str, torch.Tensor], config: LlamaConfig, path: str | P
         index = {"metadata": {"total_size": total},
                  "weight_map": {n: f for f, s in zip(names, shards) for n in s}}
         (path / INDEX).write_text(json.dumps(index, indent=2))
+    write_config(path, config, {t.dtype for shard in shards for t in shard.values()})
+
+
+def write_config(path: str | Path, config: LlamaConfig, dtypes) -> None:
+    """config.json, its dtype the saved weights' own (one dtype, or the set of the tensors' dtypes):
+    never the source model's label carried over (a bf16 model trained in fp32 saves fp32)."""
+    dtypes = {dtypes} if isinstance(dtypes, torch.dtype) else set(dtypes)
     hf_config = config.to_hf()
-    if dtype is not None:  # transformers 5 reads "dtype", older versions "torch_dtype"
-        hf_config["dtype"] = hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
-    (path / "config.json").write_text(json.dumps(hf_config, indent=2))
+    # Floating dtypes only (the weights'); transformers 5 reads "dtype", older versions "torch_dtype".
+    floating = sorted(str(d).removeprefix("torch.") for d in dtypes if d.is_floating_point)
+    if len(floating) == 1:
+        hf_config["dtype"] = hf_config["torch_dtype"] = floating[0]
+    else:
+        hf_config.pop("dtype", None)
+        hf_config.pop("torch_dtype", None)
+    (Path(path) / "config.json").write_text(json.dumps(hf_config, indent=2))
 
 
 def save_llama(model: Llama, path: str | Path, **kwargs) -> None:

@@ -346,7 +346,7 @@ class PipelineTrainer:
 
         from safetensors.torch import save_file
 
-        from ..model.hf import INDEX
+        from ..model.hf import INDEX, write_config
 
         path = Path(path)
         shard = f"model-stage-{self.layout.stage + 1:05d}-of-{self.layout.pipeline_stages:05d}.safetensors"
@@ -368,14 +368,11 @@ class PipelineTrainer:
                 os.replace(path / (shard + ".tmp"), path / shard)
                 names = [(n, shard, t.numel() * t.element_size()) for n, t in tensors.items()]
         gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, names)
+        dist.all_gather_object(gathered, (names, {t.dtype for t in tensors.values()} if names else set()))
         if dist.get_rank() == 0:
-            entries = [e for part in gathered for e in part]
+            entries = [e for part in gathered for e in part[0]]
             index = {"metadata": {"total_size": sum(e[2] for e in entries)},
                      "weight_map": {n: f for n, f, _ in sorted(entries)}}
             (path / INDEX).write_text(json.dumps(index, indent=2))
-            hf_config = self.config.to_hf()
-            if dtype is not None:  # transformers 5 reads "dtype", older versions "torch_dtype"
-                hf_config["dtype"] = hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
-            (path / "config.json").write_text(json.dumps(hf_config, indent=2))
+            write_config(path, self.config, {d for part in gathered for d in part[1]})
         dist.barrier()

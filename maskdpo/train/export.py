@@ -20,9 +20,10 @@ LAYER_FILE = re.compile(r"layer_(\d+)-model_states\.pt")
 
 
 def export_checkpoint(run_dir: str | Path, out: str | Path | None = None, checkpoint: str | None = None) -> Path:
-    from ..data.tokenizer import load_tokenizer
+    from ..data.tokenizer import run_tokenizer_dir
     from ..model.hf import load_config, save_hf
     from ..model.pipeline import hf_name
+    from .serving_files import write_serving_files
 
     run_dir = Path(run_dir)
     state = fp.read(run_dir / fp.RUN_FILE)
@@ -55,8 +56,5 @@ def export_checkpoint(run_dir: str | Path, out: str | Path | None = None, checkp
     out = Path(out) if out is not None else run_dir / f"export-{path.name}"
     dtype = torch.bfloat16 if config_fp.get("parallel.bf16") else None
     save_hf(tensors, model_config, out, dtype=dtype)
-    tokenizer = config_fp.get("data.tokenizer")
-    if tokenizer is None and (model_dir / "tokenizer.json").exists():
-        tokenizer = model_dir
-    load_tokenizer(tokenizer).save_pretrained(str(out))
+    write_serving_files(out, model_dir, run_tokenizer_dir(config_fp.get("data.tokenizer"), config_fp.get("model.path")))
     return out

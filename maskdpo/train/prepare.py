@@ -51,6 +51,7 @@ class PreparedData:
     encoded: object  # maskdpo.data.EncodeResult
     packing: object  # maskdpo.data.Packing
     tokenizer: object
+    tokenizer_dir: Path
 
 
 def prepare_data(config, run_dir: Path, say) -> PreparedData:
@@ -58,6 +59,7 @@ def prepare_data(config, run_dir: Path, say) -> PreparedData:
     from ..data import LabelMap, encode_file, load_tokenizer, pack_pairs, pair_to_json
     from ..data.bundled import bundled_pairs
     from ..data.jsonl import write_jsonl
+    from ..data.tokenizer import run_tokenizer_dir
 
     d, rank = config.data, dist.get_rank()
     pairs_path = Path(d.pairs)
@@ -65,10 +67,7 @@ def prepare_data(config, run_dir: Path, say) -> PreparedData:
         pairs_path = run_dir / "bundled-pairs.jsonl"
         if rank == 0:
             write_jsonl(pairs_path, (pair_to_json(p) for p in bundled_pairs()))
-    tokenizer_path = d.tokenizer
-    model_path = config.model.path
-    if tokenizer_path is None and model_path and (Path(model_path) / "tokenizer.json").exists():
-        tokenizer_path = model_path
+    tokenizer_path = run_tokenizer_dir(d.tokenizer, config.model.path)
     options = dict(max_length=d.max_length, eot=d.eot, strict=not d.skip_invalid,
                    label_map=LabelMap.from_lists(d.correct_labels, d.hallucinated_labels), cache_dir=d.cache_dir)
     if rank == 0:
@@ -84,7 +83,7 @@ def prepare_data(config, run_dir: Path, say) -> PreparedData:
                          max_seqlen=min(d.max_length, d.token_budget))
     say(f"packed {len(encoded.pairs)} pairs into {len(packing.micro_batches)} micro-batches of "
         f"{d.token_budget} tokens ({packing.efficiency:.1%} of token slots used)")
-    return PreparedData(encoded, packing, tokenizer)
+    return PreparedData(encoded, packing, tokenizer, tokenizer_path)
 
 
 def reference_table(engine, config, model_path: Path, data: PreparedData, say) -> torch.Tensor:

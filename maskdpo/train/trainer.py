@@ -156,7 +156,7 @@ class Trainer:
             self.log.close()
         if not finished:
             return EXIT_STOPPED
-        self._export(engine, data.tokenizer)
+        self._export(engine, model_path, data.tokenizer_dir)
         if rank == 0:
             mark(self.run_dir, self.fingerprint, "complete", steps=total_steps)
         return EXIT_FINISHED
@@ -208,15 +208,19 @@ class Trainer:
             self.say(f"{signal.Signals(signum).name} received: stopping after this step with a checkpoint")
         self.stop_requested = True
 
-    def _export(self, engine, tokenizer) -> None:
+    def _export(self, engine, model_path: Path, tokenizer_dir: Path) -> None:
         hf = self.run_dir / "hf"
         engine.export_hf(hf, dtype=torch.bfloat16 if self.config.parallel.bf16 else None)
         if dist.get_rank() == 0:
-            tokenizer.save_pretrained(str(hf))
+            from .serving_files import write_serving_files
+
+            write_serving_files(hf, model_path, tokenizer_dir)
             from .plot import plot_run
 
             try:
                 self.say(f"plot: {plot_run(self.run_dir)}")
             except ImportError:
                 self.say("warning: matplotlib is not installed; no plot written")
+            except ValueError as e:
+                self.say(f"no plot: {e}")
         self.say(f"exported the policy to {hf}")

@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", default=None, help="output folder (default RUN_DIR/export-step-N)")
     export.add_argument("--checkpoint", default=None, help="a checkpoint's name, e.g. step-00000300 (default: newest intact)")
     export.set_defaults(func=_export)
-    plot = sub.add_parser("plot", help="plot a run's loss, reward accuracy and margin, chosen/rejected rewards and learning rate to RUN_DIR/metrics.png")
+    plot = sub.add_parser("plot", help="plot a run's loss, reward accuracy and margin, chosen/rejected rewards and "
+                                       "learning rate to RUN_DIR/metrics.png")
     plot.add_argument("run_dir")
     plot.set_defaults(func=_plot)
     add_plan_command(sub)

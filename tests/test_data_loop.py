@@ -187,6 +187,10 @@ def test_annotation_dialogue_labels_and_unparsed(tmp_path):
     ("Nothing contradictory here. <No Hallucination>", VERDICTS, "ok"),
     ("Options: <No Hallucination>, <Contradictory>, <Unverifiable>. Answer: <Contradictory>", VERDICTS, "contradictory"),
     ("between <Facts Present> and <No Facts>: <No Facts>", FACTS, "nofact"),
+    # ANAH-v2's Chinese tags, bracketed only (the plain-words fallback is English).
+    ("<有事实>", FACTS, "facts"), ("**<无事实>**", FACTS, "nofact"), ("<无幻觉>", VERDICTS, "ok"),
+    ("< 矛盾 >", VERDICTS, "contradictory"), ("<无法验证>", VERDICTS, "unverifiable"),
+    ("<无幻觉> 不对，<矛盾>", VERDICTS, "contradictory"), ("无幻觉", VERDICTS, None), ("有事实", FACTS, None),
 ])
 def test_reply_parsing_is_robust(reply, tags, label):
     assert parse_tag(reply, tags) == label

@@ -4,6 +4,8 @@ import math
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -83,6 +85,43 @@ def test_hf_export_is_what_serving_stacks_expect(uninterrupted, tmp_path):
             assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~umask, file.name
         model = transformers.AutoModelForCausalLM.from_pretrained(str(hf))
         assert model.generation_config.eos_token_id == generation.eos_token_id
+
+
+NOISE = ("[WARNING]", "[INFO]", "built successfully", "SEED_LAYERS", "Using topology", "stage=", "UserWarning",
+         "autograd kernel was not registered", "Traceback")
+
+
+@pytest.mark.slow
+def test_the_output_is_rank_0_lines_without_deepspeed_chatter(uninterrupted):
+    _, result = uninterrupted
+    for noise in NOISE:
+        assert noise not in result.stdout + result.stderr, noise
+    layout = [line for line in result.stdout.splitlines() if line.startswith("2 processes:")]
+    assert layout == ["2 processes: 1 tensor x 2 pipeline x 1 data-parallel; stage 0: embedding, decoder 0; "
+                      "stage 1: decoder 1, norm, head"]
+    # The summary follows the closed progress bar, on a line of its own.
+    assert any(line.startswith("trained to step 9 in") for line in result.stdout.splitlines())
+
+
+@pytest.mark.slow
+def test_without_a_cxx_compiler_deepspeed_runs_on_gloo_and_says_so(tmp_path):
+    """No C++ compiler for DeepSpeed's CPU op (a fresh extensions folder, CXX naming nothing): one note,
+    the run trains and finishes. Tied embeddings across the 2 stages: no autograd warning at backward."""
+    architecture = ("{vocab_size: 4096, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, "
+                    "num_attention_heads: 4, num_key_value_heads: 2, tie_word_embeddings: true}")
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions"), "CXX": "no-such-cxx-compiler"}
+    result = subprocess.run(
+        [sys.executable, "-m", "maskdpo.cli", "train", "--config", str(ROOT / "launch" / "configs" / "tiny-cpu.yaml"),
+         "--logging.run_dir", str(tmp_path / "run"), "--data.cache_dir", str(tmp_path / "cache"),
+         "--train.max_steps", "2", "--model.architecture", architecture],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    notes = [line for line in result.stdout.splitlines() if "no-such-cxx-compiler" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: a C++ compiler (no-such-cxx-compiler)"), result.stdout
+    assert not any((tmp_path / "extensions").rglob("*.so"))  # nothing was built
+    for noise in NOISE:
+        assert noise not in result.stdout + result.stderr, noise
+    assert len(metrics(tmp_path / "run")) == 2
 
 
 @pytest.mark.slow

@@ -101,6 +101,13 @@ def _annotate(args, samples_path, questions_path, output, client=None) -> int:
     return _status(report)
 
 
+def _annotate_templates(args) -> int:
+    from .anah_templates import convert
+
+    print("\n".join(convert(args.anah_prompts, args.output, args.force)))
+    return 0
+
+
 def _read_annotated(path, strict: bool = True):
     from ..data.jsonl import ReadReport, read_records
     from ..data.labels import LabelMap
@@ -244,6 +251,16 @@ def add_loop_commands(sub) -> None:
                                                                "(default: the bundled ones)")
     _server_args(annotate, role="annotator")
     annotate.set_defaults(func=lambda a: _annotate(a, a.samples, a.questions, a.output))
+
+    templates = sub.add_parser("annotate-templates", help="write the ANAH-v2 annotator's own prompts (English, and "
+                                                            "Chinese as *.zh.txt) as annotate --templates files, from "
+                                                            "your copy of its anahv2_prompt.py")
+    templates.add_argument("--anah-prompts", required=True, metavar="FILE",
+                           help="eval/anah_v2/anahv2_prompt.py of github.com/open-compass/ANAH (imported: it runs)")
+    templates.add_argument("-o", "--output", required=True, metavar="DIR",
+                           help="directory for facts.txt, reference.txt, judge.txt and their .zh.txt (created)")
+    templates.add_argument("--force", action="store_true", help="overwrite template files there that hold other text")
+    templates.set_defaults(func=_annotate_templates)
 
     evaluate = sub.add_parser("evaluate", help="ANAH score of annotated responses (or sample greedily and annotate); "
                                                "--metric factscore: FActScore against a local knowledge source")

@@ -13,6 +13,7 @@ integers. The stages never know about data or the loss beyond the callable they 
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 from dataclasses import dataclass
 
@@ -161,15 +162,41 @@ def build_pipeline(config: LlamaConfig, num_stages: int, loss_fn, backend: str =
     if num_stages > config.num_hidden_layers:
         raise ValueError(f"{num_stages} pipeline stages for {config.num_hidden_layers} decoder layers: "
                          "every stage needs at least one")
-    return PipelineModule(
-        layers=layer_specs(config, backend, fused_head, max_seqlen, placement),
-        num_stages=None if topology is not None else num_stages,
-        topology=topology,
-        loss_fn=loss_fn,
-        partition_method=partition_method,
-        activation_checkpoint_interval=1 if activation_checkpointing else 0,
-        checkpointable_layers=["DecoderLayerPipe"],
-    )
+    # Its seed, topology and per-stage layer lists are printed by DeepSpeed's rank 0: describe_stages
+    # says the same in one line. No grad: a tied embedding is broadcast in place to its stages, which
+    # autograd would otherwise record (and warn about at every backward) as a c10d op without a gradient.
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        return PipelineModule(
+            layers=layer_specs(config, backend, fused_head, max_seqlen, placement),
+            num_stages=None if topology is not None else num_stages,
+            topology=topology,
+            loss_fn=loss_fn,
+            partition_method=partition_method,
+            activation_checkpoint_interval=1 if activation_checkpointing else 0,
+            checkpointable_layers=["DecoderLayerPipe"],
+        )
+
+
+def describe_stages(module) -> str:
+    """Which layers each stage holds, in one line: "stage 0: embedding, decoder 0-15; stage 1: ..."."""
+    names = {"EmbeddingPipe": "embedding", "FinalNormPipe": "norm", "LMHeadPipe": "head"}
+    stages, decoder = [], 0
+    for stage in range(module.num_stages):
+        parts, first = [], None
+        specs = module._layer_specs[module.parts[stage]:module.parts[stage + 1]]
+        for i, spec in enumerate(specs):
+            kind = spec.typename.__name__
+            if kind == "DecoderLayerPipe":
+                first = decoder if first is None else first
+                decoder += 1
+                if i + 1 == len(specs) or specs[i + 1].typename.__name__ != kind:
+                    parts.append(f"decoder {first}-{decoder - 1}" if decoder - 1 > first else f"decoder {first}")
+                    first = None
+            else:
+                tied_head = kind == "EmbeddingPipe" and i + 1 == len(specs) and stage == module.num_stages - 1
+                parts.append("head (tied embedding)" if tied_head else names.get(kind, kind))
+        stages.append(f"stage {stage}: {', '.join(parts)}")
+    return "; ".join(stages)
 
 
 def model_name(pipe_name: str, num_layers: int) -> str:

@@ -3,15 +3,55 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
 from .launcher import free_port
 
 
+def _rank_zero() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def prepare_cpu_comm_op() -> None:
+    """DeepSpeed builds a shared-memory C++ op for CPU collectives on its first init_distributed, once per
+    environment (TORCH_EXTENSIONS_DIR). Say so when that build is due, instead of a silent pause; without
+    a C++ compiler or ninja, leave the op out (collectives then run on plain gloo) and say what is
+    missing, instead of an ImportError traceback from every rank."""
+    import shutil
+
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+    from torch.utils import cpp_extension
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return
+    directory = Path(cpp_extension._get_build_directory(builder.name, verbose=False))
+    if (directory / f"{builder.name}.so").is_file():
+        return
+    compiler = os.environ.get("CXX", "c++")
+    missing = [what for what, found in ((f"a C++ compiler ({compiler})", shutil.which(compiler)),
+                                         ("ninja (pip install ninja)", cpp_extension.is_ninja_available()))
+               if not found]
+    if missing:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False  # DeepSpeed then uses torch.distributed alone
+        if _rank_zero():
+            print(f"note: {' and '.join(missing)} not found: DeepSpeed's shared-memory CPU collectives are not "
+                  "built; gloo runs them (slower with many processes). Install g++ (apt install g++) to build "
+                  "them once for this environment.", flush=True)
+    elif _rank_zero():
+        print(f"building DeepSpeed's shared-memory CPU collectives, once for this environment, in {directory} "
+              "(about 30 s)", flush=True)
+
+
 def init_distributed() -> None:
     """Join the launcher's process group (gloo on CPU, NCCL on CUDA); a single process without a
     launcher becomes a group of one. Does nothing when the group already exists."""
+    import contextlib
+    import io
+
     import deepspeed
     import torch.distributed as dist
 
@@ -24,7 +64,11 @@ def init_distributed() -> None:
     os.environ.setdefault("WORLD_SIZE", "1")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+    else:
+        prepare_cpu_comm_op()
+    # DeepSpeed prints "... built successfully" from every rank each time it loads that op.
+    with contextlib.redirect_stdout(io.StringIO()):
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
 
 
 def destroy_distributed() -> None:

@@ -13,12 +13,20 @@ import torch.distributed as dist
 
 
 def quiet_logs() -> None:
-    """One clear line per warning from rank 0, not DeepSpeed's info logs from every rank."""
+    """One clear line per warning from rank 0, not DeepSpeed's info logs from every rank. Call before
+    DeepSpeed is imported."""
     import logging
+    import os
     import warnings
 
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    logging.getLogger("deepspeed").setLevel(logging.WARNING)
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        # Named, DeepSpeed picks the CPU without warning "unable to detect" a GPU on every rank.
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    import deepspeed  # noqa: F401  (creates its logger, at level WARNING: set ours after)
+
+    level = logging.WARNING if os.environ.get("RANK", "0") == "0" else logging.ERROR
+    logging.getLogger("DeepSpeed").setLevel(level)
+    logging.getLogger("deepspeed").setLevel(level)
     warnings.simplefilter("once")
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # libraries' notices, not ours
 

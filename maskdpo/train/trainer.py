@@ -66,6 +66,7 @@ class Trainer:
         self.run_dir = Path(config.logging.run_dir)
         self.stop_requested = False
         self.log: MetricsLogger | None = None
+        self.summary = ""
 
     def say(self, message: str) -> None:
         if dist.get_rank() == 0:
@@ -127,6 +128,11 @@ class Trainer:
                      "out (a different set each epoch)")
         total_steps = c.train.max_steps or c.train.epochs * loader.steps_per_epoch
         engine = build_engine(c, model_path, data.packing, total_steps, world)
+        from ..model.pipeline import describe_stages
+
+        layout = engine.layout
+        self.say(f"{world} processes: {layout.tensor_parallel} tensor x {layout.pipeline_stages} pipeline x "
+                 f"{layout.data_parallel} data-parallel; {describe_stages(engine.module)}")
         bad = engine.nonfinite_parameters()
         if bad:
             self.say(f"error: the starting model {model_path} has non-finite parameters: {', '.join(bad[:5])}")
@@ -156,6 +162,7 @@ class Trainer:
             self.log.close()
         if not finished:
             return EXIT_STOPPED
+        self.say(self.summary)
         self._export(engine, model_path, data.tokenizer_dir)
         if rank == 0:
             mark(self.run_dir, self.fingerprint, "complete", steps=total_steps)
@@ -200,7 +207,8 @@ class Trainer:
             if stop.item():
                 self.say(f"stopped by signal after step {step}; checkpoint saved, rerun to resume")
                 return False
-        self.say(f"trained to step {step} in {time.perf_counter() - start_time:.0f}s")
+        # Said once the progress bar is closed (MetricsLogger.close), not through it.
+        self.summary = f"trained to step {step} in {time.perf_counter() - start_time:.0f}s"
         return True
 
     def _request_stop(self, signum, frame) -> None:

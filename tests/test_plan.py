@@ -246,3 +246,14 @@ def test_recipe_supplies_budget_checkpointing_and_accumulation(capsys, tmp_path)
     # 4 micro-batches per step: D = 8 does not divide them
     d8 = next(r for r in data["layouts"] if r["data"] == 8)
     assert "8 data-parallel ranks do not divide the step's 4 micro-batches" in d8["reason"]
+
+
+def test_plan_command_prints_the_table_and_nothing_else():
+    """A CPU machine: DeepSpeed (imported for its partition function) is told it is the CPU, so no
+    accelerator-detection warning joins the plan's output."""
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    result = subprocess.run([sys.executable, "-m", "maskdpo.cli", "plan", "--model", "llama3.1-8b", "--gpus", "8",
+                             "--gpu-memory", "80GB"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Llama-3.1-8B on 8 x 80 GB") and "recommended" in result.stdout
+    assert result.stderr == ""

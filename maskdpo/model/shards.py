@@ -169,6 +169,9 @@ def partition(config: LlamaConfig, pipeline_stages: int, method: str = "type:Dec
 
     # Importing DeepSpeed may print its accelerator detection on stdout: keep stdout for our output.
     with contextlib.redirect_stdout(sys.stderr):
+        from ..accelerator import name_cpu_accelerator
+
+        name_cpu_accelerator()
         from deepspeed.runtime import utils as ds_utils
 
     if pipeline_stages < 1:

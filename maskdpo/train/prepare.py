@@ -19,9 +19,9 @@ def quiet_logs() -> None:
     import os
     import warnings
 
-    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
-        # Named, DeepSpeed picks the CPU without warning "unable to detect" a GPU on every rank.
-        os.environ["DS_ACCELERATOR"] = "cpu"
+    from ..accelerator import name_cpu_accelerator
+
+    name_cpu_accelerator()
     import deepspeed  # noqa: F401  (creates its logger, at level WARNING: set ours after)
 
     level = logging.WARNING if os.environ.get("RANK", "0") == "0" else logging.ERROR

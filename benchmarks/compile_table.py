@@ -35,8 +35,8 @@ from pathlib import Path
 # Specs of the architectures: registers per SM, max threads and blocks per SM, shared memory per
 # SM usable by blocks, and the register allocation unit (per warp) — CUDA occupancy calculator data.
 ARCHS = {
-    80: dict(name="sm_80 (A100)", regs=65536, threads=2048, blocks=32, smem=164 * 1024, reg_unit=256),
-    90: dict(name="sm_90 (H100/H200)", regs=65536, threads=2048, blocks=32, smem=228 * 1024, reg_unit=256),
+    80: dict(regs=65536, threads=2048, blocks=32, smem=164 * 1024, reg_unit=256),
+    90: dict(regs=65536, threads=2048, blocks=32, smem=228 * 1024, reg_unit=256),
 }
 BLOCK_SMEM_RESERVED = 1024  # the driver reserves 1 KB of shared memory per block
 

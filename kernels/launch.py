@@ -30,10 +30,6 @@ class Variant:
     num_warps: int
     """Warps per row's program (32 threads each)."""
 
-    @property
-    def per_thread(self) -> int:
-        return self.block_v // (32 * self.num_warps)
-
 
 VARIANTS = {
     "b1024w4": Variant(1024, 4),

@@ -2,8 +2,8 @@
 
 The model code (maskdpo.model.llama) knows nothing of ranks. `parallelize` walks a built module (a
 pipeline stage) and swaps, in place and under the same parameter names:
-  q, k, v, gate, up     -> ColumnParallelLinear   (output rows split; input gradient all-reduced)
-  o, down               -> RowParallelLinear      (input columns split; output all-reduced)
+  q, k, v, gate, up     -> ShardedLinear, COLUMN  (output rows split; input gradient all-reduced)
+  o, down               -> ShardedLinear, ROW     (input columns split; output all-reduced)
   the embedding         -> VocabParallelEmbedding (vocabulary rows split; output all-reduced)
   the LM head's weight  -> its vocabulary shard   (the fused head exchanges per-row statistics with
                            vocab_group=, never logits; it all-reduces the hidden states' gradient)
@@ -92,23 +92,22 @@ def mark_shards(module: nn.Module) -> None:
             _mark(sub.weight, where)
 
 
-class ColumnParallelLinear(nn.Module):
-    def __init__(self, linear: nn.Linear, tp: TensorParallel):
+class ShardedLinear(nn.Module):
+    """This rank's shard of a bias-free linear layer. split=COLUMN: output rows [start, stop), the
+    input's gradient summed over the group; split=ROW: input columns [start, stop), the output
+    summed over the group (each rank holds a partial sum)."""
+
+    def __init__(self, linear: nn.Linear, tp: TensorParallel, split: str):
         super().__init__()
-        self.weight = _shard_parameter(self, linear.weight, COLUMN, tp)
+        if split not in (COLUMN, ROW):
+            raise ValueError(f"ShardedLinear: split must be {COLUMN!r} or {ROW!r}; got {split!r}")
+        self.split = split
+        self.weight = _shard_parameter(self, linear.weight, split, tp)
         self.group = tp.group
 
     def forward(self, x):
-        return F.linear(_CopyToRegion.apply(x, self.group), self.weight)
-
-
-class RowParallelLinear(nn.Module):
-    def __init__(self, linear: nn.Linear, tp: TensorParallel):
-        super().__init__()
-        self.weight = _shard_parameter(self, linear.weight, ROW, tp)
-        self.group = tp.group
-
-    def forward(self, x):
+        if self.split == COLUMN:
+            return F.linear(_CopyToRegion.apply(x, self.group), self.weight)
         return _ReduceFromRegion.apply(F.linear(x, self.weight), self.group)
 
 
@@ -132,14 +131,14 @@ class VocabParallelEmbedding(nn.Module):
 def _parallelize_layer(layer: DecoderLayer, tp: TensorParallel) -> None:
     attn: Attention = layer.self_attn
     for name in ("q_proj", "k_proj", "v_proj"):
-        setattr(attn, name, ColumnParallelLinear(getattr(attn, name), tp))
-    attn.o_proj = RowParallelLinear(attn.o_proj, tp)
+        setattr(attn, name, ShardedLinear(getattr(attn, name), tp, COLUMN))
+    attn.o_proj = ShardedLinear(attn.o_proj, tp, ROW)
     attn.heads //= tp.size  # whole heads per rank (shards.check_tensor_parallel)
     attn.kv_heads //= tp.size
     mlp = layer.mlp
-    mlp.gate_proj = ColumnParallelLinear(mlp.gate_proj, tp)
-    mlp.up_proj = ColumnParallelLinear(mlp.up_proj, tp)
-    mlp.down_proj = RowParallelLinear(mlp.down_proj, tp)
+    mlp.gate_proj = ShardedLinear(mlp.gate_proj, tp, COLUMN)
+    mlp.up_proj = ShardedLinear(mlp.up_proj, tp, COLUMN)
+    mlp.down_proj = ShardedLinear(mlp.down_proj, tp, ROW)
 
 
 def parallelize(module: nn.Module, tp: TensorParallel) -> None:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,12 +105,32 @@ def test_the_output_is_rank_0_lines_without_deepspeed_chatter(uninterrupted):
 
 
 @pytest.mark.slow
+def test_deepspeed_op_is_kept_in_the_environment_not_the_shared_user_cache(tmp_path):
+    """`maskdpo train` without TORCH_EXTENSIONS_DIR: DeepSpeed's CPU op lives in this environment
+    (sys.prefix/torch_extensions, as launch/env.sh puts it), never in the per-user default folder that
+    environments with other versions share."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"}
+    env.update(HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "home" / ".cache"), TRITON_INTERPRET="0")
+    result = subprocess.run(
+        [sys.executable, "-m", "maskdpo.cli", "train", "--config", str(ROOT / "launch" / "configs" / "tiny-cpu.yaml"),
+         "--logging.run_dir", str(tmp_path / "run"), "--data.cache_dir", str(tmp_path / "cache"),
+         "--train.max_steps", "1"], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not (tmp_path / "home" / ".cache" / "torch_extensions").exists()
+    op = Path(sys.prefix) / "torch_extensions" / "deepspeed_shm_comm" / "deepspeed_shm_comm.so"
+    assert op.is_file()
+    building = [line for line in result.stdout.splitlines() if line.startswith("building DeepSpeed")]
+    assert all(str(Path(sys.prefix) / "torch_extensions") in line for line in building)
+
+
+@pytest.mark.slow
 def test_without_a_cxx_compiler_deepspeed_runs_on_gloo_and_says_so(tmp_path):
     """No C++ compiler for DeepSpeed's CPU op (a fresh extensions folder, CXX naming nothing): one note,
     the run trains and finishes. Tied embeddings across the 2 stages: no autograd warning at backward."""
     architecture = ("{vocab_size: 4096, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, "
                     "num_attention_heads: 4, num_key_value_heads: 2, tie_word_embeddings: true}")
-    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions"), "CXX": "no-such-cxx-compiler"}
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions"), "CXX": "no-such-cxx-compiler",
+           "TRITON_INTERPRET": "0"}
     result = subprocess.run(
         [sys.executable, "-m", "maskdpo.cli", "train", "--config", str(ROOT / "launch" / "configs" / "tiny-cpu.yaml"),
          "--logging.run_dir", str(tmp_path / "run"), "--data.cache_dir", str(tmp_path / "cache"),

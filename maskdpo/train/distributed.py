@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -12,6 +13,15 @@ from .launcher import free_port
 
 def _rank_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
+
+
+def keep_extensions_in_environment() -> None:
+    """Torch builds C++ extensions into TORCH_EXTENSIONS_DIR, by default one folder per user shared by
+    every environment of the same Python: environments with other torch or DeepSpeed versions then
+    rebuild DeepSpeed's op over each other's. Unless it is set, keep them inside this environment (as
+    launch/env.sh does), when the environment is writable."""
+    if "TORCH_EXTENSIONS_DIR" not in os.environ and os.access(sys.prefix, os.W_OK):
+        os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(sys.prefix, "torch_extensions")
 
 
 def prepare_cpu_comm_op() -> None:
@@ -65,6 +75,7 @@ def init_distributed() -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     else:
+        keep_extensions_in_environment()
         prepare_cpu_comm_op()
     # DeepSpeed prints "... built successfully" from every rank each time it loads that op.
     with contextlib.redirect_stdout(io.StringIO()):

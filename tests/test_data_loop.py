@@ -114,7 +114,10 @@ def test_ctrl_c_with_requests_in_flight_exits_at_once_keeping_what_finished(tmp_
         command = [sys.executable, "-m", "maskdpo.cli", "sample", "--questions", str(questions), "--output", str(out),
                    "--base-url", server.url, "--model", "policy", "--samples", "2", "--concurrency", "3",
                    "--timeout", "120"]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # SIGINT as a terminal's Ctrl-C finds it, even when this test runs under a shell that ignores it
+        # (a background job of a non-interactive shell): an ignored SIGINT is inherited across exec.
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 60
         while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2
                                           or server.in_flight < 3):

@@ -124,6 +124,31 @@ def test_deepspeed_op_is_kept_in_the_environment_not_the_shared_user_cache(tmp_p
 
 
 @pytest.mark.slow
+def test_deepspeed_op_is_built_once_announced_whichever_ninja_path_finds(tmp_path):
+    """A fresh extensions folder: the first run says it builds the op there and builds it; a second run
+    from a shell where PATH finds another ninja first (the system's, as without an activated
+    environment) neither says so nor rebuilds it."""
+    bin_dir = Path(sys.executable).parent
+    system_first = os.pathsep.join(p for p in ["/usr/bin", "/bin", *os.environ["PATH"].split(os.pathsep)]
+                                   if p and Path(p) != bin_dir)
+    op = tmp_path / "extensions" / "deepspeed_shm_comm" / "deepspeed_shm_comm.so"
+    outputs, stamps = [], []
+    for i, path in enumerate([f"{bin_dir}{os.pathsep}{system_first}", system_first]):
+        env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions"), "PATH": path,
+               "TRITON_INTERPRET": "0"}
+        result = subprocess.run(
+            [sys.executable, "-m", "maskdpo.cli", "train", "--config",
+             str(ROOT / "launch" / "configs" / "tiny-cpu.yaml"), "--logging.run_dir", str(tmp_path / f"run{i}"),
+             "--data.cache_dir", str(tmp_path / "cache"), "--train.max_steps", "1"],
+            env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        outputs.append([line for line in result.stdout.splitlines() if line.startswith("building DeepSpeed")])
+        stamps.append(op.stat().st_mtime_ns)
+    assert len(outputs[0]) == 1 and str(op.parent) in outputs[0][0]
+    assert outputs[1] == [] and stamps[1] == stamps[0]
+
+
+@pytest.mark.slow
 def test_without_a_cxx_compiler_deepspeed_runs_on_gloo_and_says_so(tmp_path):
     """No C++ compiler for DeepSpeed's CPU op (a fresh extensions folder, CXX naming nothing): one note,
     the run trains and finishes. Tied embeddings across the 2 stages: no autograd warning at backward."""

@@ -16,12 +16,22 @@ def _rank_zero() -> bool:
 
 
 def keep_extensions_in_environment() -> None:
-    """Torch builds C++ extensions into TORCH_EXTENSIONS_DIR, by default one folder per user shared by
+    """Build DeepSpeed's op once per environment, and only once.
+
+    Torch builds C++ extensions into TORCH_EXTENSIONS_DIR, by default one folder per user shared by
     every environment of the same Python: environments with other torch or DeepSpeed versions then
-    rebuild DeepSpeed's op over each other's. Unless it is set, keep them inside this environment (as
-    launch/env.sh does), when the environment is writable."""
+    rebuild the op over each other's. Unless it is set, keep them inside this environment (as
+    launch/env.sh does), when the environment is writable. And ninja decides what to rebuild from its
+    log, whose command hashes differ between ninja versions: the environment's own ninja (pip's,
+    beside this interpreter) must run every time, not whichever one PATH finds first (a system ninja
+    in a shell without the environment activated, the environment's in one with it), or each switch
+    rebuilds the op."""
     if "TORCH_EXTENSIONS_DIR" not in os.environ and os.access(sys.prefix, os.W_OK):
         os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(sys.prefix, "torch_extensions")
+    here = os.path.dirname(sys.executable)
+    if os.path.isfile(os.path.join(here, "ninja")):
+        os.environ["PATH"] = os.pathsep.join([here, *(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                                                       if p and p != here)])
 
 
 def prepare_cpu_comm_op() -> None:

@@ -104,23 +104,21 @@ def test_the_output_is_rank_0_lines_without_deepspeed_chatter(uninterrupted):
     assert any(line.startswith("trained to step 9 in") for line in result.stdout.splitlines())
 
 
-@pytest.mark.slow
-def test_deepspeed_op_is_kept_in_the_environment_not_the_shared_user_cache(tmp_path):
-    """`maskdpo train` without TORCH_EXTENSIONS_DIR: DeepSpeed's CPU op lives in this environment
-    (sys.prefix/torch_extensions, as launch/env.sh puts it), never in the per-user default folder that
-    environments with other versions share."""
-    env = {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"}
-    env.update(HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "home" / ".cache"), TRITON_INTERPRET="0")
-    result = subprocess.run(
-        [sys.executable, "-m", "maskdpo.cli", "train", "--config", str(ROOT / "launch" / "configs" / "tiny-cpu.yaml"),
-         "--logging.run_dir", str(tmp_path / "run"), "--data.cache_dir", str(tmp_path / "cache"),
-         "--train.max_steps", "1"], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert not (tmp_path / "home" / ".cache" / "torch_extensions").exists()
-    op = Path(sys.prefix) / "torch_extensions" / "deepspeed_shm_comm" / "deepspeed_shm_comm.so"
-    assert op.is_file()
-    building = [line for line in result.stdout.splitlines() if line.startswith("building DeepSpeed")]
-    assert all(str(Path(sys.prefix) / "torch_extensions") in line for line in building)
+def test_deepspeed_op_is_kept_in_the_environment_with_its_own_ninja(monkeypatch):
+    """Without TORCH_EXTENSIONS_DIR, the op goes where launch/env.sh puts it (sys.prefix/torch_extensions),
+    never the per-user default folder that environments with other versions share; the environment's
+    ninja comes first on PATH (the test below shows why)."""
+    from maskdpo.train.distributed import keep_extensions_in_environment
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    monkeypatch.setenv("PATH", os.pathsep.join(["/usr/bin", "/bin", str(Path(sys.executable).parent)]))
+    keep_extensions_in_environment()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(Path(sys.prefix) / "torch_extensions")
+    if (Path(sys.executable).parent / "ninja").is_file():
+        assert os.environ["PATH"].split(os.pathsep)[:3] == [str(Path(sys.executable).parent), "/usr/bin", "/bin"]
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/elsewhere")
+    keep_extensions_in_environment()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == "/elsewhere"  # a choice made is kept
 
 
 @pytest.mark.slow

@@ -181,6 +181,30 @@ def test_annotation_dialogue_labels_and_unparsed(tmp_path):
     assert "Topic 0 is old. Topic 0 is big." in dialogue[2]["content"] or "is big." in dialogue[2]["content"]
 
 
+def test_resuming_annotation_with_other_templates_is_refused(tmp_path):
+    """Labels judged with other prompts are never mixed into one file: the rerun names the file and line."""
+    import shutil
+
+    from maskdpo.data import RecordError
+    from maskdpo.loop.annotate import TEMPLATES
+
+    samples = [{"question_id": f"q{i}", "sample_id": 0, "language": "en", "prompt": [{"role": "user", "content": "x"}],
+                "response": f"topic {i} is old."} for i in range(2)]
+    edited = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, edited)
+    (edited / "judge.txt").write_text((edited / "judge.txt").read_text() + "\nBe strict.")
+    out = tmp_path / "a.jsonl"
+    with ChatServer(annotator_reply) as server:
+        client = ChatClient(ServerConfig(server.url, "anah-v2", backoff=0.001))
+        questions = {q["question_id"]: q for q in QUESTIONS}
+        assert annotate(samples[:1], questions, out, client, load_templates(), concurrency=1).done == 1
+        before = out.read_text()
+        with pytest.raises(RecordError, match=r"a.jsonl:1: written by a run with other settings \(annotator"):
+            annotate(samples, questions, out, client, load_templates(edited), concurrency=1)
+        assert out.read_text() == before
+        assert annotate(samples, questions, out, client, load_templates(), concurrency=1).done == 1  # same: resumes
+
+
 @pytest.mark.parametrize("reply,tags,label", [
     ("<No Hallucination>", VERDICTS, "ok"), ("no_hallucination", VERDICTS, "ok"),
     ("**<Contradictory>**", VERDICTS, "contradictory"),

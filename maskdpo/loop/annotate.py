@@ -83,6 +83,16 @@ def _read(file: Path) -> str:
         return f.read()
 
 
+def templates_digest(templates: dict[str, str]) -> str:
+    """A short digest of a set of templates (names and texts), recorded with every annotation."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(templates):
+        digest.update(name.encode() + b"\0" + templates[name].encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def pick_template(templates: dict[str, str], name: str, language: str | None = None) -> str:
     """The text of template `name` ("facts.txt") for a sample in `language`: its variant
     NAME.<language>.txt when there is one (the language as written, else lower-cased), else `name`."""
@@ -164,7 +174,9 @@ def annotate(samples: list[dict], questions: dict[str, dict], output, client, te
     if missing:
         raise ValueError(f"samples refer to questions not in the questions file: {missing[:5]}")
 
-    annotator = {"source": client.server.base_url, "model": client.server.model}
+    # The prompts are settings too: labels from other templates are never mixed into one file.
+    annotator = {"source": client.server.base_url, "model": client.server.model,
+                 "templates": templates_digest(templates)}
     responses = {sample_key(s): s["response"] for s in samples}
     mismatch = settings_mismatch("annotator", annotator, sample_key, responses, "response", "the samples file's")
 

@@ -1,4 +1,4 @@
-"""Digests that key caches and identify runs: of files, of source code, of model directories.
+"""Digests that key caches and identify runs: of texts, files, source code and model directories.
 
 One place decides what identifies each thing, so the encode cache, the reference cache and the run
 fingerprint cannot disagree about it.
@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+
+
+def text_digest(text: str) -> str:
+    """A short digest of a text (prompt templates, settings): 16 hex digits of its sha256."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def file_digest(path: str | Path) -> str:

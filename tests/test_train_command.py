@@ -105,15 +105,19 @@ def test_the_output_is_rank_0_lines_without_deepspeed_chatter(uninterrupted):
 
 
 def test_deepspeed_op_is_kept_in_the_environment_with_its_own_ninja(monkeypatch):
-    """Without TORCH_EXTENSIONS_DIR, the op goes where launch/env.sh puts it (sys.prefix/torch_extensions),
-    never the per-user default folder that environments with other versions share; the environment's
-    ninja comes first on PATH (the test below shows why)."""
+    """Without TORCH_EXTENSIONS_DIR, every entry point keeps the op where the launch scripts do
+    (launch/env.sh, run here for real), never in the per-user default folder that environments with other
+    versions share; the environment's ninja comes first on PATH (the test below shows why)."""
     from maskdpo.train.distributed import keep_extensions_in_environment
 
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"}
+    launch_scripts = subprocess.run(
+        ["bash", "-c", f'PYTHON="{sys.executable}" source "{ROOT}/launch/env.sh" && echo "$TORCH_EXTENSIONS_DIR"'],
+        env=env, capture_output=True, text=True, timeout=60, check=True).stdout.strip()
     monkeypatch.setenv("PATH", os.pathsep.join(["/usr/bin", "/bin", str(Path(sys.executable).parent)]))
     keep_extensions_in_environment()
-    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(Path(sys.prefix) / "torch_extensions")
+    assert Path(os.environ["TORCH_EXTENSIONS_DIR"]) == Path(launch_scripts)
     if (Path(sys.executable).parent / "ninja").is_file():
         assert os.environ["PATH"].split(os.pathsep)[:3] == [str(Path(sys.executable).parent), "/usr/bin", "/bin"]
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/elsewhere")
@@ -163,6 +167,8 @@ def test_without_a_cxx_compiler_deepspeed_runs_on_gloo_and_says_so(tmp_path):
     notes = [line for line in result.stdout.splitlines() if "no-such-cxx-compiler" in line]
     assert len(notes) == 1 and notes[0].startswith("note: a C++ compiler (no-such-cxx-compiler)"), result.stdout
     assert not any((tmp_path / "extensions").rglob("*.so"))  # nothing was built
+    assert ("2 processes: 1 tensor x 2 pipeline x 1 data-parallel; stage 0: embedding, decoder 0; "
+            "stage 1: decoder 1, norm, head (tied embedding)") in result.stdout.splitlines()
     for noise in NOISE:
         assert noise not in result.stdout + result.stderr, noise
     assert len(metrics(tmp_path / "run")) == 2

@@ -28,11 +28,13 @@ Output: the annotated-samples format of maskdpo.data (one line per response, app
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 from ..assets import TEMPLATES as ASSET_TEMPLATES
 from ..data.sentences import split_sentences
+from ..digests import text_digest
 from .jobs import JobReport, run_jobs, settings_mismatch
 from .sample import sample_key
 
@@ -85,12 +87,7 @@ def _read(file: Path) -> str:
 
 def templates_digest(templates: dict[str, str]) -> str:
     """A short digest of a set of templates (names and texts), recorded with every annotation."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name in sorted(templates):
-        digest.update(name.encode() + b"\0" + templates[name].encode() + b"\0")
-    return digest.hexdigest()[:16]
+    return text_digest(json.dumps(templates, sort_keys=True))
 
 
 def pick_template(templates: dict[str, str], name: str, language: str | None = None) -> str:

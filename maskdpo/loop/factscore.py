@@ -17,6 +17,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from ..digests import text_digest
 from .annotate import fill, read_templates
 from .evaluate import write_result_files
 from .jobs import JobReport, run_jobs, settings_mismatch
@@ -55,15 +56,9 @@ def parse_verdict(reply: str) -> bool | None:
     return max(hits)[1] if hits else None
 
 
-def _digest(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def extract(samples: list[dict], output, client, templates, concurrency: int = 8) -> JobReport:
     extractor = {"source": client.server.base_url, "model": client.server.model,
-                 "template": _digest(templates["factscore_facts.txt"])}
+                 "template": text_digest(templates["factscore_facts.txt"])}
     responses = {sample_key(s): s["response"] for s in samples}
     mismatch = settings_mismatch("extractor", extractor, sample_key, responses, "response", "the responses file's")
 
@@ -87,7 +82,7 @@ def fact_key(record: dict) -> tuple:
 def judge(fact_records: list[dict], output, client, templates, knowledge, concurrency: int = 8,
           passages: int = 5) -> JobReport:
     judge_info = {"source": client.server.base_url, "model": client.server.model, "passages": passages,
-                  "template": _digest(templates["factscore_judge.txt"]), "knowledge": knowledge.digest}
+                  "template": text_digest(templates["factscore_judge.txt"]), "knowledge": knowledge.digest}
     items = [{"question_id": r["question_id"], "sample_id": r["sample_id"], "topic": r["topic"], "index": i,
               "fact": fact} for r in fact_records for i, fact in enumerate(r["facts"])]
     facts = {fact_key(i): i["fact"] for i in items}

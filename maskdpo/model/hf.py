@@ -154,10 +154,9 @@ def save_hf(tensors: dict[str, torch.Tensor], config: LlamaConfig, path: str | P
     write_config(path, config, {t.dtype for shard in shards for t in shard.values()})
 
 
-def write_config(path: str | Path, config: LlamaConfig, dtypes) -> None:
-    """config.json, its dtype the saved weights' own (one dtype, or the set of the tensors' dtypes):
-    never the source model's label carried over (a bf16 model trained in fp32 saves fp32)."""
-    dtypes = {dtypes} if isinstance(dtypes, torch.dtype) else set(dtypes)
+def write_config(path: str | Path, config: LlamaConfig, dtypes: set[torch.dtype]) -> None:
+    """config.json, its dtype the saved weights' own (`dtypes`: the saved tensors'), never the source
+    model's label carried over (a bf16 model trained in fp32 saves fp32)."""
     hf_config = config.to_hf()
     # Floating dtypes only (the weights'); transformers 5 reads "dtype", older versions "torch_dtype".
     floating = sorted(str(d).removeprefix("torch.") for d in dtypes if d.is_floating_point)

@@ -186,6 +186,7 @@ def describe_stages(module) -> str:
         specs = module._layer_specs[module.parts[stage]:module.parts[stage + 1]]
         for i, spec in enumerate(specs):
             kind = spec.typename.__name__
+            first_layer = module.parts[stage] + i == 0
             if kind == "DecoderLayerPipe":
                 first = decoder if first is None else first
                 decoder += 1
@@ -193,7 +194,8 @@ def describe_stages(module) -> str:
                     parts.append(f"decoder {first}-{decoder - 1}" if decoder - 1 > first else f"decoder {first}")
                     first = None
             else:
-                tied_head = kind == "EmbeddingPipe" and i + 1 == len(specs) and stage == module.num_stages - 1
+                # The embedding appears again only as the tied LM head.
+                tied_head = kind == "EmbeddingPipe" and not first_layer
                 parts.append("head (tied embedding)" if tied_head else names.get(kind, kind))
         stages.append(f"stage {stage}: {', '.join(parts)}")
     return "; ".join(stages)

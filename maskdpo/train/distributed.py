@@ -11,7 +11,8 @@ import torch
 from .launcher import free_port
 
 
-def _rank_zero() -> bool:
+def rank_zero() -> bool:
+    """Rank 0 of the launch (or no launcher), known before the process group exists."""
     return os.environ.get("RANK", "0") == "0"
 
 
@@ -57,11 +58,11 @@ def prepare_cpu_comm_op() -> None:
                if not found]
     if missing:
         deepspeed.ops.__compatible_ops__[builder.NAME] = False  # DeepSpeed then uses torch.distributed alone
-        if _rank_zero():
+        if rank_zero():
             print(f"note: {' and '.join(missing)} not found: DeepSpeed's shared-memory CPU collectives are not "
                   "built; gloo runs them (slower with many processes). Install g++ (apt install g++) to build "
                   "them once for this environment.", flush=True)
-    elif _rank_zero():
+    elif rank_zero():
         print(f"building DeepSpeed's shared-memory CPU collectives, once for this environment, in {directory} "
               "(about 30 s)", flush=True)
 

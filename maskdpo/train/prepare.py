@@ -16,15 +16,15 @@ def quiet_logs() -> None:
     """One clear line per warning from rank 0, not DeepSpeed's info logs from every rank. Call before
     DeepSpeed is imported."""
     import logging
-    import os
     import warnings
 
     from ..accelerator import name_cpu_accelerator
+    from .distributed import rank_zero
 
     name_cpu_accelerator()
     import deepspeed  # noqa: F401  (creates its logger, at level WARNING: set ours after)
 
-    level = logging.WARNING if os.environ.get("RANK", "0") == "0" else logging.ERROR
+    level = logging.WARNING if rank_zero() else logging.ERROR
     logging.getLogger("DeepSpeed").setLevel(level)
     logging.getLogger("deepspeed").setLevel(level)
     warnings.simplefilter("once")

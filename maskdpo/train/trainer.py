@@ -66,7 +66,6 @@ class Trainer:
         self.run_dir = Path(config.logging.run_dir)
         self.stop_requested = False
         self.log: MetricsLogger | None = None
-        self.summary = ""
 
     def say(self, message: str) -> None:
         if dist.get_rank() == 0:
@@ -151,7 +150,7 @@ class Trainer:
         dist.barrier()
         self.log = MetricsLogger(self.run_dir, rank == 0, c.logging.tensorboard, total_steps, step)
         try:
-            finished = self._loop(engine, loader, checkpointer, data.encoded, reference, step, total_steps)
+            summary = self._loop(engine, loader, checkpointer, data.encoded, reference, step, total_steps)
         except NonFiniteLoss as e:
             self.say(f"error: {e}")
             return EXIT_FAILED
@@ -160,16 +159,16 @@ class Trainer:
             return EXIT_FAILED
         finally:
             self.log.close()
-        if not finished:
+        if summary is None:
             return EXIT_STOPPED
-        self.say(self.summary)
+        self.say(summary)  # after the progress bar is closed (MetricsLogger.close), not through it
         self._export(engine, model_path, data.tokenizer_dir)
         if rank == 0:
             mark(self.run_dir, self.fingerprint, "complete", steps=total_steps)
         return EXIT_FINISHED
 
     def _loop(self, engine, loader: StepLoader, checkpointer: Checkpointer, encoded, reference, step: int,
-              total_steps: int) -> bool:
+              total_steps: int) -> str | None:
         previous = {signum: signal.signal(signum, self._request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
             return self._steps(engine, loader, checkpointer, encoded, reference, step, total_steps)
@@ -178,7 +177,8 @@ class Trainer:
                 signal.signal(signum, handler)
 
     def _steps(self, engine, loader: StepLoader, checkpointer: Checkpointer, encoded, reference, step: int,
-               total_steps: int) -> bool:
+               total_steps: int) -> str | None:
+        """Train to total_steps: the line that says so, or None when stopped by a signal."""
         pair_ids = [p.pair_id for p in encoded.pairs]
         start_time = time.perf_counter()
         while step < total_steps:
@@ -206,10 +206,8 @@ class Trainer:
                 checkpointer.save(engine, step)
             if stop.item():
                 self.say(f"stopped by signal after step {step}; checkpoint saved, rerun to resume")
-                return False
-        # Said once the progress bar is closed (MetricsLogger.close), not through it.
-        self.summary = f"trained to step {step} in {time.perf_counter() - start_time:.0f}s"
-        return True
+                return None
+        return f"trained to step {step} in {time.perf_counter() - start_time:.0f}s"
 
     def _request_stop(self, signum, frame) -> None:
         if not self.stop_requested:

@@ -98,8 +98,15 @@ def test_killed_sampling_resumes_without_loss_or_duplicates(tmp_path):
     assert len(keys) == 18 == len(set(keys))
 
 
+# The console command, and maskdpo.cli.main() called as a library by a script that then ends: neither
+# the call nor the script's exit waits for the abandoned requests.
+LIBRARY_CALL = ("import sys, time; from maskdpo.cli import main\n"
+                "status = main(sys.argv[1:]); print('main returned', status, time.time(), flush=True)\n")
+
+
 @pytest.mark.slow
-def test_ctrl_c_with_requests_in_flight_exits_at_once_keeping_what_finished(tmp_path):
+@pytest.mark.parametrize("how", ["console", "library"])
+def test_ctrl_c_with_requests_in_flight_exits_at_once_keeping_what_finished(tmp_path, how):
     questions = write_questions(tmp_path / "q.jsonl")
     out = tmp_path / "s.jsonl"
     served = []
@@ -111,7 +118,8 @@ def test_ctrl_c_with_requests_in_flight_exits_at_once_keeping_what_finished(tmp_
         return policy_reply(body)
 
     with ChatServer(slow_after_two) as server:
-        command = [sys.executable, "-m", "maskdpo.cli", "sample", "--questions", str(questions), "--output", str(out),
+        start = [sys.executable, "-m", "maskdpo.cli"] if how == "console" else [sys.executable, "-c", LIBRARY_CALL]
+        command = [*start, "sample", "--questions", str(questions), "--output", str(out),
                    "--base-url", server.url, "--model", "policy", "--samples", "2", "--concurrency", "3",
                    "--timeout", "120"]
         # SIGINT as a terminal's Ctrl-C finds it, even when this test runs under a shell that ignores it
@@ -126,7 +134,13 @@ def test_ctrl_c_with_requests_in_flight_exits_at_once_keeping_what_finished(tmp_
         started = time.time()
         stdout, stderr = process.communicate(timeout=30)
         assert time.time() - started < 10, "Ctrl-C waited for the requests in flight"
-    assert process.returncode == 130, stderr[-2000:]
+    if how == "library":
+        returned = [line.split() for line in stdout.splitlines() if line.startswith("main returned")]
+        assert returned and returned[0][2] == "130", stdout[-2000:] + stderr[-2000:]
+        assert float(returned[0][3]) - started < 10
+        assert process.returncode == 0, stderr[-2000:]  # the script ended on its own, nobody killed it
+    else:
+        assert process.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
     assert len(lines(out)) == 2 and all(r["response"] for r in lines(out))
 

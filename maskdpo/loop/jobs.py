@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.errors import RecordError
+from .workers import DaemonPool
 
 # After this many failures in a row (each already retried), the server is taken to be down.
 CONSECUTIVE_FAILURES_TO_STOP = 8
@@ -80,8 +81,9 @@ def run_jobs(items: list, work, output: str | Path, key, concurrency: int = 8, d
              mismatch=None) -> JobReport:
     """Run work(item) -> record (a dict) for each item whose key(item) is not yet in `output`.
 
-    Ctrl-C stops at once (finished items are kept); so do CONSECUTIVE_FAILURES_TO_STOP failures in a
-    row, which mean the server is down rather than a request being unlucky.
+    Ctrl-C stops at once (finished items are kept; requests in flight are abandoned, and neither this
+    call nor the process waits for them); so do CONSECUTIVE_FAILURES_TO_STOP failures in a row, which
+    mean the server is down rather than a request being unlucky.
     """
     from tqdm import tqdm
 
@@ -94,7 +96,7 @@ def run_jobs(items: list, work, output: str | Path, key, concurrency: int = 8, d
             seen.add(key(item))
             todo.append(item)
     report = JobReport(total=len({key(i) for i in items}), already_done=len(finished))
-    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+    pool = DaemonPool(min(max(1, concurrency), max(1, len(todo))))
     streak = 0
     sigint = signal.getsignal(signal.SIGINT)
     try:
@@ -123,7 +125,7 @@ def run_jobs(items: list, work, output: str | Path, key, concurrency: int = 8, d
         report.stopped = "interrupted"
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while the report is written: no traceback
     finally:
-        pool.shutdown(wait=report.stopped is None, cancel_futures=True)
+        pool.shutdown(wait=report.stopped is None)  # a stop abandons the requests in flight
         if report.stopped == "interrupted":
             signal.signal(signal.SIGINT, sigint)
     return report

@@ -22,8 +22,9 @@ import os
 import sys
 
 from .config import ConfigError, load_config
+from .exit_codes import EXIT_BUSY, EXIT_CONFIG
 from .launcher import die_with_parent, launch_local
-from .run_dir import EXIT_BUSY, EXIT_CONFIG, RunRefused, check_run_directory
+from .run_dir import RunRefused, check_run_directory
 from .run_lock import ENV as LOCK_ENV
 from .run_lock import RunDirectoryBusy, RunLock
 

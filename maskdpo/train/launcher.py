@@ -42,9 +42,9 @@ def launch_local(world: int, argv: list[str], lock_fd: int | None = None) -> int
     SIGINT/SIGTERM are passed to every worker, which saves a checkpoint and stops at the end of its
     step. If a worker fails, the others are stopped rather than left waiting in a collective. The
     run directory's lock (an open file) is passed to the workers, so it stays held while any of them
-    lives. Returns the run's exit code (maskdpo.train.run_dir).
+    lives. Returns the run's exit code (maskdpo.train.exit_codes).
     """
-    from .run_dir import EXIT_STOPPED
+    from .exit_codes import EXIT_STOPPED
     from .run_lock import ENV as LOCK_ENV
 
     port = str(free_port())

@@ -17,12 +17,7 @@ from pathlib import Path
 
 from . import fingerprint as fp
 from .checkpointer import Checkpointer, step_dirs
-
-EXIT_FINISHED = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_STOPPED = 3  # stopped by SIGINT/SIGTERM with a checkpoint saved: rerun to resume
-EXIT_BUSY = 4  # the run directory is used by another run
+from .exit_codes import EXIT_CONFIG, EXIT_FINISHED
 
 
 class RunRefused(Exception):

@@ -22,10 +22,11 @@ from ..data.errors import RecordError
 from .checkpointer import Checkpointer, CheckpointWriteError
 from .config import Config, save_config
 from .distributed import compute_device, destroy_distributed, init_distributed
+from .exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_FINISHED, EXIT_STOPPED
 from .loader import StepLoader
 from .metrics import MetricsLogger
 from .prepare import prepare_data, quiet_logs, reference_table, starting_model
-from .run_dir import EXIT_CONFIG, EXIT_FAILED, EXIT_FINISHED, EXIT_STOPPED, mark
+from .run_dir import mark
 from .schedule import lr_scheduler_factory
 
 

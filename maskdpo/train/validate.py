@@ -60,8 +60,8 @@ def validate(config, world_size: int) -> None:
     from ..dpo.objective import HEADS
     from ..model.attention import BACKENDS
     from ..model.shards import check_tensor_parallel
-    from .config import ConfigError
     from .engine import OWNED_KEYS, check_parallelism
+    from .errors import ConfigError
 
     def error(message):
         raise ConfigError(message)

@@ -47,7 +47,7 @@ setup(
         "openai>=1.40",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6", "pytest-timeout", "ruff>=0.14"],
+        "test": ["pytest>=8", "hypothesis>=6", "pytest-timeout", "pytest-xdist>=3.5", "coverage>=7.10", "ruff>=0.14"],
         "flash": ["flash-attn>=2.6"],
         "bench": ["liger-kernel>=0.5", "cut-cross-entropy>=25.1"],
         "tensorboard": ["tensorboard"],

@@ -8,4 +8,13 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 # DeepSpeed compiles a small comm op at first use; keep that build with this environment, so no
 # other checkout's half-finished build (a stale lock) can stall the tests.
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/${VENV:-.venv}/torch_extensions}"
-exec "${VENV:-.venv}/bin/python" -m pytest "$@"
+# pytest-xdist workers: TEST_WORKERS (default the cores, at most 4; 0 runs the tests in one process).
+# Tests that share a session or module fixture run on one worker, which builds it once (tests/conftest.py).
+cores="$(nproc)"
+workers="${TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}"
+parallel=()
+[ "$workers" != 0 ] && parallel=(-n "$workers" --dist loadgroup)
+# COVERAGE=1: pytest under coverage.py (scripts/coverage.sh combines and reports).
+runner=(-m pytest)
+[ -n "${COVERAGE:-}" ] && runner=(-m coverage run -m pytest)
+exec "${VENV:-.venv}/bin/python" "${runner[@]}" "${parallel[@]}" "$@"

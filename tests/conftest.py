@@ -22,3 +22,36 @@ def uninterrupted(tmp_path_factory):
     result = train(root / "run", root / "cache")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root / "run", result
+
+
+@pytest.fixture(scope="session")
+def pipeline_models(tmp_path_factory):
+    """The tiny HF checkpoints the pipeline and tensor-parallel tests train (tests/pipeline_launch.py)."""
+    from pipeline_launch import build_models
+
+    return build_models(tmp_path_factory.mktemp("pipeline-models"))
+
+
+@pytest.fixture(scope="session")
+def pipeline_launch(pipeline_models, tmp_path_factory):
+    """pipeline_launch(group): one torchrun launch per group of scenarios for the whole session."""
+    from pipeline_launch import launcher
+
+    return launcher(pipeline_models, tmp_path_factory)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the test ids
+def pytest_collection_modifyitems(config, items):
+    """With pytest-xdist's `--dist loadgroup` (scripts/test.sh), tests that share one of our session or
+    module fixtures (a trained run, a launch of the pipeline workers, tiny models) run on one worker,
+    so the fixture is built once; the others are spread one by one."""
+    for item in items:
+        shared = []
+        for name in item.fixturenames:
+            definitions = item._fixtureinfo.name2fixturedefs.get(name) or ()
+            for definition in definitions[-1:]:
+                if definition.scope in ("session", "package", "module") and definition.baseid:  # ours, not pytest's
+                    shared.append((definition.scope != "session", definition.baseid, name))
+        if shared:
+            _, baseid, name = min(shared)  # a session fixture groups across files
+            item.add_marker(pytest.mark.xdist_group(f"{baseid}::{name}"))

@@ -56,6 +56,7 @@ def test_inputs_are_whole_pairs():
         bench.make_inputs(300, 8, 11, "cpu", seq_len=100)
 
 
+@pytest.mark.slow  # a subprocess that imports torch
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA exit")
 def test_exits_with_status_2_without_cuda():
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_linear_sequence_logps.py")],

@@ -28,6 +28,7 @@ def test_workload_has_prompt_rows_and_sentence_masks():
     assert p_label.min() > 0.99
 
 
+@pytest.mark.slow  # compiles the torch.compile provider and Liger's kernels: about 25 s
 def test_providers_agree_on_cpu():
     inputs = bench.make_inputs(300, 97, peaked=False, device="cpu", seed=1)
     logits, labels, weights, seq_ids, num_seqs = inputs
@@ -99,6 +100,7 @@ def test_providers_are_selected_by_name():
     assert errors == ["unknown or unavailable providers ['maskdpo[zz]']; available: ['eager', 'maskdpo', 'maskdpo[a]']"]
 
 
+@pytest.mark.slow  # a subprocess that imports torch
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA exit")
 def test_exits_with_status_2_without_cuda():
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_sequence_logps.py"), "--n", "128"],

@@ -25,6 +25,7 @@ def test_synthetic_micro_batch_fills_the_budget_with_masked_responses():
     assert mb.response_tokens.tolist() == [45.0] * 4
 
 
+@pytest.mark.slow  # a subprocess that imports torch
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA exit")
 def test_exits_with_status_2_without_cuda():
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train.py")], capture_output=True, text=True)

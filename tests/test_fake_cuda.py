@@ -120,6 +120,7 @@ def _graph_breaks(fn, *args):
     return explanation.graph_break_count, [str(b.reason) for b in explanation.break_reasons]
 
 
+@pytest.mark.slow  # torch.compile (dynamo and inductor): about 15 s
 @pytest.mark.parametrize("head", ["fused", "kernel"])
 def test_compiled_head_and_loss_have_no_graph_break(head):
     torch._dynamo.reset()

@@ -55,6 +55,7 @@ def test_allowance_shares_the_remaining_budget_among_the_steps_left():
     assert gpu_check.allowance(140, 140, -5) == 0  # over budget: nothing, so the step is skipped
 
 
+@pytest.mark.slow  # subprocesses
 def test_steps_run_under_the_budget_and_the_summary_follows_every_step(tmp_path):
     out = tmp_path / "out"
     pid_file = tmp_path / "grandchild.pid"
@@ -124,6 +125,7 @@ def test_steps_run_under_the_budget_and_the_summary_follows_every_step(tmp_path)
     assert "fails (log: fails.log):\n\n```\nexit status 3\nline one\nthe last words\n```" in md
 
 
+@pytest.mark.slow  # subprocesses and a signal
 def test_a_terminated_check_ends_its_running_step_and_records_it(tmp_path):
     """A step runs in its own session, which no SIGTERM or Ctrl-C for the check reaches: the check must
     end it itself, or a killed check would leave a benchmark holding the GPU."""
@@ -199,6 +201,7 @@ def test_default_steps_are_command_lines_the_benchmarks_accept(tmp_path, capsys)
     assert steps["train"].command[3:8] == ["llama3.2-1b", "--heads", "fused", "eager", "--steps"]
 
 
+@pytest.mark.slow  # a pytest subprocess
 def test_kernel_tests_are_counted_from_pytest_junit_xml(tmp_path):
     (tmp_path / "test_sample.py").write_text(
         "import pytest\n"

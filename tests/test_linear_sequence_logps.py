@@ -150,6 +150,7 @@ def test_wrong_active_rows_are_named():
         linear_sequence_logps(hidden, weight, labels, weights, seq_ids, 2, active_rows=torch.cat([rows, torch.tensor([50])]))
 
 
+@pytest.mark.slow  # 64 interpreted chunks, forward and backward: about 11 s
 def test_bf16_weight_gradient_summed_over_many_chunks():
     # 64 chunks of 8 rows. Summed in bf16 (the default) the running sum is rounded once per chunk;
     # in an fp32 buffer only each chunk's product is. Both stay near float64, fp32 measurably nearer.

@@ -3,60 +3,27 @@ in float64 with transformers."""
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from model_helpers import tiny_hf_llama
 from pipeline_data import PACKING_PAIRS, encoded_pairs, micro_batches
 
 from maskdpo.model.hf import load_llama
 
-TESTS = Path(__file__).resolve().parent
 BETA = 0.1
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def models(pipeline_models):
+    return pipeline_models
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline-models")
-    untied = tiny_hf_llama(root / "hf", "gqa-rope-scaling", vocab_size=4096)
-    tied = tiny_hf_llama(root / "hf-tied", "tied-mha", vocab_size=4096, seed=1)
-    return {"untied": (root / "hf", untied), "tied": (root / "hf-tied", tied)}
-
-
-@pytest.fixture(scope="module")
-def launch(models, tmp_path_factory):
-    """launch(scenarios, interpret) runs pipeline_worker.py under torchrun with 2 processes, once per
-    group of scenarios (so each group fails on its own), and returns the folder of its results.
-    interpret: the Triton kernels under the interpreter (slow), else their PyTorch path on the CPU."""
-    done = {}
-
-    def run(scenarios: tuple[str, ...], interpret: bool) -> Path:
-        if scenarios not in done:
-            out = tmp_path_factory.mktemp("pipeline-" + "-".join(scenarios))
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1" if interpret else "0",
-                   "PYTHONPATH": str(TESTS)}
-            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                       "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(TESTS / "pipeline_worker.py"),
-                       "--hf", str(models["untied"][0]), "--hf-tied", str(models["tied"][0]), "--out", str(out),
-                       "--scenarios", *scenarios]
-            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-            done[scenarios] = out
-        return done[scenarios]
-    return run
+def launch(pipeline_launch):
+    """launch(group) -> the results folder of the session's one launch of that group (pipeline_launch.py)."""
+    return pipeline_launch
 
 
 def pair_sums(model, side_pairs):
@@ -114,7 +81,7 @@ def check_step(result, params, reference, updated, start_state, tied=False):
 def test_pipeline_matches_plain_pytorch(launch, models, scenario, model):
     """PP=2 (GAS 4, fused head), DP=2 (PP=1, GAS 2, kernel head) and tied embeddings, with the
     Triton kernels interpreted: the same loss, reference and update as float64 transformers."""
-    out = launch((scenario,), interpret=True)
+    out = launch("interpreted")
     mbs, _ = micro_batches()
     pairs = [int(i) for mb in mbs for i in mb.pair_index if i >= 0]
     loss, reference, updated = oracle_step(models[model][0], pairs)
@@ -135,8 +102,7 @@ def packing_oracle(models):
 def test_the_step_does_not_depend_on_packing(launch, models, packing_oracle, pairs_per_micro_batch, pipeline_stages):
     """The same 8 pairs packed 1, 2 or 4 to a micro-batch (micro-batches of 3, 4 and 1 pairs), with
     PP=2 or DP=2: the loss is the mean over the 8 pairs and the update is the oracle's."""
-    scenarios = tuple(f"packing-{m}-pp{pipeline_stages}" for m in (1, 2, 4))
-    out = launch(scenarios, interpret=False)
+    out = launch("pytorch")
     scenario = f"packing-{pairs_per_micro_batch}-pp{pipeline_stages}"
     result = json.loads((out / f"{scenario}.json").read_text())
     assert sum(result["pairs_per_micro_batch"]) == PACKING_PAIRS
@@ -149,7 +115,7 @@ def test_the_step_does_not_depend_on_packing(launch, models, packing_oracle, pai
 
 @pytest.mark.slow
 def test_checkpoint_resume_continues_identically(launch):
-    out = launch(("resume",), interpret=False)
+    out = launch("pytorch")
     result = json.loads((out / "resume.json").read_text())
     assert result["client_state"] == 1
     assert result["resumed"] == result["straight"]
@@ -159,7 +125,7 @@ def test_checkpoint_resume_continues_identically(launch):
 
 @pytest.mark.slow
 def test_hf_export_loads_in_transformers_with_the_trained_weights(launch):
-    out = launch(("resume",), interpret=False)
+    out = launch("pytorch")
     trained = merged(out, "resumed")
     exported = transformers.AutoModelForCausalLM.from_pretrained(str(out / "export")).eval()
     for name, tensor in exported.state_dict().items():
@@ -174,7 +140,7 @@ def test_hf_export_loads_in_transformers_with_the_trained_weights(launch):
 
 @pytest.mark.slow
 def test_training_on_bundled_pairs_lowers_the_loss(launch):
-    out = launch(("train",), interpret=False)
+    out = launch("pytorch")
     history = json.loads((out / "train.json").read_text())
     assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
@@ -184,7 +150,7 @@ def test_training_on_bundled_pairs_lowers_the_loss(launch):
 
 @pytest.mark.slow
 def test_bf16_with_activation_checkpointing_trains(launch):
-    out = launch(("bf16-checkpointing",), interpret=True)
+    out = launch("interpreted")
     result = json.loads((out / "bf16-checkpointing.json").read_text())
     losses = [h["loss"] for h in result["history"]]
     assert result["dtypes"] == ["torch.bfloat16"]

@@ -248,6 +248,7 @@ def test_recipe_supplies_budget_checkpointing_and_accumulation(capsys, tmp_path)
     assert "8 data-parallel ranks do not divide the step's 4 micro-batches" in d8["reason"]
 
 
+@pytest.mark.slow  # a subprocess of the CLI
 def test_plan_command_prints_the_table_and_nothing_else():
     """A CPU machine: DeepSpeed (imported for its partition function) is told it is the CPU, so no
     accelerator-detection warning joins the plan's output."""

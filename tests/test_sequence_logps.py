@@ -23,7 +23,31 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 KERNEL = importlib.import_module("maskdpo.kernels.sequence_logps")  # the package re-exports a same-named function
 
 
-BLOCKS = ["whole-row", "multi-block", *VARIANTS]
+def one_variant_per_block_width() -> list[str]:
+    """The launch variants this device can tell apart. The interpreter runs a row's program as one
+    array program, so the warp count changes nothing there (test_warps_change_nothing_under_the_
+    interpreter): the first variant of each block width stands for the others. A GPU runs them all."""
+    if TEST_DEVICE.type != "cpu":
+        return list(VARIANTS)
+    widths = {}
+    for name, variant in VARIANTS.items():
+        widths.setdefault(variant.block_v, name)
+    return list(widths.values())
+
+
+TESTED_VARIANTS = one_variant_per_block_width()
+
+
+def block_case(block, *values):
+    """A test case of one launch path. On the CPU the GPU launch variants (1024-4096-column blocks, paid
+    per block by the interpreter) run in the full suite only; the fast lane keeps the interpreter's
+    whole-row block and the four-blocks-a-row path, which take every branch of the streaming loop."""
+    slow = TEST_DEVICE.type == "cpu" and block in VARIANTS
+    return pytest.param(block, *values, marks=pytest.mark.slow if slow else ())
+
+
+BLOCK_NAMES = ["whole-row", "multi-block", *TESTED_VARIANTS]
+BLOCKS = [block_case(b) for b in BLOCK_NAMES]
 
 
 @pytest.fixture(params=BLOCKS)
@@ -62,7 +86,9 @@ SHAPES = [(1, 1), (1, 127), (37, 1), (37, 127), (37, 32000), (4, 128256)]
 # The GPU launch variants stream a row in 1024-4096-column blocks, which the interpreter pays for per
 # block: they run every shape but (37, 32000); the default and multi-block paths run them all.
 VARIANT_SHAPES = [s for s in SHAPES if s != (37, 32000)]
-BLOCKS_AND_SHAPES = [(b, n, vocab) for b in BLOCKS for n, vocab in (VARIANT_SHAPES if b in VARIANTS else SHAPES)]
+BLOCKS_AND_SHAPES = [block_case(b, n, vocab) for b in BLOCK_NAMES
+                     for n, vocab in (VARIANT_SHAPES if b in VARIANTS else SHAPES)]
+
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -80,6 +106,23 @@ def test_matches_float64(blocks, dtype, n, vocab):
     used = set(seq_ids[(labels != -100) & (seq_ids >= 0)].tolist())
     for s in set(range(num_seqs)) - used:
         assert out[s] == 0
+
+
+@pytest.mark.slow  # with the variants it stands for
+@pytest.mark.skipif(TEST_DEVICE.type != "cpu", reason="on a GPU every variant runs")
+def test_warps_change_nothing_under_the_interpreter():
+    """Why the CPU runs one variant per block width: variants that differ only in warps give bitwise
+    the same sums and gradients under the interpreter, here over 3 blocks a row and a partial one."""
+    logits, labels, weights, seq_ids = make_rows(6, 3 * 4096 + 5, 2, torch.bfloat16, seed=13)
+    by_width = {}
+    for name, variant in VARIANTS.items():
+        by_width.setdefault(variant.block_v, []).append(name)
+    assert any(len(names) > 1 for names in by_width.values())  # there is something to stand for
+    for names in by_width.values():
+        first = run_kernel(logits, labels, weights, seq_ids, 2, variant=names[0])
+        for other in names[1:]:
+            again = run_kernel(logits, labels, weights, seq_ids, 2, variant=other)
+            assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1]), (names[0], other)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)

@@ -3,55 +3,30 @@ Mask-DPO step written from the formula in float64 with transformers (tests/test_
 oracle), through the HF export (which gathers the shards)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from model_helpers import tiny_hf_llama
 from pipeline_data import micro_batches
 from safetensors.torch import load_file
-from test_pipeline import check_step, free_port, oracle_step
+from test_pipeline import check_step, oracle_step
 
 from maskdpo.model.hf import load_config
 from maskdpo.model.shards import rank_shapes, shard_range
 from maskdpo.train.engine import check_parallelism
 
-TESTS = Path(__file__).resolve().parent
-# One launch of 2 processes serves every 2-process test (each scenario builds its own engine).
-TWO_PROCESS = ("tp2-pp1", "tp2-pp1-tied", "tp2-pp1-resume")
-ODD_VOCAB = 4093  # not divisible by 2; holds every token id of the bundled pairs (< 4092)
+
+@pytest.fixture(scope="module")
+def models(pipeline_models):
+    """untied, and the tied model with a vocabulary T = 2 does not divide (pipeline_launch.py)."""
+    return {"untied": pipeline_models["untied"], "tied": pipeline_models["odd"]}
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tp-models")
-    untied = tiny_hf_llama(root / "hf", "gqa-rope-scaling", vocab_size=4096)
-    odd = tiny_hf_llama(root / "hf-odd", "tied-mha", vocab_size=ODD_VOCAB, seed=2)
-    return {"untied": (root / "hf", untied), "tied": (root / "hf-odd", odd)}
-
-
-@pytest.fixture(scope="module")
-def launch(models, tmp_path_factory):
-    """launch(processes, scenarios): pipeline_worker.py under torchrun, once per call; its results folder.
-    The kernels run their PyTorch path (the 4-process runs under the interpreter would be too slow)."""
-    done = {}
-
-    def run(processes: int, scenarios: tuple[str, ...]) -> Path:
-        if (processes, scenarios) not in done:
-            out = tmp_path_factory.mktemp("tp-" + "-".join(scenarios))
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "0", "PYTHONPATH": str(TESTS)}
-            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
-                       str(processes), "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                       str(TESTS / "pipeline_worker.py"), "--hf", str(models["untied"][0]),
-                       "--hf-odd", str(models["tied"][0]), "--out", str(out), "--scenarios", *scenarios]
-            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-            done[(processes, scenarios)] = out
-        return done[(processes, scenarios)]
-    return run
+def launch(pipeline_launch):
+    """launch(processes) -> the results of the session's launch with that many processes; the kernels
+    run their PyTorch path (the 4-process runs under the interpreter would be too slow)."""
+    return lambda processes: pipeline_launch("four" if processes == 4 else "pytorch")
 
 
 def exported(folder: Path) -> dict[str, torch.Tensor]:
@@ -71,8 +46,7 @@ def test_tensor_parallel_step_matches_plain_pytorch(launch, models, processes, s
     """T = 2 (DP = 1) and T = 2 x P = 2; tied embeddings with a vocabulary T does not divide: the
     same loss, reference sums and updated parameters as float64 transformers, after the export has
     gathered the shards into standard tensors."""
-    scenarios = ("tp2-pp2", "tp1-pp2") if processes == 4 else TWO_PROCESS
-    out = launch(processes, scenarios)
+    out = launch(processes)
     mbs, _ = micro_batches()
     pairs = [int(i) for mb in mbs for i in mb.pair_index if i >= 0]
     loss, reference, updated = oracle_step(models[model][0], pairs)
@@ -107,7 +81,7 @@ def test_tensor_parallel_step_matches_plain_pytorch(launch, models, processes, s
 
 @pytest.mark.slow
 def test_tensor_parallel_resume_is_bitwise(launch):
-    out = launch(2, TWO_PROCESS)
+    out = launch(2)
     result = json.loads((out / "tp2-pp1-resume.json").read_text())
     assert result["resumed"] == result["straight"]
     straight, resumed = exported(out / "tp2-pp1-resume-straight"), exported(out / "tp2-pp1-resume-resumed")

@@ -1,0 +1,62 @@
+"""One torchrun launch of tests/pipeline_worker.py per group of scenarios that need the same
+processes, shared by test_pipeline.py and test_tensor_parallel.py (each launch pays about 10 s of
+imports per process, and each scenario builds its own engine, so grouping changes no result).
+
+    interpreted   2 processes, the Triton kernels under the interpreter (slow: only what must be)
+    pytorch       2 processes, the kernels' PyTorch path
+    four          4 processes (T = 2 x P = 2, and T = 1 x P = 2 x D = 2), the PyTorch path
+"""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from model_helpers import tiny_hf_llama
+
+TESTS = Path(__file__).resolve().parent
+ODD_VOCAB = 4093  # not divisible by 2; holds every token id of the bundled pairs (< 4092)
+
+GROUPS = {
+    "interpreted": (2, True, ("grads-pp2", "grads-pp1", "grads-pp2-tied", "bf16-checkpointing")),
+    "pytorch": (2, False, ("packing-1-pp2", "packing-2-pp2", "packing-4-pp2", "packing-1-pp1", "packing-2-pp1",
+                           "packing-4-pp1", "resume", "train", "tp2-pp1", "tp2-pp1-tied", "tp2-pp1-resume")),
+    "four": (4, False, ("tp2-pp2", "tp1-pp2")),
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_models(root: Path) -> dict:
+    """name -> (HF directory, the transformers model): untied GQA with rope scaling, tied MHA, and a
+    tied model whose vocabulary 2 tensor ranks do not divide."""
+    return {"untied": (root / "hf", tiny_hf_llama(root / "hf", "gqa-rope-scaling", vocab_size=4096)),
+            "tied": (root / "hf-tied", tiny_hf_llama(root / "hf-tied", "tied-mha", vocab_size=4096, seed=1)),
+            "odd": (root / "hf-odd", tiny_hf_llama(root / "hf-odd", "tied-mha", vocab_size=ODD_VOCAB, seed=2))}
+
+
+def launcher(models: dict, tmp_path_factory):
+    """launch(group) runs the group's scenarios once per session and returns their results folder."""
+    done = {}
+
+    def launch(group: str) -> Path:
+        if group not in done:
+            processes, interpret, scenarios = GROUPS[group]
+            out = tmp_path_factory.mktemp(f"pipeline-{group}")
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1" if interpret else "0",
+                   "PYTHONPATH": str(TESTS)}
+            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
+                       str(processes), "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+                       str(TESTS / "pipeline_worker.py"), "--hf", str(models["untied"][0]),
+                       "--hf-tied", str(models["tied"][0]), "--hf-odd", str(models["odd"][0]), "--out", str(out),
+                       "--scenarios", *scenarios]
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+            done[group] = out
+        return done[group]
+    return launch

@@ -10,7 +10,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/${VENV:-.venv}/torch_extensions}"
 # pytest-xdist workers: TEST_WORKERS (default the cores, at most 4; 0 runs the tests in one process).
 # Tests that share a session or module fixture run on one worker, which builds it once (tests/conftest.py).
-cores="$(nproc)"
+cores="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"  # nproc alone obeys OMP_NUM_THREADS=1
 workers="${TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}"
 parallel=()
 [ "$workers" != 0 ] && parallel=(-n "$workers" --dist loadgroup)

@@ -38,9 +38,9 @@ def exported(folder: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("processes,scenario,model", [
-    (2, "tp2-pp1", "untied"),
-    (2, "tp2-pp1-tied", "tied"),
-    (4, "tp2-pp2", "untied"),
+    pytest.param(2, "tp2-pp1", "untied", marks=pytest.mark.xdist_group("pipeline-pytorch")),
+    pytest.param(2, "tp2-pp1-tied", "tied", marks=pytest.mark.xdist_group("pipeline-pytorch")),
+    pytest.param(4, "tp2-pp2", "untied", marks=pytest.mark.xdist_group("pipeline-four")),
 ])
 def test_tensor_parallel_step_matches_plain_pytorch(launch, models, processes, scenario, model):
     """T = 2 (DP = 1) and T = 2 x P = 2; tied embeddings with a vocabulary T does not divide: the
@@ -79,6 +79,7 @@ def test_tensor_parallel_step_matches_plain_pytorch(launch, models, processes, s
             torch.testing.assert_close(ours[name], single[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.xdist_group("pipeline-pytorch")
 @pytest.mark.slow
 def test_tensor_parallel_resume_is_bitwise(launch):
     out = launch(2)

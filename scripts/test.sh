@@ -9,11 +9,13 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 # other checkout's half-finished build (a stale lock) can stall the tests.
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/${VENV:-.venv}/torch_extensions}"
 # pytest-xdist workers: TEST_WORKERS (default the cores, at most 4; 0 runs the tests in one process).
-# Tests that share a session or module fixture run on one worker, which builds it once (tests/conftest.py).
+# Each file runs on one worker (--dist loadfile), so a module fixture is built once; the long files
+# start first (tests/conftest.py). (xdist's loadgroup cannot group under pytest 9.2: it renames
+# node ids through an attribute pytest no longer reads.)
 cores="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"  # nproc alone obeys OMP_NUM_THREADS=1
 workers="${TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}"
 parallel=()
-[ "$workers" != 0 ] && parallel=(-n "$workers" --dist loadgroup)
+[ "$workers" != 0 ] && parallel=(-n "$workers" --dist loadfile)
 # COVERAGE=1: pytest under coverage.py (scripts/coverage.sh combines and reports).
 runner=(-m pytest)
 [ -n "${COVERAGE:-}" ] && runner=(-m coverage run -m pytest)

@@ -40,34 +40,13 @@ def pipeline_launch(pipeline_models, tmp_path_factory):
     return launcher(pipeline_models, tmp_path_factory)
 
 
-# Groups whose shared fixture costs minutes: collected first, so that under xdist a worker starts on
-# each of them at once while the other workers take the many short tests.
-LONG_GROUPS = ("pipeline-interpreted", "pipeline-pytorch", "pipeline-four")
+# Files that take minutes (launches, real training runs), collected first: under xdist's
+# --dist loadfile (scripts/test.sh) a worker starts on each at once while the others take the many
+# short files. Each file runs on one worker, so its module fixtures are built once.
+LONG_FILES = ("test_pipeline.py", "test_run_state.py", "test_train_command.py", "test_tensor_parallel.py",
+              "test_sequence_logps.py")
 
 
-def xdist_group(item):
-    marker = item.get_closest_marker("xdist_group")
-    return None if marker is None else (marker.args[0] if marker.args else marker.kwargs.get("name"))
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
-    """With pytest-xdist's `--dist loadgroup` (scripts/test.sh), tests that share one of a file's
-    module fixtures (tiny models, a built wheel, a measured layout) run on one worker, so the fixture
-    is built once. Tests of one pipeline launch carry their group themselves (pipeline_launch.py);
-    session fixtures that take seconds (the trained tiny-cpu run) are rather built once per worker
-    than make one worker run all their tests."""
-    for item in items:
-        if xdist_group(item) is not None:
-            continue
-        shared = []
-        for name in item.fixturenames:
-            definitions = item._fixtureinfo.name2fixturedefs.get(name) or ()
-            for definition in definitions[-1:]:
-                if definition.scope in ("package", "module") and definition.baseid:  # ours, not pytest's
-                    shared.append((definition.baseid, name))
-        if shared:
-            baseid, name = min(shared)
-            item.add_marker(pytest.mark.xdist_group(f"{baseid}::{name}"))
-    rank = {group: i for i, group in enumerate(LONG_GROUPS)}
-    items.sort(key=lambda item: rank.get(xdist_group(item), len(rank)))  # stable: the rest keep their order
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

@@ -2,9 +2,10 @@
 processes, shared by test_pipeline.py and test_tensor_parallel.py (each launch pays about 10 s of
 imports per process, and each scenario builds its own engine, so grouping changes no result).
 
-    interpreted   2 processes, the Triton kernels under the interpreter (slow: only what must be)
-    pytorch       2 processes, the kernels' PyTorch path
-    four          4 processes (T = 2 x P = 2, and T = 1 x P = 2 x D = 2), the PyTorch path
+    interpreted      2 processes, the Triton kernels under the interpreter (slow: only what must be)
+    pytorch          2 processes, the kernels' PyTorch path
+    tensor-parallel  2 processes, T = 2, the PyTorch path
+    four             4 processes (T = 2 x P = 2, and T = 1 x P = 2 x D = 2), the PyTorch path
 """
 
 import os
@@ -18,10 +19,11 @@ from model_helpers import tiny_hf_llama
 TESTS = Path(__file__).resolve().parent
 ODD_VOCAB = 4093  # not divisible by 2; holds every token id of the bundled pairs (< 4092)
 
-GROUPS = {
+GROUPS = {  # test_pipeline.py's two, then test_tensor_parallel.py's two (xdist --dist loadfile keeps a file on one worker)
     "interpreted": (2, True, ("grads-pp2", "grads-pp1", "grads-pp2-tied", "bf16-checkpointing")),
     "pytorch": (2, False, ("packing-1-pp2", "packing-2-pp2", "packing-4-pp2", "packing-1-pp1", "packing-2-pp1",
-                           "packing-4-pp1", "resume", "train", "tp2-pp1", "tp2-pp1-tied", "tp2-pp1-resume")),
+                           "packing-4-pp1", "resume", "train")),
+    "tensor-parallel": (2, False, ("tp2-pp1", "tp2-pp1-tied", "tp2-pp1-resume")),
     "four": (4, False, ("tp2-pp2", "tp1-pp2")),
 }
 

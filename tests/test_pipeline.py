@@ -76,7 +76,6 @@ def check_step(result, params, reference, updated, start_state, tied=False):
     assert moved > 1e-3  # the step really changed the weights
 
 
-@pytest.mark.xdist_group("pipeline-interpreted")  # one launch for the group (pipeline_launch.py)
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario,model", [("grads-pp2", "untied"), ("grads-pp1", "untied"), ("grads-pp2-tied", "tied")])
 def test_pipeline_matches_plain_pytorch(launch, models, scenario, model):
@@ -97,7 +96,6 @@ def packing_oracle(models):
     return oracle_step(models["untied"][0], list(range(PACKING_PAIRS)))
 
 
-@pytest.mark.xdist_group("pipeline-pytorch")
 @pytest.mark.slow
 @pytest.mark.parametrize("pipeline_stages", [2, 1])
 @pytest.mark.parametrize("pairs_per_micro_batch", [1, 2, 4])
@@ -115,7 +113,6 @@ def test_the_step_does_not_depend_on_packing(launch, models, packing_oracle, pai
     check_step(result, merged(out, scenario), reference, updated, models["untied"][1].state_dict())
 
 
-@pytest.mark.xdist_group("pipeline-pytorch")
 @pytest.mark.slow
 def test_checkpoint_resume_continues_identically(launch):
     out = launch("pytorch")
@@ -126,7 +123,6 @@ def test_checkpoint_resume_continues_identically(launch):
     assert set(straight) == set(resumed) and all(torch.equal(straight[n], resumed[n]) for n in straight)
 
 
-@pytest.mark.xdist_group("pipeline-pytorch")
 @pytest.mark.slow
 def test_hf_export_loads_in_transformers_with_the_trained_weights(launch):
     out = launch("pytorch")
@@ -142,7 +138,6 @@ def test_hf_export_loads_in_transformers_with_the_trained_weights(launch):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.xdist_group("pipeline-pytorch")
 @pytest.mark.slow
 def test_training_on_bundled_pairs_lowers_the_loss(launch):
     out = launch("pytorch")
@@ -153,7 +148,6 @@ def test_training_on_bundled_pairs_lowers_the_loss(launch):
     assert history[-1]["rewards/margin"] > 0
 
 
-@pytest.mark.xdist_group("pipeline-interpreted")  # one launch for the group (pipeline_launch.py)
 @pytest.mark.slow
 def test_bf16_with_activation_checkpointing_trains(launch):
     out = launch("interpreted")

@@ -26,7 +26,7 @@ def models(pipeline_models):
 def launch(pipeline_launch):
     """launch(processes) -> the results of the session's launch with that many processes; the kernels
     run their PyTorch path (the 4-process runs under the interpreter would be too slow)."""
-    return lambda processes: pipeline_launch("four" if processes == 4 else "pytorch")
+    return lambda processes: pipeline_launch("four" if processes == 4 else "tensor-parallel")
 
 
 def exported(folder: Path) -> dict[str, torch.Tensor]:
@@ -38,9 +38,9 @@ def exported(folder: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("processes,scenario,model", [
-    pytest.param(2, "tp2-pp1", "untied", marks=pytest.mark.xdist_group("pipeline-pytorch")),
-    pytest.param(2, "tp2-pp1-tied", "tied", marks=pytest.mark.xdist_group("pipeline-pytorch")),
-    pytest.param(4, "tp2-pp2", "untied", marks=pytest.mark.xdist_group("pipeline-four")),
+    (2, "tp2-pp1", "untied"),
+    (2, "tp2-pp1-tied", "tied"),
+    (4, "tp2-pp2", "untied"),
 ])
 def test_tensor_parallel_step_matches_plain_pytorch(launch, models, processes, scenario, model):
     """T = 2 (DP = 1) and T = 2 x P = 2; tied embeddings with a vocabulary T does not divide: the
@@ -79,7 +79,6 @@ def test_tensor_parallel_step_matches_plain_pytorch(launch, models, processes, s
             torch.testing.assert_close(ours[name], single[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-@pytest.mark.xdist_group("pipeline-pytorch")
 @pytest.mark.slow
 def test_tensor_parallel_resume_is_bitwise(launch):
     out = launch(2)

@@ -40,6 +40,25 @@ def pipeline_launch(pipeline_models, tmp_path_factory):
     return launcher(pipeline_models, tmp_path_factory)
 
 
+def pytest_configure(config):
+    """Under xdist, build DeepSpeed's CPU collectives op once, in the controller, before any worker
+    starts: on a fresh environment two workers would otherwise build it in the same folder at once,
+    and one links while the other rewrites its objects (seen: ld "No such file or directory")."""
+    if not getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
+        return
+    from maskdpo.accelerator import name_cpu_accelerator
+    from maskdpo.train.distributed import keep_extensions_in_environment
+
+    name_cpu_accelerator()
+    keep_extensions_in_environment()
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None and deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        builder.load(verbose=False)  # a no-op when it is built
+
+
 # Files that take minutes (launches, real training runs), collected first: under xdist's
 # --dist loadfile (scripts/test.sh) a worker starts on each at once while the others take the many
 # short files. Each file runs on one worker, so its module fixtures are built once.

@@ -9,12 +9,13 @@ imports per process, and each scenario builds its own engine, so grouping change
 """
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from model_helpers import tiny_hf_llama
+
+from maskdpo.train.launcher import free_port
 
 TESTS = Path(__file__).resolve().parent
 ODD_VOCAB = 4093  # not divisible by 2; holds every token id of the bundled pairs (< 4092)
@@ -26,12 +27,6 @@ GROUPS = {  # test_pipeline.py's two, then test_tensor_parallel.py's two (xdist 
     "tensor-parallel": (2, False, ("tp2-pp1", "tp2-pp1-tied", "tp2-pp1-resume")),
     "four": (4, False, ("tp2-pp2", "tp1-pp2")),
 }
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_models(root: Path) -> dict:

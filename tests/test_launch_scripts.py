@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from maskdpo.train.launcher import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -35,19 +37,13 @@ def test_torchrun_script_starts_training_from_the_environment():
     assert "tensor_parallel" in result.stdout  # the config reference, printed by maskdpo.train
 
 
-def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def launch_tiny_cpu(script: str, run_dir: Path, **env) -> list[dict]:
     """The tiny-cpu recipe on 2 processes through a launch script; its metrics without the timings."""
     from train_helpers import RECIPE, comparable, metrics
 
     result = subprocess.run(["bash", str(ROOT / "launch" / script), "2", "--config", str(RECIPE),
                              "--logging.run_dir", str(run_dir), "--data.cache_dir", str(run_dir.parent / "cache")],
-                            cwd=ROOT, env={**bare_environment(), "TRITON_INTERPRET": "0", "MASTER_PORT": free_port(), **env},
+                            cwd=ROOT, env={**bare_environment(), "TRITON_INTERPRET": "0", "MASTER_PORT": str(free_port()), **env},
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "exported the policy" in result.stdout

@@ -15,11 +15,27 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory):
-    """The tiny-cpu recipe trained once, start to end: what interrupted runs must reproduce."""
+    """The tiny-cpu recipe trained once, start to end: what interrupted runs must reproduce. Trained
+    once per session, not once per xdist worker: the first worker to ask trains it in the folder the
+    workers share, under a file lock; the others wait and read it (a run costs 20-40 s on 2 cores)."""
+    import json
+    import subprocess
+
+    from filelock import FileLock
     from train_helpers import train
 
-    root = tmp_path_factory.mktemp("train")
-    result = train(root / "run", root / "cache")
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # every worker's basetemp lies in the session's one folder
+    root = shared / "uninterrupted"
+    record = root / "result.json"
+    with FileLock(str(shared / "uninterrupted.lock")):
+        if not record.exists():
+            root.mkdir(exist_ok=True)
+            result = train(root / "run", root / "cache")
+            record.write_text(json.dumps({"returncode": result.returncode, "stdout": result.stdout,
+                                          "stderr": result.stderr}))
+    result = subprocess.CompletedProcess(args="maskdpo train", **json.loads(record.read_text()))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root / "run", result
 

@@ -1,8 +1,12 @@
 """Config files and overrides: types, unknown keys, docs."""
 
+from pathlib import Path
+
 import pytest
 
 from maskdpo.train.config import Config, ConfigError, OptimConfig, field_docs, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 RECIPES = ["tiny-cpu", "llama3.1-8b-paper", "llama3.1-8b-authors", "llama3.1-70b"]
 
@@ -170,6 +174,8 @@ def paths(tmp_path):
                                                    '"num_key_value_heads": 1}')
     (tmp_path / "ds.json").write_text('{"train_batch_size": 8}')
     (tmp_path / "bad.json").write_text("{oops")
+    (tmp_path / "zero0.json").write_text('{"zero_optimization": {"stage": 0}}')
+    (tmp_path / "fp16.json").write_text('{"fp16": {"enabled": true}}')
     return tmp_path
 
 
@@ -194,6 +200,12 @@ def paths(tmp_path):
     (["--parallel.deepspeed_config", "/nonexistent.json"], "parallel.deepspeed_config: /nonexistent.json is not a file"),
     (["--parallel.deepspeed_config", "{paths}/bad.json"], "not valid JSON"),
     (["--parallel.deepspeed_config", "{paths}/ds.json"], "may not set train_batch_size"),
+    (["--parallel.deepspeed_config", "{paths}/zero0.json", "--parallel.bf16", "true"],
+     "parallel.deepspeed_config: {paths}/zero0.json: zero_optimization.stage 0 with parallel.bf16: true"),
+    (["--parallel.deepspeed_config", str(ROOT / "launch" / "ds_zero1_bf16.json")],
+     f"parallel.deepspeed_config: {ROOT / 'launch' / 'ds_zero1_bf16.json'}: bf16.enabled true contradicts "
+     "parallel.bf16: false"),
+    (["--parallel.deepspeed_config", "{paths}/fp16.json"], "{paths}/fp16.json: fp16 is not supported"),
     (["--data.tokenizer", "/nonexistent"], "data.tokenizer: /nonexistent is not a directory"),
     (["--data.max_length", "0"], "data.max_length must be at least 2, got 0"),
     (["--data.correct_labels", "ok", "--data.hallucinated_labels", "ok,bad"],

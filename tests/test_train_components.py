@@ -2,6 +2,7 @@
 checkpointer bookkeeping."""
 
 import json
+from pathlib import Path
 
 import pytest
 from test_packing import pairs
@@ -110,3 +111,53 @@ def test_a_random_init_left_by_another_architecture_or_seed_is_made_again(tmp_pa
         assert (path / "model.safetensors").read_bytes() != weights and len(said) == 3
     finally:
         dist.destroy_process_group()
+
+
+def _check_space_worker(rank, port, root, outcomes):
+    """Rank 0's run directory holds a finished checkpoint whose manifest no disk could hold again; rank
+    1's holds none (nodes that share no filesystem see just that)."""
+    import types
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    from maskdpo.train.checkpointer import MANIFEST, Checkpointer, CheckpointWriteError
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=30))  # a mismatched collective fails instead of hanging
+    try:
+        checkpointer = Checkpointer(Path(root) / f"rank{rank}", every=1, keep_last=2)
+        trainer = types.SimpleNamespace(module=torch.nn.Linear(10, 10), layout=types.SimpleNamespace(data_parallel=1))
+        first = checkpointer._check_space(trainer, checkpointer.directory / "step-00000001")  # none seen anywhere
+        if rank == 0:
+            folder = checkpointer.directory / "step-00000001"
+            folder.mkdir(parents=True)
+            (folder / MANIFEST).write_text(json.dumps({"step": 1, "files": {"a.pt": {"size": 10**18, "sha256": ""}}}))
+        try:
+            checkpointer._check_space(trainer, checkpointer.directory / "step-00000002")
+            second = "saved"
+        except CheckpointWriteError as e:
+            second = str(e)
+        outcomes[rank] = (first, second)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two processes
+def test_the_space_check_takes_the_same_collectives_on_every_rank_whatever_each_sees(tmp_path):
+    """Each rank counts its share (110 parameters x (4 + 12) bytes) when no rank sees a checkpoint; when
+    only rank 0 sees one, both refuse the save from its size instead of pairing different collectives."""
+    import torch.multiprocessing as mp
+
+    from maskdpo.train.launcher import free_port
+
+    with mp.Manager() as manager:
+        outcomes = manager.dict()
+        mp.spawn(_check_space_worker, args=(free_port(), str(tmp_path), outcomes), nprocs=2, join=True)
+        outcomes = dict(outcomes)
+    assert [outcomes[r][0] for r in (0, 1)] == [2 * 110 * 16] * 2
+    for rank in (0, 1):
+        assert outcomes[rank][1].startswith("checkpoint step-00000002 not saved: no space left on the device "
+                                            f"holding {tmp_path / f'rank{rank}' / 'checkpoints'}: it needs about "
+                                            "1000000000000.0 MB"), outcomes[rank][1]

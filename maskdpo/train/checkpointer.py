@@ -120,9 +120,12 @@ class Checkpointer:
         dist.barrier()
         return path
 
-    def _check_space(self, trainer, path: Path) -> None:
+    def _check_space(self, trainer, path: Path) -> float:
         """Refuse, on every rank alike, a save the disk cannot hold, before anything is written: a
-        rank failing in the middle of DeepSpeed's save would leave the others waiting in it."""
+        rank failing in the middle of DeepSpeed's save would leave the others waiting in it. Every
+        rank enters the same two collectives whatever it sees on disk (on nodes that do not share a
+        filesystem only rank 0's sees the previous manifest; a collective taken on one branch only
+        would pair with another rank's next one and hang the job). Returns the bytes needed."""
         import torch
 
         from .distributed import compute_device
@@ -130,15 +133,17 @@ class Checkpointer:
         self.directory.mkdir(parents=True, exist_ok=True)
         complete = [p for p in step_dirs(self.directory) if (p / MANIFEST).is_file()]
         previous = fingerprint.read(complete[-1] / MANIFEST) if complete else None
-        if previous:  # as large as the last one
-            needed = torch.tensor([float(sum(f["size"] for f in previous["files"].values()))])
-        else:  # the weights once, and fp32 weights and two Adam moments (12 bytes a parameter) sharded over
-            # data-parallel replicas (ZeRO-1): every rank counts its stage's share
-            share = sum(p.numel() * (p.element_size() + 12) for p in trainer.module.parameters())
-            needed = torch.tensor([share / trainer.layout.data_parallel])
-            needed = needed.to(compute_device())
-            dist.all_reduce(needed)
-        needed = needed.cpu().item()
+        previous_bytes = float(sum(f["size"] for f in previous["files"].values())) if previous else 0.0
+        # the weights once, and fp32 weights and two Adam moments (12 bytes a parameter) sharded over
+        # data-parallel replicas (ZeRO-1): every rank counts its stage's share
+        share = sum(p.numel() * (p.element_size() + 12) for p in trainer.module.parameters())
+        mine = torch.tensor([float(previous is not None), previous_bytes, share / trainer.layout.data_parallel],
+                            dtype=torch.float64, device=compute_device())
+        views = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(views, mine)
+        views = torch.stack(views).cpu()
+        # as large as the last checkpoint where any rank sees one, else the sum of the shares
+        needed = views[:, 1].max().item() if views[:, 0].any() else views[:, 2].sum().item()
         free = shutil.disk_usage(self.directory).free
         short = torch.tensor([float(free < needed)], device=compute_device())
         dist.all_reduce(short, op=dist.ReduceOp.MAX)
@@ -146,6 +151,7 @@ class Checkpointer:
             raise CheckpointWriteError(f"checkpoint {path.name} not saved: no space left on the device holding "
                                        f"{self.directory}: it needs about {needed / 1e6:.1f} MB, {free / 1e6:.1f} MB "
                                        "are free", collective=True)
+        return needed
 
     def _rotate(self, current: Path) -> None:
         complete = [p for p in step_dirs(self.directory) if (p / MANIFEST).is_file()]

@@ -151,6 +151,17 @@ def validate(config, world_size: int) -> None:
             check_parallelism(p.pipeline_stages, stage, world_size, p.tensor_parallel)
         except ValueError as e:
             error(f"parallel.deepspeed_config: {file}: {e}")
+        # The dtype is parallel.bf16's to decide: the model, the attention backend and the reference
+        # pass follow it, so a template that says otherwise would be half obeyed.
+        check(not (p.bf16 and stage == 0), f"parallel.deepspeed_config: {file}: zero_optimization.stage 0 with "
+                                           "parallel.bf16: true (DeepSpeed accumulates bf16 gradients in fp32 only "
+                                           "with ZeRO); use stage 1")
+        bf16 = template.get("bf16", {}).get("enabled", False) if isinstance(template.get("bf16"), dict) else None
+        check("bf16" not in template or bf16 == p.bf16,
+              f"parallel.deepspeed_config: {file}: bf16.enabled {str(bf16).lower()} contradicts parallel.bf16: "
+              f"{str(p.bf16).lower()} (the dtype is set with parallel.bf16, not in the template)")
+        fp16 = template.get("fp16", {}).get("enabled", False) if isinstance(template.get("fp16"), dict) else True
+        check(not fp16, f"parallel.deepspeed_config: {file}: fp16 is not supported (bf16 is: parallel.bf16: true)")
     # checkpoint, logging
     check(c.every >= 1, f"checkpoint.every must be at least 1, got {c.every}")
     check(c.keep_last >= 1, f"checkpoint.keep_last must be at least 1, got {c.keep_last}")

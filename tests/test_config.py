@@ -246,3 +246,13 @@ def test_the_run_fingerprint_holds_the_tensor_parallel_layout():
     config.parallel.tensor_parallel = 2
     one, two = fingerprint(Config(), 2), fingerprint(config, 2)
     assert (one["parallel.tensor_parallel"], two["parallel.tensor_parallel"]) == (1, 2)
+
+
+def test_a_deepspeed_template_that_agrees_with_the_config_is_accepted(tmp_path):
+    """The shipped template with parallel.bf16: true passes the checks the contradicting ones fail."""
+    from maskdpo.train.validate import validate
+
+    config = load_config(ROOT / "launch" / "configs" / "tiny-cpu.yaml",
+                         ["--parallel.deepspeed_config", str(ROOT / "launch" / "ds_zero1_bf16.json"),
+                          "--parallel.bf16", "true", "--logging.run_dir", str(tmp_path / "run")])
+    validate(config, 2)

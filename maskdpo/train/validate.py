@@ -160,8 +160,9 @@ def validate(config, world_size: int) -> None:
         check("bf16" not in template or bf16 == p.bf16,
               f"parallel.deepspeed_config: {file}: bf16.enabled {str(bf16).lower()} contradicts parallel.bf16: "
               f"{str(p.bf16).lower()} (the dtype is set with parallel.bf16, not in the template)")
-        fp16 = template.get("fp16", {}).get("enabled", False) if isinstance(template.get("fp16"), dict) else True
-        check(not fp16, f"parallel.deepspeed_config: {file}: fp16 is not supported (bf16 is: parallel.bf16: true)")
+        fp16 = template.get("fp16")
+        fp16_on = fp16 is not None and not (isinstance(fp16, dict) and not fp16.get("enabled", False))
+        check(not fp16_on, f"parallel.deepspeed_config: {file}: fp16 is not supported (bf16 is: parallel.bf16: true)")
     # checkpoint, logging
     check(c.every >= 1, f"checkpoint.every must be at least 1, got {c.every}")
     check(c.keep_last >= 1, f"checkpoint.keep_last must be at least 1, got {c.keep_last}")

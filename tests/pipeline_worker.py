@@ -15,6 +15,9 @@ Scenarios, in one launch of WORLD_SIZE processes:
                 gradient clipping 1e9 (through DeepSpeed's norm, never binding), then an HF export
                 (the shards gathered); -tied: the tied model whose vocabulary T does not divide
   tp{T}-pp{P}-resume  AdamW: checkpoint after step 1, steps 2-3, then a fresh engine resumes from it
+  tp-collectives  one decoder layer in float64, sharded over every rank (T = WORLD_SIZE), and the
+                same layer whole: outputs and gradients of both, and the collectives the sharded
+                layer's forward and backward each took (torch.profiler's c10d events)
 """
 
 import argparse
@@ -40,6 +43,44 @@ def save_params(trainer, out: Path, name: str):
 def write(out: Path, name: str, data):
     if dist.get_rank() == 0:
         (out / f"{name}.json").write_text(json.dumps(data))
+
+
+def layer_collectives(config, world: int) -> dict:
+    """One decoder layer sharded T = world ways against the same layer whole (float64): the largest
+    differences of the output and of every gradient, and the c10d collectives of each pass."""
+    import copy
+
+    from maskdpo.model.llama import DecoderLayer
+    from maskdpo.model.tensor_parallel import TensorParallel, parallelize
+    from maskdpo.train.distributed import init_distributed
+
+    init_distributed()  # what the trainers of the other scenarios do
+    torch.manual_seed(0)
+    whole = DecoderLayer(config, backend="sdpa").double()
+    sharded = copy.deepcopy(whole)
+    parallelize(sharded, TensorParallel(None, dist.get_rank(), world))
+    lengths = [5, 7]
+    positions = torch.cat([torch.arange(n) for n in lengths])
+    cu = torch.tensor([0, 5, 12], dtype=torch.int32)
+    x = torch.randn(sum(lengths), config.hidden_size, dtype=torch.float64)
+    x_whole, x_sharded = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y_whole = whole(x_whole, positions, cu, max(lengths))
+    y_whole.pow(2).sum().backward()
+
+    def collectives(run) -> dict:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            out = run()
+        names = [e.name for e in prof.events() if e.name.startswith("c10d::")]
+        return out, {n: names.count(n) for n in sorted(set(names))}
+
+    y_sharded, forward = collectives(lambda: sharded(x_sharded, positions, cu, max(lengths)))
+    _, backward = collectives(lambda: y_sharded.pow(2).sum().backward())
+    errors = {"output": (y_sharded - y_whole).abs().max().item(), "input": (x_sharded.grad - x_whole.grad).abs().max().item()}
+    full = dict(whole.named_parameters())
+    for name, p in sharded.named_parameters():
+        dim, start, stop = getattr(p, "tp_slice", (0, 0, p.shape[0]))
+        errors[name] = (p.grad - full[name].grad.narrow(dim, start, stop - start)).abs().max().item()
+    return {"forward": forward, "backward": backward, "errors": errors}
 
 
 def main():
@@ -77,6 +118,8 @@ def main():
             save_params(trainer, args.out, scenario)
             write(args.out, scenario, {"metrics": metrics, "reference": ref.tolist(),
                                        "pairs_per_micro_batch": [mb.num_pairs for mb in mbs_packed]})
+        elif scenario == "tp-collectives":
+            write(args.out, scenario, layer_collectives(config, world))
         elif scenario.startswith("tp") and scenario.endswith("-resume"):
             tp, pp = (int(x) for x in scenario[2:].removesuffix("-resume").split("-pp"))
             dp = world // (tp * pp)

@@ -92,6 +92,19 @@ def test_tensor_parallel_resume_is_bitwise(launch):
     assert len(list((out / "tp2-pp1-resume-ckpt" / "step1").glob("mp_rank_0*_model_states.pt"))) == 2
 
 
+@pytest.mark.slow
+def test_a_layer_takes_two_all_reduces_forward_and_two_backward(launch):
+    """Megatron's count: forward, the o and down projections' partial sums; backward, one for the
+    attention input (q, k and v's gradient parts summed on the rank first) and one for the MLP input
+    (gate and up), not one per projection. The sharded layer still equals the whole one (float64)."""
+    result = json.loads((launch(2) / "tp-collectives.json").read_text())
+    assert result["forward"] == {"c10d::allreduce_": 2}
+    assert result["backward"] == {"c10d::allreduce_": 2}
+    assert len(result["errors"]) == 2 + 9  # output, input, and every parameter of the layer
+    for what, error in result["errors"].items():
+        assert error < 1e-12, what
+
+
 def test_a_world_size_that_does_not_factor_is_refused():
     assert check_parallelism(2, 1, 8, tensor_parallel=2) == 2
     with pytest.raises(ValueError, match="6 processes cannot form 4 tensor-parallel x 1 pipeline ranks"):

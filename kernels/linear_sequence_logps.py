@@ -33,46 +33,51 @@ from .checks import check_inputs, check_logits, should_check_values
 from .rows import IGNORE_INDEX, contributing_rows
 from .sequence_logps import backward_into as kernel_backward_into
 from .sequence_logps import forward as kernel_forward
-from .vocab_parallel import shard_offset, vocab_parallel_sequence_logps
+from .sequence_logps import segment_sum
+from .vocab_parallel import row_logps, shard_backward_into
 
 DEFAULT_CHUNK_ROWS = 2048
 
 
 class _VocabParallelFunction(torch.autograd.Function):
-    """The fused head over a vocabulary shard (vocab_group): PyTorch statistics exchanged between ranks
-    per chunk; a process group cannot be a custom op's argument, so this path stays an autograd
-    Function."""
+    """The fused head over a vocabulary shard (VocabShard): per chunk, the PyTorch statistics
+    exchanged between ranks (two all-reduces); the backward makes each chunk's logits again and the
+    kernel writes their gradient over them from the forward's global statistics (no exchange),
+    then one all-reduce of the hidden states' gradient. A process group cannot be a custom op's
+    argument, so this path stays an autograd Function."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, labels, weights, seq_ids, num_seqs, ignore_index, chunk_rows, group, rows,
+    def forward(ctx, hidden, weight, labels, weights, seq_ids, num_seqs, ignore_index, chunk_rows, shard, rows,
                 accum_dtype):
         h, lab, w, sid = hidden[rows], labels[rows], weights[rows], seq_ids[rows]
-        out = torch.zeros(num_seqs, dtype=_acc(hidden.dtype), device=hidden.device)
+        acc = _acc(hidden.dtype)
+        per_row = torch.empty(rows.numel(), dtype=acc, device=hidden.device)
+        lse, rest = torch.empty_like(per_row), torch.empty_like(per_row)
+        local = torch.empty_like(lab)
+        active = torch.ones(rows.numel(), dtype=torch.bool, device=hidden.device)  # every compacted row counts
         with torch.no_grad():
             for part in _chunks(rows.numel(), chunk_rows):
                 logits = h[part] @ weight.t()
-                out += vocab_parallel_sequence_logps(logits, lab[part], w[part], sid[part], num_seqs,
-                                                     ignore_index=ignore_index, group=group)
+                per_row[part], lse[part], rest[part], local[part] = row_logps(logits, lab[part], w[part], active[part],
+                                                                              shard, ignore_index)
                 del logits  # freed before the next chunk's matmul: one chunk of logits alive at a time
-        ctx.save_for_backward(hidden, weight, rows, lab, w, sid)
-        ctx.num_seqs, ctx.ignore_index, ctx.chunk_rows, ctx.group = num_seqs, ignore_index, chunk_rows, group
+        ctx.save_for_backward(hidden, weight, rows, local, w, sid, lse, rest)
+        ctx.num_seqs, ctx.ignore_index, ctx.chunk_rows, ctx.group = num_seqs, ignore_index, chunk_rows, shard.group
         ctx.accum_dtype = accum_dtype or weight.dtype
-        return out
+        return segment_sum(per_row, sid, num_seqs)
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, weight, rows, lab, w, sid = ctx.saved_tensors
+        hidden, weight, rows, local, w, sid, lse, rest = ctx.saved_tensors
         h = hidden[rows]
         grad_h = torch.zeros_like(h)
         grad_w = torch.zeros_like(weight, dtype=ctx.accum_dtype)
         for part in _chunks(rows.numel(), ctx.chunk_rows):
-            with torch.enable_grad():
-                logits = (h[part] @ weight.t()).detach().requires_grad_(True)
-                sums = vocab_parallel_sequence_logps(logits, lab[part], w[part], sid[part], ctx.num_seqs,
-                                                     ignore_index=ctx.ignore_index, group=ctx.group)
-                (grad_logits,) = torch.autograd.grad(sums, logits, grad_out)
-            _accumulate(grad_logits, h[part], weight, grad_h[part], grad_w)
-            del logits, sums, grad_logits  # one chunk of logits alive at a time
+            logits = h[part] @ weight.t()
+            shard_backward_into(logits, grad_out, logits, local[part], w[part], sid[part], lse[part], rest[part],
+                                ctx.num_seqs, ctx.ignore_index)
+            _accumulate(logits, h[part], weight, grad_h[part], grad_w)
+            del logits  # one chunk of logits alive at a time
         # Every vocabulary shard contributes to the hidden states' gradient.
         torch.distributed.all_reduce(grad_h, group=ctx.group)
         grad_hidden = torch.zeros_like(hidden).index_copy_(0, rows, grad_h)
@@ -183,7 +188,7 @@ def linear_sequence_logps(
     ignore_index: int = IGNORE_INDEX,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     check_values: bool | None = None,
-    vocab_group=None,
+    vocab_shard=None,
     active_rows: torch.Tensor | None = None,
     accum_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
@@ -191,9 +196,10 @@ def linear_sequence_logps(
 
     hidden (N, H) and lm_head_weight (V, H) in the same floating dtype; the rest as in
     `sequence_logps`. Differentiable with respect to hidden and lm_head_weight. Peak extra memory is
-    one chunk of chunk_rows x V logits (see the module docstring). With `vocab_group` (a
-    torch.distributed group), lm_head_weight is this rank's contiguous vocabulary shard (V_r, H) and
-    labels are global ids; ranks exchange per-row statistics, never logits (kernels/vocab_parallel.py).
+    one chunk of chunk_rows x V logits (see the module docstring). With `vocab_shard` (a
+    maskdpo.kernels.vocab_parallel.VocabShard: the group, this rank's first id, the whole vocabulary's
+    size), lm_head_weight is this rank's contiguous vocabulary shard (V_r, H) and labels are global
+    ids; ranks exchange per-row statistics, never logits (kernels/vocab_parallel.py).
 
     active_rows: the ascending int64 indices of the contributing rows (`contributing_rows` of the
     same labels, weights and seq_ids), on hidden's device. Given, the call makes no host
@@ -221,9 +227,10 @@ def linear_sequence_logps(
                                     or torch.promote_types(accum_dtype, lm_head_weight.dtype) != accum_dtype):
         raise ValueError(f"linear_sequence_logps: accum_dtype must be None or a floating dtype that holds every "
                          f"value of lm_head_weight's ({lm_head_weight.dtype}), got {accum_dtype!r}")
-    vocab = lm_head_weight.shape[0]
-    if vocab_group is not None:
-        vocab = shard_offset(vocab, vocab_group, hidden.device)[1]
+    vocab = lm_head_weight.shape[0] if vocab_shard is None else vocab_shard.vocab
+    if vocab_shard is not None:
+        vocab_shard.check("linear_sequence_logps", lm_head_weight.shape[0], hidden.device,
+                          should_check_values(check_values, hidden.device))
     check_inputs("linear_sequence_logps", hidden.shape[0], vocab, hidden.device, labels, weights,
                  seq_ids, num_seqs, ignore_index, check_values)
     if active_rows is not None:
@@ -232,9 +239,9 @@ def linear_sequence_logps(
     rows = active_rows
     if rows is None:
         rows = contributing_rows(labels, weights, seq_ids, num_seqs, ignore_index)  # the one host sync
-    if vocab_group is not None:
+    if vocab_shard is not None:
         return _VocabParallelFunction.apply(hidden, lm_head_weight, labels, weights, seq_ids, num_seqs, ignore_index,
-                                            chunk_rows, vocab_group, rows, accum_dtype)
+                                            chunk_rows, vocab_shard, rows, accum_dtype)
     # The dtype travels by name ("" for W's own): a plain string in the op's schema.
     accum_name = str(accum_dtype).removeprefix("torch.") if accum_dtype is not None else ""
     # Called through torch.ops (looked up at each call), not the CustomOpDef's cached overload: in a

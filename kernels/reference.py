@@ -51,11 +51,19 @@ def forward(logits, labels, weights, seq_ids, num_seqs, ignore_index=IGNORE_INDE
         row_logps[rows] = weights[rows].to(acc) * (x.gather(1, label).squeeze(1) - lse[rows])
     in_range = (labels >= 0) & (labels < vocab)
     row_logps = torch.where(active, torch.where(in_range, row_logps, float("nan")), 0.0)
-    out = torch.zeros(num_seqs, dtype=acc, device=logits.device)
-    out.index_add_(0, seq_ids[active].long(), row_logps[active])
-    if n and bool(((seq_ids < -1) | (seq_ids >= num_seqs)).any()):
-        out.fill_(float("nan"))
-    return out, lse, rest
+    return segment_sum(row_logps, seq_ids, num_seqs), lse, rest  # rows that do not contribute add 0
+
+
+def segment_sum(row_values, seq_ids, num_seqs):
+    """out[s] = the sum of row_values over the rows of sequence s (id -1: none); an id outside
+    [-1, num_seqs) makes every output NaN, as the kernel's segment sum does. No host read."""
+    out = torch.zeros(num_seqs, dtype=row_values.dtype, device=row_values.device)
+    if num_seqs == 0:
+        return out
+    valid = (seq_ids >= 0) & (seq_ids < num_seqs)
+    out.index_add_(0, torch.where(valid, seq_ids, 0).long(), torch.where(valid, row_values, 0.0))
+    bad = ((seq_ids < -1) | (seq_ids >= num_seqs)).any()
+    return torch.where(bad, float("nan"), out)
 
 
 def backward_into(grad, grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index=IGNORE_INDEX):
@@ -67,9 +75,14 @@ def backward_into(grad, grad_out, logits, labels, weights, seq_ids, lse, rest, n
     safe_labels = torch.where(active, labels, 0).long().clamp(0, max(vocab - 1, 0))
     g = grad_out.to(acc)[torch.where(active, seq_ids, 0).long()] if grad_out.numel() else torch.zeros_like(lse)
     coef = torch.where(active, g * weights.to(acc), 0.0)
+    # A label outside [0, V) has no column here (as in the kernel): a vocabulary shard's row whose
+    # label another rank holds gets the softmax part only.
+    in_range = (labels >= 0) & (labels < vocab)
     for rows in _chunks(n, vocab):
         chunk = -coef[rows, None] * torch.exp(logits[rows].to(acc) - lse[rows, None])
-        chunk.scatter_(1, safe_labels[rows, None], (coef[rows] * rest[rows])[:, None])
+        column = safe_labels[rows, None]
+        label_grad = torch.where(in_range[rows], coef[rows] * rest[rows], chunk.gather(1, column).squeeze(1))
+        chunk.scatter_(1, column, label_grad[:, None])
         grad[rows] = chunk
     return grad
 

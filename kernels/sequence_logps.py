@@ -45,7 +45,7 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 from . import reference
-from .checks import check_inplace, check_inputs, check_logits
+from .checks import check_inplace, check_inputs, check_logits, should_check_values
 from .launch import VARIANTS, check_variant, launch, resolve  # noqa: F401 - VARIANTS: named here for callers
 from .rows import IGNORE_INDEX
 
@@ -327,15 +327,34 @@ def triton_forward(logits, labels, weights, seq_ids, num_seqs, ignore_index, var
            vocab, t, num_seqs, ignore_index, sb, st, sv,
            BLOCK_V=shape.block_v, ACC=acc, WIDE=_wide(vocab, sv), ALIGN=_align((logits, (sb, st, sv))),
            FTZ=_ftz(logits.dtype), num_warps=shape.num_warps)
+    _segment_sum_into(out, row_logps, seq_ids, num_seqs)
+    return out, lse, rest
+
+
+def _segment_sum_into(out, row_values, seq_ids, num_seqs) -> None:
     if num_seqs == 0:
-        return out, lse, rest
+        return
     # Stable sort + searchsorted give each sequence its rows in ascending order without a host sync.
     sorted_ids, order = torch.sort(seq_ids.to(torch.int64), stable=True)
-    bounds = torch.searchsorted(sorted_ids, torch.arange(num_seqs + 1, device=device))
+    bounds = torch.searchsorted(sorted_ids, torch.arange(num_seqs + 1, device=row_values.device))
     launch(_segment_sum_kernel, (num_seqs,),
-           row_logps, order, sorted_ids, bounds, out, n, num_seqs,
-           BLOCK=1024, ACC=acc, num_warps=4)
-    return out, lse, rest
+           row_values, order, sorted_ids, bounds, out, row_values.numel(), num_seqs,
+           BLOCK=1024, ACC=_acc_dtype(row_values.dtype), num_warps=4)
+
+
+def segment_sum(row_values: torch.Tensor, seq_ids: torch.Tensor, num_seqs: int) -> torch.Tensor:
+    """out[s] = the sum of row_values[i] over the rows with seq_ids[i] == s, each sequence's rows in
+    ascending order: no float atomics, bitwise the same from run to run, and no host read. Rows with
+    id -1 belong to no sequence; an id outside [-1, num_seqs) makes every output NaN (as the
+    kernel's forward). The Triton segment sum on CUDA and under the interpreter, else the reference."""
+    if not _uses_triton(row_values.device):
+        return reference.segment_sum(row_values, seq_ids, num_seqs)
+    out = _new_buffer((num_seqs,), row_values.dtype, row_values.device)
+    if row_values.numel() == 0:
+        return out.zero_()
+    with _on_device(row_values.device):
+        _segment_sum_into(out, row_values.contiguous(), seq_ids.contiguous(), num_seqs)
+    return out
 
 
 def triton_backward(grad_out, logits, labels, weights, seq_ids, lse, rest, num_seqs, ignore_index, grad,
@@ -486,7 +505,7 @@ def sequence_logps(
     ignore_index: int = IGNORE_INDEX,
     inplace_backward: bool = False,
     check_values: bool | None = None,
-    vocab_group=None,
+    vocab_shard=None,
     variant: str | None = None,
 ) -> torch.Tensor:
     """Per-sequence sums of weighted label log-probs, differentiable with respect to `logits`.
@@ -503,9 +522,10 @@ def sequence_logps(
             logits must not be needed after the backward).
         check_values: read labels and seq_ids to range-check them. None (default) checks CPU tensors
             only, since on CUDA the check is a host synchronisation; unchecked bad values give NaN.
-        vocab_group: a torch.distributed group over which the vocabulary is split: logits are this
-            rank's contiguous shard (N, V_r), labels global ids; ranks exchange per-row statistics,
-            never logits (maskdpo.kernels.vocab_parallel; PyTorch, not the Triton kernel).
+        vocab_shard: a maskdpo.kernels.vocab_parallel.VocabShard (the group the vocabulary is
+            split over, this rank's first id, the whole vocabulary's size): logits are this rank's
+            contiguous shard (N, V_r), labels global ids; ranks exchange per-row statistics, never
+            logits (the statistics in PyTorch, the gradient by the Triton backward kernel).
         variant: a launch variant of the Triton kernels (maskdpo.kernels.launch.VARIANTS), e.g. to
             benchmark them; None: the default for the device's architecture.
 
@@ -518,14 +538,15 @@ def sequence_logps(
     """
     check_logits("sequence_logps", logits, ndim=2)
     check_inplace("sequence_logps", logits, inplace_backward)
-    if vocab_group is not None:
-        from .vocab_parallel import shard_offset, vocab_parallel_sequence_logps
+    if vocab_shard is not None:
+        from .vocab_parallel import vocab_parallel_sequence_logps
 
-        vocab = shard_offset(logits.shape[1], vocab_group, logits.device)[1]
-        check_inputs("sequence_logps", logits.shape[0], vocab, logits.device, labels, weights, seq_ids, num_seqs,
-                     ignore_index, check_values)
+        check_inputs("sequence_logps", logits.shape[0], vocab_shard.vocab, logits.device, labels, weights, seq_ids,
+                     num_seqs, ignore_index, check_values)
+        vocab_shard.check("sequence_logps", logits.shape[1], logits.device,
+                          should_check_values(check_values, logits.device))
         return vocab_parallel_sequence_logps(logits, labels, weights, seq_ids, num_seqs, ignore_index=ignore_index,
-                                             group=vocab_group)
+                                             shard=vocab_shard)
     return _run("sequence_logps", logits.unsqueeze(0), labels, weights, seq_ids, num_seqs, ignore_index,
                 inplace_backward, check_values, variant)
 

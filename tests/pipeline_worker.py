@@ -17,7 +17,7 @@ Scenarios, in one launch of WORLD_SIZE processes:
   tp{T}-pp{P}-resume  AdamW: checkpoint after step 1, steps 2-3, then a fresh engine resumes from it
   tp-collectives  one decoder layer in float64, sharded over every rank (T = WORLD_SIZE), and the
                 same layer whole: outputs and gradients of both, and the collectives the sharded
-                layer's forward and backward each took (torch.profiler's c10d events)
+                layer's forward and backward each took (tests/dispatched.py)
 """
 
 import argparse
@@ -68,9 +68,10 @@ def layer_collectives(config, world: int) -> dict:
     y_whole.pow(2).sum().backward()
 
     def collectives(run) -> dict:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        from dispatched import collectives as calls
+
+        with calls() as names:
             out = run()
-        names = [e.name for e in prof.events() if e.name.startswith("c10d::")]
         return out, {n: names.count(n) for n in sorted(set(names))}
 
     y_sharded, forward = collectives(lambda: sharded(x_sharded, positions, cu, max(lengths)))

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from dispatched import HOST_READS, ops_dispatched
 from oracle import TEST_DEVICE, make_rows, oracle_sequence_logps, to_test_device
 
 from maskdpo.kernels import contributing_rows, linear_sequence_logps
@@ -90,28 +91,6 @@ def test_bad_shapes_are_named():
         linear_sequence_logps(hidden, weight, labels, weights, seq_ids, 1, chunk_rows=0)
 
 
-def _ops_dispatched(fn):
-    """The names of the aten ops fn dispatches (the real calls, recorded on their way through)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Record(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.add(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
-
-    with Record() as record:
-        fn()
-    return record.names
-
-
-# The ops that read a device value on the host: on CUDA each is a synchronisation.
-HOST_READS = {"nonzero", "_local_scalar_dense", "is_nonzero", "item", "equal"}
-
-
 def test_active_rows_give_the_same_result_without_reading_values_on_the_host():
     args = inputs(150, 48, 1000, 3, torch.float32, seed=7, zero_fraction=0.6)
     labels, weights, seq_ids = args[2:]
@@ -127,8 +106,8 @@ def test_active_rows_give_the_same_result_without_reading_values_on_the_host():
         h, w = args[0].clone().requires_grad_(True), args[1].clone().requires_grad_(True)
         linear_sequence_logps(h, w, labels, weights, seq_ids, 3, chunk_rows=16, check_values=False, **kw).backward(grad_out)
 
-    assert not _ops_dispatched(lambda: call(active_rows=rows)) & HOST_READS
-    assert "nonzero" in _ops_dispatched(call)  # without them, the rows are found with a host read
+    assert not ops_dispatched(lambda: call(active_rows=rows)) & HOST_READS
+    assert "nonzero" in ops_dispatched(call)  # without them, the rows are found with a host read
 
 
 def test_empty_active_rows_give_zeros():

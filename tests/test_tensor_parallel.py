@@ -98,8 +98,8 @@ def test_a_layer_takes_two_all_reduces_forward_and_two_backward(launch):
     attention input (q, k and v's gradient parts summed on the rank first) and one for the MLP input
     (gate and up), not one per projection. The sharded layer still equals the whole one (float64)."""
     result = json.loads((launch(2) / "tp-collectives.json").read_text())
-    assert result["forward"] == {"c10d::allreduce_": 2}
-    assert result["backward"] == {"c10d::allreduce_": 2}
+    assert result["forward"] == {"all_reduce": 2}
+    assert result["backward"] == {"all_reduce": 2}
     assert len(result["errors"]) == 2 + 9  # output, input, and every parameter of the layer
     for what, error in result["errors"].items():
         assert error < 1e-12, what

@@ -42,15 +42,16 @@ class SequenceSums:
     With the fused head the last stage outputs hidden states and `weight` (the LM head's, or the
     tied embedding) makes the logits a chunk at a time."""
 
-    def __init__(self, head: str = "fused", weight: torch.Tensor | None = None, vocab_group=None):
+    def __init__(self, head: str = "fused", weight: torch.Tensor | None = None, vocab_shard=None):
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}; got {head!r}")
         if head == "fused" and weight is None:
             raise ValueError("the fused head needs the LM head's weight")
-        if vocab_group is not None and head != "fused":
+        if vocab_shard is not None and head != "fused":
             raise ValueError(f"a vocabulary split across tensor-parallel ranks needs the fused head, not {head!r}")
-        # vocab_group: the tensor-parallel group when `weight` is this rank's vocabulary shard.
-        self.head, self.weight, self.vocab_group = head, weight, vocab_group
+        # vocab_shard (maskdpo.kernels.vocab_parallel.VocabShard): where this rank's rows of the
+        # vocabulary lie when `weight` is its shard of the LM head (tensor parallelism).
+        self.head, self.weight, self.vocab_shard = head, weight, vocab_shard
 
     def __call__(self, outputs: torch.Tensor, batch: LossInputs) -> torch.Tensor:
         return self.compute(outputs, batch.labels, batch.weights, batch.seq_ids, batch.num_seqs, batch.active_rows)
@@ -59,7 +60,7 @@ class SequenceSums:
         rows = (labels, weights, seq_ids, num_seqs)
         if self.head == "fused":
             return linear_sequence_logps(outputs, self.weight, *rows, active_rows=active_rows,
-                                         vocab_group=self.vocab_group)
+                                         vocab_shard=self.vocab_shard)
         if self.head == "eager":
             return eager_sequence_logps(outputs, *rows)
         # The gradient may overwrite the logits: nothing else needs them after this point.

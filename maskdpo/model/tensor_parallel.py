@@ -11,7 +11,7 @@ pipeline stage) and swaps, in place and under the same parameter names:
                            all-reduces forward (o, down) and 2 backward, not 5
   the embedding         -> VocabParallelEmbedding (vocabulary rows split; output all-reduced)
   the LM head's weight  -> its vocabulary shard   (the fused head exchanges per-row statistics with
-                           vocab_group=, never logits; it all-reduces the hidden states' gradient)
+                           vocab_shard=, never logits; it all-reduces the hidden states' gradient)
   norms                 -> unchanged, replicated  (their gradients agree on every rank)
 Which rows and columns a rank holds is maskdpo.model.shards' rule (tensor_split sizes, no padding).
 Each sharded parameter carries `tensor_model_parallel = True` (DeepSpeed then counts it once per

@@ -23,6 +23,7 @@ from ..data import layout
 from ..data.batch import pipeline_tensors, reference_for
 from ..data.packing import MicroBatch
 from ..dpo.objective import SUMS, MaskDPOObjective, ReferenceTokenLogps, SequenceSums, step_metrics
+from ..kernels.vocab_parallel import VocabShard
 from ..model.attention import resolve_backend
 from ..model.llama import LlamaConfig
 from ..model.pipeline import (
@@ -37,6 +38,16 @@ from ..model.shards import check_tensor_parallel
 from ..model.tensor_parallel import TensorParallel, gather_full
 from .distributed import compute_device, init_distributed
 from .loader import data_parallel_share
+
+
+def vocab_shard(weight, config: LlamaConfig, tp: TensorParallel):
+    """Where the LM head weight's rows lie in the vocabulary (its shard's place, maskdpo.model.shards'
+    rule), for the vocabulary-parallel head: known from the layout, never asked of the group per
+    step. None without tensor parallelism."""
+    if weight is None or tp.size == 1:
+        return None
+    _, start, _ = weight.tp_slice
+    return VocabShard(tp.group, start, config.vocab_size)
 
 
 def check_parallelism(pipeline_stages: int, zero_stage: int, world_size: int, tensor_parallel: int = 1) -> int:
@@ -182,8 +193,8 @@ class PipelineTrainer:
         if bf16:
             module = module.to(compute_dtype(bf16))
         last = module.stage_id == module.num_stages - 1
-        group = self.tensor_parallel.group if tensor_parallel > 1 else None
-        sums = SequenceSums(head, head_weight(module) if head == "fused" and last else None, group) if last else None
+        weight = head_weight(module) if head == "fused" and last else None
+        sums = SequenceSums(head, weight, vocab_shard(weight, config, self.tensor_parallel)) if last else None
         self.objective = MaskDPOObjective(sums, beta, loss_type, label_smoothing) if last else None
         self.reference_tokens = ReferenceTokenLogps(sums) if last else None
         module.loss_fn = self.objective

@@ -3,7 +3,9 @@
 Steps, each a subprocess with its own timeout, in this order:
   kernel-tests  the kernel tests on CUDA without the Triton interpreter (TRITON_INTERPRET=0,
                 MASKDPO_TEST_DEVICE=cuda): tests/test_sequence_logps.py, test_linear_sequence_logps.py,
-                test_vocab_parallel.py, pytest -q -x, JUnit XML in kernel-tests.xml
+                test_vocab_parallel.py, and the attention backends against dense (test_model.py),
+                pytest -q (every test runs: one failure does not hide the others), JUnit XML in
+                kernel-tests.xml
   kernel-bench  bench_sequence_logps.py: N = 8192 and 16384, V = 128256, bf16, flat and peaked logits,
                 every launch variant of the kernel (maskdpo[<variant>]), eager and Liger; no
                 torch.compile provider (its compilation would take a third of the budget)
@@ -48,7 +50,8 @@ from bench_common import cuda_missing, environment, results_dir  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-KERNEL_TESTS = ("tests/test_sequence_logps.py", "tests/test_linear_sequence_logps.py", "tests/test_vocab_parallel.py")
+KERNEL_TESTS = ("tests/test_sequence_logps.py", "tests/test_linear_sequence_logps.py", "tests/test_vocab_parallel.py",
+                "tests/test_model.py")
 ERROR_LINES = 20  # of a failed step's log, in the summary
 
 
@@ -67,7 +70,7 @@ def default_steps(out_dir: Path, python: str = sys.executable) -> list[Step]:
     compiled = {"TRITON_INTERPRET": None}  # the benchmarks time compiled kernels, whatever the caller's shell says
     return [
         # TRITON_INTERPRET=0, not unset: tests/conftest.py turns the interpreter on when it is unset.
-        Step("kernel-tests", [python, "-m", "pytest", *KERNEL_TESTS, "-q", "-x", f"--junitxml={out_dir / 'kernel-tests.xml'}",
+        Step("kernel-tests", [python, "-m", "pytest", *KERNEL_TESTS, "-q", f"--junitxml={out_dir / 'kernel-tests.xml'}",
                               "-p", "no:cacheprovider"],
              share=90, min_s=30, env={"TRITON_INTERPRET": "0", "MASKDPO_TEST_DEVICE": "cuda"},
              read=summary_of.kernel_tests),

@@ -56,6 +56,41 @@ def pipeline_launch(pipeline_models, tmp_path_factory):
     return launcher(pipeline_models, tmp_path_factory)
 
 
+# The kernel test files: each test must run the kernels on the device under test
+# (MASKDPO_TEST_DEVICE; benchmarks/gpu_check.py sets cuda), which the fixture below records.
+KERNEL_TEST_FILES = ("test_sequence_logps.py", "test_linear_sequence_logps.py")
+
+
+@pytest.fixture(autouse=True)
+def kernel_devices(request, monkeypatch):
+    """In the kernel test files, the device of every tensor the public kernel functions were given
+    (their logits or hidden states, as each checks them first); with MASKDPO_KERNEL_DEVICES=FILE,
+    one JSON line per test (its id and those devices) is appended to FILE
+    (tests/test_kernel_devices.py reads it)."""
+    if request.path.name not in KERNEL_TEST_FILES:
+        yield None
+        return
+    import importlib
+    import json
+
+    seen = []
+    for name in ("maskdpo.kernels.sequence_logps", "maskdpo.kernels.linear_sequence_logps"):
+        module = importlib.import_module(name)
+        check = module.check_logits
+
+        def recording(api, logits, ndim, check=check):
+            if hasattr(logits, "device"):
+                seen.append(logits.device.type)
+            return check(api, logits, ndim)
+
+        monkeypatch.setattr(module, "check_logits", recording)
+    yield seen
+    out = os.environ.get("MASKDPO_KERNEL_DEVICES")
+    if out:
+        with open(out, "a") as f:
+            f.write(json.dumps({"test": request.node.nodeid, "devices": sorted(set(seen))}) + "\n")
+
+
 def pytest_configure(config):
     """Under xdist, build DeepSpeed's CPU collectives op once, in the controller, before any worker
     starts: on a fresh environment two workers would otherwise build it in the same folder at once,

@@ -84,7 +84,7 @@ def test_all_zero_weights_and_peaked_logits():
 
 
 def test_bad_shapes_are_named():
-    hidden, weight, labels, weights, seq_ids = inputs(5, 48, 100, 1, torch.float32, seed=0)
+    hidden, weight, labels, weights, seq_ids = to_test_device(*inputs(5, 48, 100, 1, torch.float32, seed=0))
     with pytest.raises(ValueError, match=r"lm_head_weight must have shape \(V, 48\)"):
         linear_sequence_logps(hidden, weight[:, :40], labels, weights, seq_ids, 1)
     with pytest.raises(ValueError, match="chunk_rows must be a positive int"):
@@ -118,15 +118,18 @@ def test_empty_active_rows_give_zeros():
 
 
 def test_wrong_active_rows_are_named():
-    hidden, weight, labels, weights, seq_ids = inputs(50, 48, 1000, 2, torch.float32, seed=4)
+    hidden, weight, labels, weights, seq_ids = to_test_device(*inputs(50, 48, 1000, 2, torch.float32, seed=4))
     rows = contributing_rows(labels, weights, seq_ids, 2)
-    with pytest.raises(ValueError, match=r"active_rows must be a 1-D int64 tensor on cpu, got torch.int32"):
+    with pytest.raises(ValueError, match=rf"active_rows must be a 1-D int64 tensor on {hidden.device}, got torch.int32"):
         linear_sequence_logps(hidden, weight, labels, weights, seq_ids, 2, active_rows=rows.int())
+    # Checked against the data where values are checked: by default on the CPU only, asked for here.
     with pytest.raises(ValueError, match=rf"are not the contributing rows .*first differ at position 1: expected "
                                          rf"{int(rows[1])}, got {int(rows[2])}"):
-        linear_sequence_logps(hidden, weight, labels, weights, seq_ids, 2, active_rows=torch.cat([rows[:1], rows[2:]]))
+        linear_sequence_logps(hidden, weight, labels, weights, seq_ids, 2, active_rows=torch.cat([rows[:1], rows[2:]]),
+                              check_values=True)
     with pytest.raises(ValueError, match=r"expected the end, got 50"):
-        linear_sequence_logps(hidden, weight, labels, weights, seq_ids, 2, active_rows=torch.cat([rows, torch.tensor([50])]))
+        linear_sequence_logps(hidden, weight, labels, weights, seq_ids, 2, check_values=True,
+                              active_rows=torch.cat([rows, torch.tensor([50], device=rows.device)]))
 
 
 @pytest.mark.slow  # 64 interpreted chunks, forward and backward: about 11 s
@@ -146,7 +149,7 @@ def test_bf16_weight_gradient_summed_over_many_chunks():
 
 
 def test_bad_accum_dtype_is_named():
-    hidden, weight, labels, weights, seq_ids = inputs(10, 48, 1000, 2, torch.float32, seed=4)
+    hidden, weight, labels, weights, seq_ids = to_test_device(*inputs(10, 48, 1000, 2, torch.float32, seed=4))
     with pytest.raises(ValueError, match=r"accum_dtype must be None or a floating dtype that holds every value of "
                                          r"lm_head_weight's \(torch.float32\), got torch.bfloat16"):
         linear_sequence_logps(hidden, weight, labels, weights, seq_ids, 2, accum_dtype=torch.bfloat16)

@@ -1,4 +1,8 @@
-"""The fused sequence-logps Triton kernel (run by the interpreter) against a float64 PyTorch oracle."""
+"""The fused sequence-logps Triton kernel (run by the interpreter) against a float64 PyTorch oracle.
+
+Every test runs the kernel on the device under test (MASKDPO_TEST_DEVICE, the GPU check's cuda):
+across implementations (the oracle on the CPU) results are compared with tolerances, bitwise only
+run to run on one device."""
 
 import importlib
 
@@ -195,19 +199,21 @@ def test_non_contiguous_logits(monkeypatch, wide):
 def test_masked_logps_reads_a_shifted_view_in_place():
     b, t, vocab = 3, 6, 127
     gen = torch.Generator().manual_seed(11)
-    full = torch.randn(b, t + 1, vocab, generator=gen, dtype=torch.bfloat16).requires_grad_(True)
-    logits = full[:, :-1]  # a strided (B, T, V) view, as after shifting
+    values = torch.randn(b, t + 1, vocab, generator=gen, dtype=torch.bfloat16)
     labels = torch.randint(0, vocab, (b, t), generator=gen)
     labels[0, :2] = -100
     weights = (torch.rand(b, t, generator=gen) > 0.3).float()
-    out = masked_logps(logits, labels, weights)
-    out.backward(torch.tensor([1.0, -2.0, 0.5]))
+    grad_out = torch.tensor([1.0, -2.0, 0.5])
+    full = values.to(TEST_DEVICE).requires_grad_(True)
+    logits = full[:, :-1]  # a strided (B, T, V) view, as after shifting
+    out = masked_logps(logits, *to_test_device(labels, weights))
+    out.backward(grad_out.to(TEST_DEVICE))
     seq_ids = torch.arange(b).repeat_interleave(t)
-    ref_out, ref_grad = oracle_sequence_logps(logits.reshape(b * t, vocab), labels.reshape(-1),
-                                              weights.reshape(-1), seq_ids, b, torch.tensor([1.0, -2.0, 0.5]))
-    assert out.shape == (b,)
-    assert_close(out.detach(), ref_out, 1e-5, 1e-4)
-    assert_close(full.grad[:, :-1].reshape(b * t, vocab), ref_grad, 2 ** -8, 1e-6)
+    ref_out, ref_grad = oracle_sequence_logps(values[:, :-1].reshape(b * t, vocab), labels.reshape(-1),
+                                              weights.reshape(-1), seq_ids, b, grad_out)
+    assert out.shape == (b,) and out.device == TEST_DEVICE
+    assert_close(out.detach().cpu(), ref_out, 1e-5, 1e-4)
+    assert_close(full.grad[:, :-1].reshape(b * t, vocab).cpu(), ref_grad, 2 ** -8, 1e-6)
     assert torch.all(full.grad[:, -1] == 0)
 
 
@@ -231,13 +237,14 @@ def test_every_output_element_is_written(monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_inplace_backward_is_identical_and_uses_the_logits_storage(dtype):
     logits, labels, weights, seq_ids = make_rows(29, 127, 4, dtype, seed=9)
-    _, grad = run_kernel(logits, labels, weights, seq_ids, 4)
+    _, grad = run_kernel(logits, labels, weights, seq_ids, 4)  # on the device under test, as below
 
+    logits, labels, weights, seq_ids = to_test_device(logits, labels, weights, seq_ids)
     leaf = logits.clone().requires_grad_(True)
     produced = leaf * 1  # a non-leaf, like the LM head's output, whose storage the backward reuses
     sequence_logps(produced, labels, weights, seq_ids, 4, inplace_backward=True).sum().backward()
-    assert torch.equal(leaf.grad, grad)
-    assert torch.equal(produced.detach(), grad)  # the logits' storage now holds the gradient
+    assert torch.equal(leaf.grad.cpu(), grad)  # the same kernel on the same device: bit for bit
+    assert torch.equal(produced.detach().cpu(), grad)  # the logits' storage now holds the gradient
 
 
 def test_deterministic_bitwise():
@@ -248,7 +255,7 @@ def test_deterministic_bitwise():
 
 
 def test_gradcheck_float64():
-    logits, labels, weights, seq_ids = make_rows(7, 5, 3, torch.float64, seed=1)
+    logits, labels, weights, seq_ids = to_test_device(*make_rows(7, 5, 3, torch.float64, seed=1))
     x = logits.clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda z: sequence_logps(z, labels, weights, seq_ids, 3), (x,))
 
@@ -284,9 +291,10 @@ def test_property_random_shapes_and_masks(n, vocab, num_seqs, seed, weight_kind)
 
 
 def test_empty_input_returns_zeros_and_backpropagates():
-    logits = torch.empty(0, 127, requires_grad=True)
-    out = sequence_logps(logits, torch.empty(0, dtype=torch.long), torch.empty(0), torch.empty(0, dtype=torch.long), 3)
-    assert torch.equal(out, torch.zeros(3))
+    logits = torch.empty(0, 127, device=TEST_DEVICE, requires_grad=True)
+    out = sequence_logps(logits, *to_test_device(torch.empty(0, dtype=torch.long), torch.empty(0),
+                                                 torch.empty(0, dtype=torch.long)), 3)
+    assert torch.equal(out.cpu(), torch.zeros(3)) and out.device == TEST_DEVICE
     out.sum().backward()
     assert logits.grad.shape == (0, 127)
 
@@ -297,7 +305,7 @@ def test_nan_and_inf_propagate_to_their_sequence_only(bad):
     logits, labels, weights, seq_ids = make_rows(12, 127, 2, torch.float32, seed=6, holes=False)
     seq_ids = torch.tensor([0] * 6 + [1] * 6)
     logits[8, 3] = bad
-    out = sequence_logps(logits, labels, weights, seq_ids, 2)
+    out = sequence_logps(*to_test_device(logits, labels, weights, seq_ids), 2).cpu()
     assert torch.isfinite(out[0]) and torch.isnan(out[1])
 
 
@@ -307,11 +315,11 @@ def test_unchecked_bad_values_are_never_silently_dropped():
     seq_ids = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
     bad_label = labels.clone()
     bad_label[4] = 127
-    out = sequence_logps(logits, bad_label, weights, seq_ids, 3, check_values=False)
+    out = sequence_logps(*to_test_device(logits, bad_label, weights, seq_ids), 3, check_values=False).cpu()
     assert torch.isfinite(out[[0, 2]]).all() and torch.isnan(out[1])
     bad_seq = seq_ids.clone()
     bad_seq[0] = 3
-    assert torch.isnan(sequence_logps(logits, labels, weights, bad_seq, 3, check_values=False)).all()
+    assert torch.isnan(sequence_logps(*to_test_device(logits, labels, weights, bad_seq), 3, check_values=False)).all()
 
 
 def test_leading_blocks_of_minus_inf_stay_finite(blocks):
@@ -340,13 +348,13 @@ def test_weight_zero_rows_are_not_read():
 
 
 def test_weights_that_require_grad_are_refused():
-    logits, labels, weights, seq_ids = make_rows(5, 11, 1, torch.float32, seed=0)
+    logits, labels, weights, seq_ids = to_test_device(*make_rows(5, 11, 1, torch.float32, seed=0))
     with pytest.raises(ValueError, match="weights require grad"):
         sequence_logps(logits, labels, weights.requires_grad_(True), seq_ids, 1)
 
 
 def test_inplace_backward_guards():
-    logits, labels, weights, seq_ids = make_rows(6, 11, 1, torch.float32, seed=0, holes=False)
+    logits, labels, weights, seq_ids = to_test_device(*make_rows(6, 11, 1, torch.float32, seed=0, holes=False))
     leaf = logits.clone().requires_grad_(True)
     with pytest.raises(ValueError, match="inplace_backward=True needs logits produced by an op"):
         sequence_logps(leaf, labels, weights, seq_ids, 1, inplace_backward=True)
@@ -358,7 +366,7 @@ def test_inplace_backward_guards():
 
 
 def test_double_backward_is_refused():
-    logits, labels, weights, seq_ids = make_rows(6, 11, 1, torch.float64, seed=0, holes=False)
+    logits, labels, weights, seq_ids = to_test_device(*make_rows(6, 11, 1, torch.float64, seed=0, holes=False))
     x = logits.clone().requires_grad_(True)
     out = sequence_logps(x, labels, weights, seq_ids, 1)
     (grad,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)  # grad_out depends on x

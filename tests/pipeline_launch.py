@@ -24,9 +24,9 @@ ODD_VOCAB = 4093  # not divisible by 2; holds every token id of the bundled pair
 
 GROUPS = {  # test_pipeline.py's two, then test_tensor_parallel.py's two (xdist --dist loadfile keeps a file on one worker)
     "interpreted": (2, True, ("grads-pp2", "grads-pp1", "bf16-checkpointing")),
-    "pytorch": (2, False, ("grads-pp2-tied", "packing-1-pp2", "packing-2-pp2", "packing-4-pp2", "packing-1-pp1", "packing-2-pp1",
-                           "packing-4-pp1", "resume", "train")),
-    "tensor-parallel": (2, False, ("tp2-pp1", "tp2-pp1-tied", "tp2-pp1-resume", "tp-collectives")),
+    "pytorch": (2, False, ("grads-pp2-tied", "grads-pp2-tied-bf16", "packing-1-pp2", "packing-2-pp2", "packing-4-pp2",
+                           "packing-1-pp1", "packing-2-pp1", "packing-4-pp1", "resume", "train")),
+    "tensor-parallel": (2, False, ("tp2-pp1", "tp2-pp1-tied", "tp2-pp1-bf16", "tp2-pp1-resume", "tp-collectives")),
     "four": (4, False, ("tp2-pp2", "tp1-pp2")),
 }
 

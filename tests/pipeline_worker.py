@@ -11,9 +11,11 @@ Scenarios, in one launch of WORLD_SIZE processes:
                 reward accuracies
   packing-{M}-pp{P}  one SGD(lr=1) step over the same 8 pairs packed with at most M pairs per
                 micro-batch, with P pipeline stages (DP = WORLD_SIZE / P)
-  tp{T}-pp{P}[-tied]  one SGD(lr=1) step with T tensor-parallel ranks and P pipeline stages, bf16 off,
+  tp{T}-pp{P}[-tied][-bf16]  one SGD(lr=1) step with T tensor-parallel ranks and P pipeline stages,
                 gradient clipping 1e9 (through DeepSpeed's norm, never binding), then an HF export
-                (the shards gathered); -tied: the tied model whose vocabulary T does not divide
+                (the shards gathered); -tied: the tied model whose vocabulary T does not divide; -bf16:
+                bf16 weights with ZeRO-1 (DeepSpeed's BF16_Optimizer, fp32 master weights), else fp32
+  grads-pp{P}[-tied]-bf16  grads-pp{P} in bf16 (as -bf16 above), clipping 1e9 (the norm, never binding)
   tp{T}-pp{P}-resume  AdamW: checkpoint after step 1, steps 2-3, then a fresh engine resumes from it
   tp-collectives  one decoder layer in float64, sharded over every rank (T = WORLD_SIZE), and the
                 same layer whole: outputs and gradients of both, and the collectives the sharded
@@ -99,11 +101,14 @@ def main():
 
     for scenario in args.scenarios:
         if scenario.startswith("grads-pp"):
-            pp = int(scenario[len("grads-pp"):].removesuffix("-tied"))
-            hf = args.hf_tied if scenario.endswith("-tied") else args.hf
+            bf16 = scenario.endswith("-bf16")
+            name = scenario.removesuffix("-bf16")
+            pp = int(name[len("grads-pp"):].removesuffix("-tied"))
+            hf = args.hf_tied if name.endswith("-tied") else args.hf
             # PP=1 (DP=2) runs the kernel head (full logits + sequence_logps); the others the fused one.
             trainer = PipelineTrainer(load_config(hf), pipeline_stages=pp, head="kernel" if pp == 1 else "fused",
-                                      gradient_accumulation_steps=len(mbs) * pp // world, optimizer_factory=sgd, hf_path=hf)
+                                      gradient_accumulation_steps=len(mbs) * pp // world, optimizer_factory=sgd, hf_path=hf,
+                                      bf16=bf16, gradient_clipping=1e9 if bf16 else 0.0)
             ref = trainer.reference_logps(mbs, num_pairs)
             metrics = trainer.train_step(mbs, ref)
             save_params(trainer, args.out, scenario)
@@ -141,11 +146,13 @@ def main():
             resumed_trainer.export_hf(args.out / f"{scenario}-resumed")
             write(args.out, scenario, {"straight": straight, "resumed": resumed})
         elif scenario.startswith("tp"):
-            tp, pp = (int(x) for x in scenario[2:].removesuffix("-tied").split("-pp"))
-            hf = args.hf_odd if scenario.endswith("-tied") else args.hf
+            bf16 = scenario.endswith("-bf16")
+            name = scenario.removesuffix("-bf16")
+            tp, pp = (int(x) for x in name[2:].removesuffix("-tied").split("-pp"))
+            hf = args.hf_odd if name.endswith("-tied") else args.hf
             trainer = PipelineTrainer(load_config(hf), pipeline_stages=pp, tensor_parallel=tp,
                                       gradient_accumulation_steps=len(mbs) * pp * tp // world, optimizer_factory=sgd,
-                                      hf_path=hf, gradient_clipping=1e9)
+                                      hf_path=hf, gradient_clipping=1e9, bf16=bf16)
             ref = trainer.reference_logps(mbs, num_pairs)
             metrics = trainer.train_step(mbs, ref)
             metrics["grad_norm"] = float(trainer.engine.get_global_grad_norm())  # what clipping would use

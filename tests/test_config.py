@@ -176,6 +176,7 @@ def paths(tmp_path):
     (tmp_path / "bad.json").write_text("{oops")
     (tmp_path / "zero0.json").write_text('{"zero_optimization": {"stage": 0}}')
     (tmp_path / "fp16.json").write_text('{"fp16": {"enabled": true}}')
+    (tmp_path / "deferred.json").write_text('{"bf16": {"enabled": true, "immediate_grad_update": false}}')
     return tmp_path
 
 
@@ -206,6 +207,8 @@ def paths(tmp_path):
      f"parallel.deepspeed_config: {ROOT / 'launch' / 'ds_zero1_bf16.json'}: bf16.enabled true contradicts "
      "parallel.bf16: false"),
     (["--parallel.deepspeed_config", "{paths}/fp16.json"], "{paths}/fp16.json: fp16 is not supported"),
+    (["--parallel.deepspeed_config", "{paths}/deferred.json", "--parallel.bf16", "true"],
+     "{paths}/deferred.json: bf16.immediate_grad_update false: maskdpo runs with it on"),
     (["--data.tokenizer", "/nonexistent"], "data.tokenizer: /nonexistent is not a directory"),
     (["--data.max_length", "0"], "data.max_length must be at least 2, got 0"),
     (["--data.correct_labels", "ok", "--data.hallucinated_labels", "ok,bad"],

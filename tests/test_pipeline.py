@@ -76,6 +76,49 @@ def check_step(result, params, reference, updated, start_state, tied=False):
     assert moved > 1e-3  # the step really changed the weights
 
 
+BF16_HALF_ULP = 2.0 ** -8  # bf16's eps is 2**-7: rounding moves a value by at most half of it, relatively
+
+
+def check_bf16_step(result, params, reference, updated, start_state, tied=False):
+    """A bf16 pipeline step (bf16 weights and compute, fp32 master weights and accumulation) against
+    the float64 oracle, at bf16's precision: the loss and the reference sums by relative error;
+    every weight within two roundings of the oracle's update plus 5 % of its largest change; and
+    where the change is far above the weight's rounding, the change applied equal to the oracle's
+    gradient (SGD lr = 1) within 5 % (a lost or doubled gradient part is 40-100 %)."""
+    assert result["metrics"]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # reference = starting policy
+    for i, expected in reference.items():
+        torch.testing.assert_close(torch.tensor(result["reference"][i], dtype=torch.float64), expected, rtol=3e-2, atol=0.0)
+    hf_names = {n for n in updated if not (n == "lm_head.weight" and tied)}
+    assert set(params) == hf_names
+    resolved = 0
+    for name in hf_names:
+        ours, oracle, start = params[name].double(), updated[name], start_state[name].double()
+        change, expected = start - ours, start - oracle
+        bound = 2 * BF16_HALF_ULP * oracle.abs() + 0.05 * expected.abs().max()
+        assert ((ours - oracle).abs() <= bound).all(), (name, ((ours - oracle).abs() - bound).max().item())
+        if expected.norm() > 20 * BF16_HALF_ULP * start.norm():
+            resolved += 1
+            error = ((change - expected).norm() / expected.norm()).item()
+            assert error < 0.05, (name, error)
+    assert resolved >= len(hf_names) // 3  # enough weights moved past their rounding to tell
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario,model", [("grads-pp2-tied-bf16", "tied")])
+def test_bf16_pipeline_step_with_tied_embeddings_matches_the_float64_oracle(launch, models, scenario, model):
+    """bf16 with ZeRO-1 is DeepSpeed's BF16_Optimizer (fp32 masters), not the fp32 path: the tied
+    embedding, on the first stage and as the last stage's LM head, gets both stages' gradient."""
+    out = launch("pytorch")
+    mbs, _ = micro_batches()
+    pairs = [int(i) for mb in mbs for i in mb.pair_index if i >= 0]
+    _, reference, updated = oracle_step(models[model][0], pairs)
+    result = json.loads((out / f"{scenario}.json").read_text())
+    stages = [torch.load(f) for f in sorted(out.glob(f"{scenario}-stage*.pt"))]
+    assert len(stages) == 2 and torch.equal(stages[0]["model.embed_tokens.weight"], stages[1]["model.embed_tokens.weight"])
+    assert {t.dtype for stage in stages for t in stage.values()} == {torch.bfloat16}
+    check_bf16_step(result, merged(out, scenario), reference, updated, models[model][1].state_dict(), tied=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario,model", [("grads-pp2", "untied"), ("grads-pp1", "untied"), ("grads-pp2-tied", "tied")])
 def test_pipeline_matches_plain_pytorch(launch, models, scenario, model):

@@ -80,6 +80,26 @@ def test_tensor_parallel_step_matches_plain_pytorch(launch, models, processes, s
 
 
 @pytest.mark.slow
+def test_bf16_tensor_parallel_step_matches_the_float64_oracle(launch, models):
+    """T = 2 in bf16 with ZeRO-1 (DeepSpeed's BF16_Optimizer, not the fp32 path): at bf16's precision
+    the oracle's step, and a gradient norm that counts the shards and replicated weights once."""
+    from test_pipeline import check_bf16_step
+
+    out = launch(2)
+    mbs, _ = micro_batches()
+    pairs = [int(i) for mb in mbs for i in mb.pair_index if i >= 0]
+    _, reference, updated = oracle_step(models["untied"][0], pairs)
+    result = json.loads((out / "tp2-pp1-bf16.json").read_text())
+    start = models["untied"][1].state_dict()
+    params = exported(out / "tp2-pp1-bf16-hf")
+    assert {t.dtype for t in params.values()} == {torch.bfloat16}
+    check_bf16_step(result, params, reference, updated, start)
+    norm = torch.sqrt(sum(((start[n].double() - updated[n]) ** 2).sum() for n in updated)).item()
+    assert result["metrics"]["grad_norm"] == pytest.approx(norm, rel=3e-2)
+    assert result["metrics"]["replicated_equal"]
+
+
+@pytest.mark.slow
 def test_tensor_parallel_resume_is_bitwise(launch):
     out = launch(2)
     result = json.loads((out / "tp2-pp1-resume.json").read_text())

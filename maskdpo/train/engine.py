@@ -111,7 +111,12 @@ def deepspeed_config(gradient_accumulation_steps: int, data_parallel: int, zero_
         "wall_clock_breakdown": False,
     }
     if bf16:
-        config["bf16"] = {"enabled": True}
+        # immediate_grad_update: each bf16 gradient goes into its fp32 accumulator as it is made.
+        # Without it (DeepSpeed 0.19.8's default) a pipeline whose last stage uses the tied embedding
+        # as its LM head loses that stage's gradient of it: the tied weights' all-reduce of the fp32
+        # gradients runs before the last stage's are copied in, and the update was the embedding
+        # side's alone (tests/test_pipeline.py, grads-pp2-tied-bf16).
+        config["bf16"] = {"enabled": True, "immediate_grad_update": True}
         config["data_types"] = {"grad_accum_dtype": "fp32"}  # bf16 compute, fp32 accumulation
     if tensor_parallel > 1:
         # Stages send the whole (replicated) hidden state to the same tensor rank of the next stage;

@@ -160,6 +160,10 @@ def validate(config, world_size: int) -> None:
         check("bf16" not in template or bf16 == p.bf16,
               f"parallel.deepspeed_config: {file}: bf16.enabled {str(bf16).lower()} contradicts parallel.bf16: "
               f"{str(p.bf16).lower()} (the dtype is set with parallel.bf16, not in the template)")
+        immediate = template["bf16"].get("immediate_grad_update", True) if isinstance(template.get("bf16"), dict) else True
+        check(immediate is not False, f"parallel.deepspeed_config: {file}: bf16.immediate_grad_update false: maskdpo "
+                                      "runs with it on (without it DeepSpeed loses the last pipeline stage's gradient "
+                                      "of a tied embedding)")
         fp16 = template.get("fp16")
         fp16_on = fp16 is not None and not (isinstance(fp16, dict) and not fp16.get("enabled", False))
         check(not fp16_on, f"parallel.deepspeed_config: {file}: fp16 is not supported (bf16 is: parallel.bf16: true)")

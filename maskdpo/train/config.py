@@ -77,7 +77,9 @@ class OptimConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_ratio: float = 0.03
-    """Fraction of the steps with a linear warmup from 0."""
+    """Fraction of the steps with a linear warmup: w = int(warmup_ratio x steps) steps, step s
+    (0-based) at (s + 1) / (w + 1) of optim.lr. The first step already trains (at 1/(w + 1)); the
+    peak comes at step w. (transformers' linear warmup starts at 0: its first step does nothing.)"""
     schedule: str = "cosine"
     """After warmup: cosine (to 0) or constant."""
     gradient_clipping: float = 1.0

@@ -1,4 +1,8 @@
-"""The learning-rate schedule: linear warmup from 0, then cosine to 0 or constant."""
+"""The learning-rate schedule: linear warmup, then cosine to 0 or constant.
+
+Warmup: w = int(warmup_ratio x total) steps; step s (0-based) runs at (s + 1) / (w + 1) of the peak,
+so the first step trains at 1/(w + 1) (not at 0, as transformers' linear warmup's first step does)
+and step w is the first at the peak."""
 
 from __future__ import annotations
 

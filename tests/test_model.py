@@ -104,6 +104,34 @@ def test_attention_backends_agree_where_they_run():
             resolve_backend("flash_attn", device)
 
 
+def test_deterministic_attention_reaches_every_layer_and_repeats_bitwise(tmp_path):
+    """model.deterministic_attention is set on every attention layer from outside; with it, each
+    backend that runs here gives bitwise the same gradients run to run (on a GPU's flash-attn only
+    with the flag: the GPU check runs this file)."""
+    from maskdpo.model.llama import Attention, deterministic_attention
+
+    tiny_hf_llama(tmp_path / "hf", vocab_size=64)
+    model = load_llama(tmp_path / "hf")
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    assert not any(m.deterministic for m in layers)
+    assert deterministic_attention(model) == len(layers) == load_config(tmp_path / "hf").num_hidden_layers
+    assert all(m.deterministic for m in layers)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(40, 4, 16, generator=gen).to(device, dtype)
+    k, v = (torch.randn(40, 2, 16, generator=gen).to(device, dtype) for _ in range(2))
+    cu = torch.tensor([0, 9, 30, 40], dtype=torch.int32, device=device)
+    grad = torch.randn(40, 4, 16, generator=gen).to(device, dtype)
+    for backend in available_backends(device, dtype):
+        runs = []
+        for _ in range(2):
+            leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+            packed_causal_attention(*leaves, cu, 21, backend, 0.25, deterministic=True).backward(grad)
+            runs.append([t.grad for t in leaves])
+        assert all(torch.equal(a, b) for a, b in zip(*runs)), backend
+
+
 def test_torch_varlen_is_chosen_only_when_varlen_attn_takes_our_arguments(caplog):
     from maskdpo.model.attention import varlen_unsupported, varlen_usable
 

@@ -99,15 +99,17 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype = torch.
     return name
 
 
-def packed_causal_attention(q, k, v, cu_seqlens, max_seqlen: int, backend: str, scale: float):
-    """q (T, Hq, D), k and v (T, Hkv, D); cu_seqlens (S + 1,) int32 boundaries -> (T, Hq, D)."""
+def packed_causal_attention(q, k, v, cu_seqlens, max_seqlen: int, backend: str, scale: float,
+                            deterministic: bool = False):
+    """q (T, Hq, D), k and v (T, Hkv, D); cu_seqlens (S + 1,) int32 boundaries -> (T, Hq, D).
+    deterministic: flash-attn's deterministic backward (the other backends: torch's own choice)."""
     if backend not in BACKENDS:
         raise ValueError(f"attention backend must be one of {', '.join(BACKENDS)} (resolve 'auto' first); got {backend!r}")
     if backend == "flash_attn":
         from flash_attn import flash_attn_varlen_func
 
         return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
-                                      softmax_scale=scale, causal=True)
+                                      softmax_scale=scale, causal=True, deterministic=deterministic)
     if backend == "torch_varlen":
         from torch.nn.attention.varlen import varlen_attn
 

@@ -152,6 +152,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, self.kv_heads * d, bias=False)
         self.o_proj = nn.Linear(self.heads * d, h, bias=False)
         self.backend = backend
+        self.deterministic = False  # flash-attn's deterministic backward (deterministic_attention)
 
     def forward(self, x, cos, sin, cu_seqlens, max_seqlen):
         t = x.shape[0]
@@ -161,7 +162,8 @@ class Attention(nn.Module):
         cos, sin = cos[:, None, :], sin[:, None, :]
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        out = packed_causal_attention(q, k, v, cu_seqlens, max_seqlen, self.backend, self.head_dim ** -0.5)
+        out = packed_causal_attention(q, k, v, cu_seqlens, max_seqlen, self.backend, self.head_dim ** -0.5,
+                                      self.deterministic)
         return self.o_proj(out.reshape(t, self.heads * self.head_dim))
 
 
@@ -233,3 +235,12 @@ class Llama(nn.Module):
         for layer in self.layers:
             x = layer(x, position_ids, cu_seqlens, max_seqlen)
         return self.head(x, self.embedding.embed_tokens.weight)
+
+
+def deterministic_attention(module: nn.Module, on: bool = True) -> int:
+    """Ask every attention layer inside `module` for a deterministic backward (flash-attn's; applied
+    from outside, as parallelism is). Returns how many layers it set."""
+    layers = [m for m in module.modules() if isinstance(m, Attention)]
+    for layer in layers:
+        layer.deterministic = on
+    return len(layers)

@@ -28,6 +28,11 @@ class ModelConfig:
     """LlamaConfig fields (hidden_size, num_hidden_layers, ...) for a random init when path is null."""
     attention: str = "auto"
     """Attention backend: auto, flash_attn, torch_varlen or sdpa."""
+    deterministic_attention: bool = False
+    """flash-attn's deterministic backward (slower). Off, its backward on a GPU sums in an order that
+    varies from run to run, so a resumed run matches one never stopped to rounding, not bitwise; on,
+    bitwise (every other part of a step is deterministic). The CPU's sdpa is deterministic either
+    way; with torch_varlen or sdpa on a GPU, torch's kernels decide (torch.use_deterministic_algorithms)."""
     head: str = "fused"
     """How the last stage makes the masked log-prob sums: fused (hidden states -> linear_sequence_logps
     in chunks, never the whole logits), kernel (full logits -> the sequence_logps kernel) or eager

@@ -26,6 +26,7 @@ from ..dpo.objective import SUMS, MaskDPOObjective, ReferenceTokenLogps, Sequenc
 from ..kernels.vocab_parallel import VocabShard
 from ..model.attention import resolve_backend
 from ..model.llama import LlamaConfig
+from ..model.llama import deterministic_attention as deterministic_attention_layers
 from ..model.pipeline import (
     PIPELINE_ZERO_STAGES,
     Placement,
@@ -156,7 +157,8 @@ class PipelineTrainer:
     Call inside a launched process group (deepspeed / torchrun set RANK, WORLD_SIZE, ...).
     head: fused, kernel or eager (maskdpo.dpo.objective.HEADS). attention: a backend name or auto,
     resolved here for the real compute dtype. max_seqlen: the longest sequence a micro-batch can
-    hold (Packing.max_seqlen), attention's bound; None: the token budget.
+    hold (Packing.max_seqlen), attention's bound; None: the token budget. deterministic_attention:
+    flash-attn's deterministic backward in every attention layer (model.deterministic_attention).
     """
 
     def __init__(self, config: LlamaConfig, *, pipeline_stages: int, gradient_accumulation_steps: int,
@@ -165,7 +167,7 @@ class PipelineTrainer:
                  label_smoothing: float = 0.0, attention: str = "auto", activation_checkpointing: bool = False,
                  partition_method: str = "type:DecoderLayerPipe", lr_scheduler_factory=None, seed: int = 0,
                  head: str = "fused", max_seqlen: int | None = None, deepspeed_overrides: dict | None = None,
-                 tensor_parallel: int = 1):
+                 tensor_parallel: int = 1, deterministic_attention: bool = False):
         import deepspeed
         from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
@@ -195,6 +197,7 @@ class PipelineTrainer:
                                 max_seqlen=max_seqlen, topology=topology, placement=placement)
         if hf_path is not None:
             load_hf_into_stage(module, hf_path, config.num_hidden_layers)
+        deterministic_attention_layers(module, deterministic_attention)
         if bf16:
             module = module.to(compute_dtype(bf16))
         last = module.stage_id == module.num_stages - 1

@@ -50,6 +50,7 @@ def build_engine(config: Config, model_path: Path, packing, total_steps: int, wo
         hf_path=model_path, zero_stage=c.parallel.zero_stage, bf16=c.parallel.bf16,
         gradient_clipping=c.optim.gradient_clipping, beta=c.loss.beta, loss_type=c.loss.type,
         label_smoothing=c.loss.label_smoothing, attention=c.model.attention,
+        deterministic_attention=c.model.deterministic_attention,
         activation_checkpointing=c.parallel.activation_checkpointing, partition_method=c.parallel.partition,
         seed=c.train.seed, head=c.model.head, max_seqlen=packing.max_seqlen,
         deepspeed_overrides=json.loads(Path(c.parallel.deepspeed_config).read_text())

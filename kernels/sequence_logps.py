@@ -45,7 +45,7 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 from . import reference
-from .checks import check_inplace, check_inputs, check_logits, should_check_values
+from .checks import check_inplace, check_inputs, check_logits
 from .launch import VARIANTS, check_variant, launch, resolve  # noqa: F401 - VARIANTS: named here for callers
 from .rows import IGNORE_INDEX
 
@@ -505,7 +505,6 @@ def sequence_logps(
     ignore_index: int = IGNORE_INDEX,
     inplace_backward: bool = False,
     check_values: bool | None = None,
-    vocab_shard=None,
     variant: str | None = None,
 ) -> torch.Tensor:
     """Per-sequence sums of weighted label log-probs, differentiable with respect to `logits`.
@@ -522,10 +521,6 @@ def sequence_logps(
             logits must not be needed after the backward).
         check_values: read labels and seq_ids to range-check them. None (default) checks CPU tensors
             only, since on CUDA the check is a host synchronisation; unchecked bad values give NaN.
-        vocab_shard: a maskdpo.kernels.vocab_parallel.VocabShard (the group the vocabulary is
-            split over, this rank's first id, the whole vocabulary's size): logits are this rank's
-            contiguous shard (N, V_r), labels global ids; ranks exchange per-row statistics, never
-            logits (the statistics in PyTorch, the gradient by the Triton backward kernel).
         variant: a launch variant of the Triton kernels (maskdpo.kernels.launch.VARIANTS), e.g. to
             benchmark them; None: the default for the device's architecture.
 
@@ -538,15 +533,6 @@ def sequence_logps(
     """
     check_logits("sequence_logps", logits, ndim=2)
     check_inplace("sequence_logps", logits, inplace_backward)
-    if vocab_shard is not None:
-        from .vocab_parallel import vocab_parallel_sequence_logps
-
-        check_inputs("sequence_logps", logits.shape[0], vocab_shard.vocab, logits.device, labels, weights, seq_ids,
-                     num_seqs, ignore_index, check_values)
-        vocab_shard.check("sequence_logps", logits.shape[1], logits.device,
-                          should_check_values(check_values, logits.device))
-        return vocab_parallel_sequence_logps(logits, labels, weights, seq_ids, num_seqs, ignore_index=ignore_index,
-                                             shard=vocab_shard)
     return _run("sequence_logps", logits.unsqueeze(0), labels, weights, seq_ids, num_seqs, ignore_index,
                 inplace_backward, check_values, variant)
 

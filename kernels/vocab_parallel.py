@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .checks import check_inputs, check_logits, should_check_values
 from .rows import IGNORE_INDEX, contributes
+from .sequence_logps import backward_into, segment_sum
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,6 @@ def shard_backward_into(grad, grad_out, logits, local, weights, seq_ids, lse, re
     """This shard's logits gradient, g[s] * w * (onehot(label) - softmax), written into `grad`
     (N, V_r) from the global lse and 1 - p_label: the sequence-logps backward kernel, whose rows
     with a label outside [0, V_r) get no label column."""
-    from .sequence_logps import backward_into
-
     backward_into(grad.unsqueeze(0), grad_out.contiguous(), logits.unsqueeze(0), local, weights, seq_ids, lse, rest,
                   num_seqs, ignore_index)
     return grad
@@ -113,8 +113,6 @@ def shard_backward_into(grad, grad_out, logits, local, weights, seq_ids, lse, re
 class VocabParallelSequenceLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, weights, seq_ids, num_seqs, ignore_index, shard):
-        from .sequence_logps import segment_sum
-
         active = contributes(labels, weights, seq_ids, num_seqs, ignore_index)
         rows, lse, rest, local = row_logps(logits, labels, weights, active, shard, ignore_index)
         ctx.save_for_backward(logits, local, weights, seq_ids, lse, rest)
@@ -129,7 +127,15 @@ class VocabParallelSequenceLogps(torch.autograd.Function):
         return grad, None, None, None, None, None, None
 
 
-def vocab_parallel_sequence_logps(logits, labels, weights, seq_ids, num_seqs, *, ignore_index=IGNORE_INDEX,
-                                  shard: VocabShard):
-    """sequence_logps over a vocabulary shard: logits (N, V_r) on each rank of `shard.group`, labels global."""
+def vocab_parallel_sequence_logps(logits, labels, weights, seq_ids, num_seqs, *, shard: VocabShard,
+                                  ignore_index=IGNORE_INDEX, check_values: bool | None = None):
+    """sequence_logps over a vocabulary shard: logits (N, V_r) this rank's contiguous columns (ids
+    shard.start to shard.start + V_r) on each rank of shard.group, labels global ids; the same
+    arguments and checks as sequence_logps (the fused head's form: linear_sequence_logps with
+    vocab_shard=)."""
+    check_logits("vocab_parallel_sequence_logps", logits, ndim=2)
+    check_inputs("vocab_parallel_sequence_logps", logits.shape[0], shard.vocab, logits.device, labels, weights,
+                 seq_ids, num_seqs, ignore_index, check_values)
+    shard.check("vocab_parallel_sequence_logps", logits.shape[1], logits.device,
+                should_check_values(check_values, logits.device))
     return VocabParallelSequenceLogps.apply(logits, labels, weights, seq_ids, num_seqs, ignore_index, shard)

@@ -42,7 +42,8 @@ def measure(hf: Path, pipeline_stages: int, tensor_parallel: int = 1) -> dict:
     step = optimizer.step
 
     def measured_step(*args, **kwargs):
-        # The parameters' own gradients exist from the first backward until the step clears them.
+        # The parameters' own (bf16) gradients still held when the step starts: none, with DeepSpeed's
+        # immediate_grad_update (each moved into the fp32 buffer as backward made it).
         seen["grad_bf16"] = storage_bytes(p.grad for p in params)
         seen["grad_dtypes"] = sorted({str(p.grad.dtype) for p in params if p.grad is not None})
         return step(*args, **kwargs)

@@ -21,8 +21,7 @@ def _worker(rank, world, port, dtype, peaked):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        from maskdpo.kernels import sequence_logps
-        from maskdpo.kernels.vocab_parallel import VocabShard
+        from maskdpo.kernels.vocab_parallel import VocabShard, vocab_parallel_sequence_logps
 
         n, vocab, num_seqs = 37, 127, 4
         logits, labels, weights, seq_ids = make_rows(n, vocab, num_seqs, dtype, seed=3)
@@ -35,7 +34,7 @@ def _worker(rank, world, port, dtype, peaked):
         place = VocabShard(dist.group.WORLD, bounds[rank], vocab)
         assert VocabShard.exchange(bounds[rank + 1] - bounds[rank]) == VocabShard(None, bounds[rank], vocab)
         shard = logits[:, bounds[rank]:bounds[rank + 1]].clone().requires_grad_(True)
-        out = sequence_logps(shard, labels, weights, seq_ids, num_seqs, vocab_shard=place)
+        out = vocab_parallel_sequence_logps(shard, labels, weights, seq_ids, num_seqs, shard=place)
         out.backward(grad_out)
         ref_out, ref_grad = oracle_sequence_logps(logits, labels, weights, seq_ids, num_seqs, grad_out)
         rtol, atol = (1e-5, 1e-4) if dtype == torch.float32 else (1e-12, 1e-12)
@@ -99,7 +98,7 @@ def _worker(rank, world, port, dtype, peaked):
         # rank alike, where values are checked.
         wrong = VocabShard(dist.group.WORLD, 0, vocab)
         try:
-            sequence_logps(shard.detach(), labels, weights, seq_ids, num_seqs, vocab_shard=wrong)
+            vocab_parallel_sequence_logps(shard.detach(), labels, weights, seq_ids, num_seqs, shard=wrong)
         except ValueError as e:
             assert "the vocab_shard of rank 1 says its ids start at 0 of 127, but the ranks' shards in rank order put " \
                    "them at 70 of 127" in str(e), e

@@ -37,7 +37,9 @@ class StateBytes:
     weights: int
     """bf16 weights: the optimizer's padded flat buffer."""
     grad_bf16: int
-    """The parameters' bf16 .grad tensors (from the first backward of a step until the step)."""
+    """The parameters' bf16 .grad tensors kept: none. Each is added into the fp32 buffer as soon as
+    backward makes it and freed (bf16.immediate_grad_update, maskdpo.train.engine), so at most one
+    tensor's lives, for a moment, inside the activations' headroom."""
     grad_fp32: int
     """The fp32 gradient-accumulation buffer (padded, whole on every data-parallel rank)."""
     master: int
@@ -67,7 +69,7 @@ def state_bytes(parameters: int, data_parallel: int) -> StateBytes:
     """Model-state bytes for `parameters` elements on one GPU of a ZeRO-1 group of `data_parallel`."""
     flat = padded(parameters, data_parallel)
     partition = flat // data_parallel
-    return StateBytes(parameters, weights=BF16 * flat, grad_bf16=BF16 * parameters, grad_fp32=FP32 * flat,
+    return StateBytes(parameters, weights=BF16 * flat, grad_bf16=0, grad_fp32=FP32 * flat,
                       master=FP32 * partition, moments=2 * FP32 * partition)
 
 

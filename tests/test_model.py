@@ -132,6 +132,20 @@ def test_deterministic_attention_reaches_every_layer_and_repeats_bitwise(tmp_pat
         assert all(torch.equal(a, b) for a, b in zip(*runs)), backend
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs a GPU (the GPU check runs this file)")
+def test_labels_for_the_gpu_come_from_pinned_memory():
+    """What the trainer hands DeepSpeed on a GPU: labels in page-locked memory, the same values."""
+    from pipeline_data import micro_batches
+
+    from maskdpo.data.batch import pipeline_tensors
+
+    mb = micro_batches()[0][0]
+    _, plain = pipeline_tensors(mb)
+    _, pinned = pipeline_tensors(mb, pin=True)
+    assert all(t.is_pinned() for t in pinned) and not any(t.is_pinned() for t in plain)
+    assert all(torch.equal(a, b) for a, b in zip(plain, pinned))
+
+
 def test_torch_varlen_is_chosen_only_when_varlen_attn_takes_our_arguments(caplog):
     from maskdpo.model.attention import varlen_unsupported, varlen_usable
 

@@ -57,8 +57,11 @@ def reference_for(mb: MicroBatch, table: torch.Tensor) -> torch.Tensor:
 
 
 def pipeline_tensors(mb: MicroBatch, ref_logps: torch.Tensor | None = None,
-                     loss_scale: float = 1.0) -> tuple[StageInputs, LossInputs]:
-    """(inputs, labels) for DeepSpeed's data iterator. ref_logps: None in the reference pass."""
+                     loss_scale: float = 1.0, pin: bool = False) -> tuple[StageInputs, LossInputs]:
+    """(inputs, labels) for DeepSpeed's data iterator. ref_logps: None in the reference pass.
+    pin: the labels in page-locked memory (a GPU run): the last stage copies them to the device as
+    they are (DeepSpeed's labels.to(device)), a DMA from pinned memory instead of a staged copy. (The
+    first stage's inputs are cloned by DeepSpeed before their copy, which would unpin them.)"""
     t = torch.from_numpy
     inputs = StageInputs(t(mb.input_ids), t(mb.position_ids), t(mb.cu_seqlens))
     labels = LossInputs(
@@ -66,4 +69,6 @@ def pipeline_tensors(mb: MicroBatch, ref_logps: torch.Tensor | None = None,
         t(mb.response_tokens), t(mb.response_rows), torch.empty(0) if ref_logps is None else ref_logps.float(),
         torch.tensor([loss_scale], dtype=torch.float32),
     )
+    if pin:
+        labels = LossInputs(*(t.pin_memory() for t in labels))
     return inputs, labels

@@ -181,6 +181,7 @@ class PipelineTrainer:
         torch.manual_seed(seed)  # the same random initialisation on every rank
         self.config = config
         self.max_seqlen = max_seqlen
+        self.pin = compute_device().type == "cuda"  # labels copied to the GPU from pinned memory
         self.attention_backend = resolve_attention(attention, compute_device(), bf16)
         topology = (PipeModelDataParallelTopology(num_pp=pipeline_stages, num_mp=tensor_parallel, num_dp=data_parallel)
                     if tensor_parallel > 1 else None)
@@ -257,8 +258,9 @@ class PipelineTrainer:
         with self._last_stage_runs(self.reference_tokens):
             # One pipelined pass over all of this rank's micro-batches (evaluation keeps two buffers
             # whatever their number): one fill and drain instead of one per chunk.
-            outputs = self.engine.eval_batch(iter([pipeline_tensors(mb) for mb in mine]), num_micro_batches=len(mine),
-                                             reduce_output=None, bcast_loss=False)
+            batches = [pipeline_tensors(mb, pin=self.pin) for mb in mine]
+            outputs = self.engine.eval_batch(iter(batches), num_micro_batches=len(mine), reduce_output=None,
+                                             bcast_loss=False)
         local = {}
         if self.layout.last_stage:
             for mb, logps in zip(mine, outputs):
@@ -302,7 +304,8 @@ class PipelineTrainer:
             raise ValueError("a step needs at least one pair")
         # DeepSpeed divides by the micro-batches of the step (accumulation, then the data-parallel mean).
         scale = len(micro_batches) / pairs
-        batches = [pipeline_tensors(mb, reference_for(mb, reference), scale) for mb in self._my_share(micro_batches)]
+        batches = [pipeline_tensors(mb, reference_for(mb, reference), scale, pin=self.pin)
+                   for mb in self._my_share(micro_batches)]
         self.engine.train_batch(iter(batches))
         return self._reduce_metrics()
 

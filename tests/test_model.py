@@ -209,6 +209,37 @@ def test_unsupported_architectures_are_refused(tmp_path, key, value):
         load_llama(tmp_path)
 
 
+@pytest.mark.parametrize("scaling", [{"rope_type": "yarn", "factor": 4.0}, {"type": "linear", "factor": 2.0},
+                                     {"rope_type": "dynamic", "factor": 2.0}], ids=["yarn", "linear", "dynamic"])
+def test_rope_scaling_kinds_the_model_does_not_implement_are_refused_by_name(tmp_path, scaling):
+    import json
+
+    tiny_hf_llama(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("rope_parameters", None)
+    config["rope_scaling"] = scaling
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    kind = scaling.get("rope_type", scaling.get("type"))
+    with pytest.raises(ValueError, match=f"config.json: rope_scaling rope_type='{kind}' is not supported"):
+        load_config(tmp_path)
+
+
+def test_a_config_without_key_value_heads_has_one_per_head_as_in_transformers(tmp_path):
+    import json
+
+    tiny_hf_llama(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["num_key_value_heads"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    theirs = transformers.AutoConfig.from_pretrained(str(tmp_path))
+    assert load_config(tmp_path).num_key_value_heads == theirs.num_key_value_heads == config["num_attention_heads"]
+    from maskdpo.model.llama import LlamaConfig  # a recipe's model.architecture reads the same way
+
+    architecture = {k: config[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                           "num_attention_heads")}
+    assert LlamaConfig.from_architecture(architecture).num_key_value_heads == theirs.num_key_value_heads
+
+
 def test_checkpoint_tensors_without_a_place_are_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -17,6 +17,8 @@ from torch import nn
 
 from .attention import packed_causal_attention
 
+ROPE_TYPES = ("default", "llama3")  # rope_scaling kinds rope_inv_freq implements
+
 
 @dataclass
 class LlamaConfig:
@@ -65,13 +67,30 @@ class LlamaConfig:
         for key, supported in (("attention_bias", False), ("mlp_bias", False), ("hidden_act", "silu")):
             if data.get(key, supported) != supported:
                 raise ValueError(f"config.json: {key}={data[key]!r} is not supported (only {supported!r})")
-        # Hugging Face's defaults for keys a config.json may leave out.
+        scaling = data.get("rope_scaling") or {}
+        kind = scaling.get("rope_type", scaling.get("type", "default")) if isinstance(scaling, dict) else scaling
+        if kind not in ROPE_TYPES:
+            raise ValueError(f"config.json: rope_scaling rope_type={kind!r} is not supported "
+                             f"(only {', '.join(map(repr, ROPE_TYPES))})")
+        # Hugging Face's defaults for keys a config.json may leave out (transformers' LlamaConfig:
+        # no num_key_value_heads means one per attention head, not this class's Llama-3 default of 8).
         data.setdefault("rope_theta", 10000.0)
         data.setdefault("rms_norm_eps", 1e-6)
+        if data.get("num_key_value_heads") is None and "num_attention_heads" in data:
+            data["num_key_value_heads"] = data["num_attention_heads"]
         known = {k: data.pop(k) for k in cls.FIELDS if k in data}
         if known.get("rope_scaling") and "type" in known["rope_scaling"] and "rope_type" not in known["rope_scaling"]:
             known["rope_scaling"] = {**known["rope_scaling"], "rope_type": known["rope_scaling"]["type"]}
         return cls(**known, extra=data)
+
+    @classmethod
+    def from_architecture(cls, architecture: dict) -> LlamaConfig:
+        """From a recipe's model.architecture (config.json keys): as given, except that without
+        num_key_value_heads there is one per attention head, as in transformers and from_hf."""
+        architecture = dict(architecture)
+        if architecture.get("num_key_value_heads") is None and "num_attention_heads" in architecture:
+            architecture["num_key_value_heads"] = architecture["num_attention_heads"]
+        return cls(**architecture)
 
     def to_hf(self) -> dict:
         out = {**self.extra, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}
@@ -87,7 +106,8 @@ def rope_inv_freq(config: LlamaConfig) -> torch.Tensor:
     if not scaling or scaling.get("rope_type", "default") == "default":
         return inv_freq
     if scaling.get("rope_type") != "llama3":
-        raise ValueError(f"rope_scaling type {scaling.get('rope_type')!r} is not supported (default, llama3)")
+        raise ValueError(f"rope_scaling type {scaling.get('rope_type')!r} is not supported "
+                         f"({', '.join(ROPE_TYPES)})")
     factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
     original = scaling["original_max_position_embeddings"]
     wavelen = 2 * math.pi / inv_freq

@@ -45,8 +45,6 @@ def _config_file(file: Path, name: str) -> LlamaConfig:
     missing = [k for k in REQUIRED if k not in data]
     if missing:  # LlamaConfig's defaults are Llama-3.1-8B's: a planned model must say what it is
         raise ValueError(f"{file}: not a Hugging Face Llama config.json: no {', '.join(missing)}")
-    # Hugging Face's default (multi-head attention); LlamaConfig's own default is Llama-3's 8.
-    data.setdefault("num_key_value_heads", data["num_attention_heads"])
     try:
         return LlamaConfig.from_hf(data)
     except (TypeError, ValueError) as e:
@@ -74,7 +72,7 @@ def _recipe(file: Path) -> ModelSource:
         config, name = _config_file(config_json, recipe.model.path), Path(recipe.model.path).name
     else:
         try:
-            config = LlamaConfig(**recipe.model.architecture)
+            config = LlamaConfig.from_architecture(recipe.model.architecture)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{file}: model.architecture: {' '.join(str(e).split())}") from None
         name = file.stem

@@ -47,7 +47,7 @@ def starting_model(config, run_dir: Path, say) -> Path:
             from ..model.llama import Llama, LlamaConfig
 
             torch.manual_seed(config.train.seed)
-            save_llama(Llama(LlamaConfig(**config.model.architecture)), path)
+            save_llama(Llama(LlamaConfig.from_architecture(config.model.architecture)), path)
             record.write_text(json.dumps(made_by))
             say(f"random-initialised model written to {path}")
     dist.barrier()

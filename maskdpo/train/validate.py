@@ -42,7 +42,7 @@ def _architecture(config, error):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             error(f"model.architecture.{key} must be a positive integer, got {value!r}")
     try:
-        arch = LlamaConfig(**m.architecture)
+        arch = LlamaConfig.from_architecture(m.architecture)
     except (ValueError, TypeError) as e:
         error(f"model.architecture: {e}")
     if arch.head_dim * arch.num_attention_heads != arch.hidden_size and "head_dim" not in m.architecture:

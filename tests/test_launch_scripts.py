@@ -37,6 +37,17 @@ def test_torchrun_script_starts_training_from_the_environment():
     assert "tensor_parallel" in result.stdout  # the config reference, printed by maskdpo.train
 
 
+@pytest.mark.slow
+def test_a_config_error_under_torchrun_is_said_once():
+    result = subprocess.run(["bash", str(ROOT / "launch" / "torchrun.sh"), "2", "--config",
+                             str(ROOT / "launch" / "configs" / "tiny-cpu.yaml"), "--optim.lrr", "1"], cwd=ROOT,
+                            env={**bare_environment(), "MASTER_PORT": str(free_port())}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0
+    said = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("config error:")]
+    assert said == ["config error: command line: unknown key 'optim.lrr'; did you mean optim.lr?"], said
+
+
 def launch_tiny_cpu(script: str, run_dir: Path, **env) -> list[dict]:
     """The tiny-cpu recipe on 2 processes through a launch script; its metrics without the timings."""
     from train_helpers import RECIPE, comparable, metrics

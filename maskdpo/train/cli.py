@@ -75,10 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         config.validate(world)
         fingerprint = check_run_directory(config, world)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        # Under torchrun or deepspeed every rank finds the same error: rank 0 says it, once.
+        if os.environ.get("RANK", "0") == "0":
+            print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except RunRefused as e:
-        print(e, file=sys.stderr if e.code else sys.stdout)
+        if os.environ.get("RANK", "0") == "0":
+            print(e, file=sys.stderr if e.code else sys.stdout)
         return e.code
     if config.model.path is not None and config.model.architecture and os.environ.get("RANK", "0") == "0":
         print(f"note: model.architecture is ignored: the model is {config.model.path}")

@@ -72,21 +72,19 @@ class LlamaConfig:
         if kind not in ROPE_TYPES:
             raise ValueError(f"config.json: rope_scaling rope_type={kind!r} is not supported "
                              f"(only {', '.join(map(repr, ROPE_TYPES))})")
-        # Hugging Face's defaults for keys a config.json may leave out (transformers' LlamaConfig:
-        # no num_key_value_heads means one per attention head, not this class's Llama-3 default of 8).
+        # Hugging Face's defaults for keys a config.json may leave out (num_key_value_heads: from_architecture).
         data.setdefault("rope_theta", 10000.0)
         data.setdefault("rms_norm_eps", 1e-6)
-        if data.get("num_key_value_heads") is None and "num_attention_heads" in data:
-            data["num_key_value_heads"] = data["num_attention_heads"]
         known = {k: data.pop(k) for k in cls.FIELDS if k in data}
         if known.get("rope_scaling") and "type" in known["rope_scaling"] and "rope_type" not in known["rope_scaling"]:
             known["rope_scaling"] = {**known["rope_scaling"], "rope_type": known["rope_scaling"]["type"]}
-        return cls(**known, extra=data)
+        return cls.from_architecture({**known, "extra": data})
 
     @classmethod
     def from_architecture(cls, architecture: dict) -> LlamaConfig:
-        """From a recipe's model.architecture (config.json keys): as given, except that without
-        num_key_value_heads there is one per attention head, as in transformers and from_hf."""
+        """From a recipe's model.architecture (config.json keys; from_hf ends here too): as given,
+        except that without num_key_value_heads there is one per attention head, as transformers
+        reads a config.json (not this class's Llama-3 default of 8)."""
         architecture = dict(architecture)
         if architecture.get("num_key_value_heads") is None and "num_attention_heads" in architecture:
             architecture["num_key_value_heads"] = architecture["num_attention_heads"]

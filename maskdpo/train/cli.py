@@ -61,6 +61,8 @@ def _split_argv(argv: list[str]):
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     launched = "RANK" in os.environ
+    # Under torchrun or deepspeed every rank finds the same problem: rank 0 says it, once.
+    says = os.environ.get("RANK", "0") == "0"
     if launched:
         die_with_parent()
     try:
@@ -75,15 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         config.validate(world)
         fingerprint = check_run_directory(config, world)
     except ConfigError as e:
-        # Under torchrun or deepspeed every rank finds the same error: rank 0 says it, once.
-        if os.environ.get("RANK", "0") == "0":
+        if says:
             print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except RunRefused as e:
-        if os.environ.get("RANK", "0") == "0":
+        if says:
             print(e, file=sys.stderr if e.code else sys.stdout)
         return e.code
-    if config.model.path is not None and config.model.architecture and os.environ.get("RANK", "0") == "0":
+    if config.model.path is not None and config.model.architecture and says:
         print(f"note: model.architecture is ignored: the model is {config.model.path}")
     lock = None
     # The launching process holds the run directory's lock: our CPU launcher, or rank 0 of a

@@ -76,10 +76,10 @@ def synthetic_micro_batch(pairs: int, seq: int, vocab: int, seed: int):
 
 def measure(shape: str, head: str, args) -> dict:
     from maskdpo.flops import peak_bf16_flops, training_flops_per_token
-    from maskdpo.model.llama import LlamaConfig
+    from maskdpo.model.architecture import Architecture
     from maskdpo.train.engine import PipelineTrainer
 
-    config = LlamaConfig(vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0, rope_scaling=ROPE,
+    config = Architecture(vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0, rope_scaling=ROPE,
                          **SHAPES[shape])
     batches = [synthetic_micro_batch(args.pairs, args.seq, config.vocab_size, seed) for seed in range(4)]
     reference = -500 * torch.rand(args.pairs, 2)

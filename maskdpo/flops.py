@@ -12,19 +12,19 @@ so this is the whole step's cost.
 
 from __future__ import annotations
 
-from .model.llama import LlamaConfig
+from math import prod
+
+from .model.architecture import Architecture
+from .model.shards import FINAL_NORM, full_shapes
 
 
-def non_embedding_params(config: LlamaConfig) -> int:
-    h, kv = config.hidden_size, config.num_key_value_heads * config.head_dim
-    q = config.num_attention_heads * config.head_dim
-    attention = h * q + 2 * h * kv + q * h
-    mlp = 3 * h * config.intermediate_size
-    norms = 2 * h
-    return config.num_hidden_layers * (attention + mlp + norms) + h  # + final norm
+def non_embedding_params(config: Architecture) -> int:
+    """Every decoder layer's parameters (the family's: biases and q/k norms included) and the final norm."""
+    layer, outer = full_shapes(config)
+    return config.num_hidden_layers * sum(prod(s) for s in layer.values()) + prod(outer[FINAL_NORM])
 
 
-def training_flops_per_token(config: LlamaConfig, seq_len: int) -> int:
+def training_flops_per_token(config: Architecture, seq_len: int) -> int:
     head = config.vocab_size * config.hidden_size
     attention_width = config.num_attention_heads * config.head_dim
     return 6 * (non_embedding_params(config) + head) + 12 * config.num_hidden_layers * attention_width * seq_len

@@ -28,13 +28,14 @@ def rendered(tokenizer, p: Pair, side: str) -> str:
     return tokenizer.apply_chat_template(list(p.prompt) + [{"role": "assistant", "content": resp.text}], tokenize=False)
 
 
-def check_ground_truth(tokenizer, p: Pair, encoded, eot_weight: float = 1.0) -> int:
+def check_ground_truth(tokenizer, p: Pair, encoded, eot_weight: float = 1.0, eot_token: str = "<|eot_id|>") -> int:
     """Character-level truth for both sides of an encoded pair, independent of how masks.py works.
 
     Every token with weight > 0 has all its non-space characters inside one sentence, and carries
     that sentence's weight for this side; every token with a non-space character inside a kept
-    sentence is weighted. The first <|eot_id|> after the response (the bundled template's end of
-    turn) carries eot_weight (1 by default, as the authors and TRL count it). Returns the number of
+    sentence is weighted. The first `eot_token` after the response (<|eot_id|>: the bundled
+    template's end of turn; ChatML's is <|im_end|>) carries eot_weight, or eot_weight[side] (1 by
+    default, as the authors and TRL count it). Returns the number of
     weighted tokens checked.
     """
     checked = 0
@@ -49,9 +50,10 @@ def check_ground_truth(tokenizer, p: Pair, encoded, eot_weight: float = 1.0) -> 
         response_end = at + len(resp.text.rstrip())
         eot_seen = False
         for (a, b), w in zip(enc["offset_mapping"], enc_side.weights):
-            if not eot_seen and a >= response_end and full[a:b] == "<|eot_id|>":
+            if not eot_seen and a >= response_end and full[a:b] == eot_token:
                 eot_seen = True
-                assert abs(w - eot_weight) < 1e-6, (side, "end of turn", w, eot_weight)
+                expected = eot_weight[side] if isinstance(eot_weight, dict) else eot_weight
+                assert abs(w - expected) < 1e-6, (side, "end of turn", w, expected)
                 checked += w > 0
                 continue
             chars = [i for i in range(a, b) if not full[i].isspace()]

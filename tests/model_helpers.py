@@ -30,3 +30,39 @@ def tiny_hf_llama(path, variant="gqa-rope-scaling", seed=0, vocab_size=128, laye
                 p.uniform_(0.5, 1.5)
     model.save_pretrained(str(path), max_shard_size=shard or "10GB")
     return model
+
+
+# The other families, each with what sets it apart from Llama made visible: Qwen2's q/k/v biases
+# (with GQA), Qwen3's q/k norms with a head_dim that is not hidden / heads and tied embeddings,
+# Mistral with an explicit head_dim and no sliding window (v0.3).
+FAMILIES = {
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
+              dict(num_key_value_heads=2, tie_word_embeddings=False, use_sliding_window=False)),
+    "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM,
+              dict(num_key_value_heads=2, head_dim=24, tie_word_embeddings=True)),
+    "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM,
+                dict(num_key_value_heads=2, head_dim=16, tie_word_embeddings=False, sliding_window=None)),
+}
+
+
+def tiny_hf_family(path, family, seed=0, vocab_size=128, layers=2, shard=None, **overrides):
+    """Save a random tiny checkpoint of `family` (FAMILIES, or "llama") made by transformers' own class;
+    every norm weight and bias moved away from its init (1 and 0), so a model that ignores one fails.
+    Returns it (fp32, eval mode)."""
+    if family == "llama":
+        return tiny_hf_llama(path, seed=seed, vocab_size=vocab_size, layers=layers, shard=shard)
+    torch.manual_seed(seed)
+    config_class, model_class, options = FAMILIES[family]
+    config = config_class(vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
+                          num_attention_heads=4, max_position_embeddings=256, rms_norm_eps=1e-5,
+                          bos_token_id=0, eos_token_id=1, **{**options, **overrides})
+    config.rope_parameters = {"rope_type": "default", "rope_theta": 1000000.0}
+    model = model_class(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):
+                p.uniform_(-0.5, 0.5)
+    model.save_pretrained(str(path), max_shard_size=shard or "10GB")
+    return model

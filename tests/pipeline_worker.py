@@ -15,10 +15,14 @@ Scenarios, in one launch of WORLD_SIZE processes:
                 gradient clipping 1e9 (through DeepSpeed's norm, never binding), then an HF export
                 (the shards gathered); -tied: the tied model whose vocabulary T does not divide; -bf16:
                 bf16 weights with ZeRO-1 (DeepSpeed's BF16_Optimizer, fp32 master weights), else fp32
-  grads-pp{P}[-tied]-bf16  grads-pp{P} in bf16 (as -bf16 above), clipping 1e9 (the norm, never binding)
+  grads-pp{P}[-tied]-bf16  grads-pp{P} in bf16 (as -bf16 above), clipping 1e9 (the norm, never binding);
+                grads-pp{P}-tied clips at 1e9 in fp32 too
   tp{T}-pp{P}-resume  AdamW: checkpoint after step 1, steps 2-3, then a fresh engine resumes from it
-  tp-collectives  one decoder layer in float64, sharded over every rank (T = WORLD_SIZE), and the
-                same layer whole: outputs and gradients of both, and the collectives the sharded
+  family-pp2-{F}  grads-pp2 on family F's checkpoint (--family F=DIR), clipping 1e9 (the norm)
+  family-tp2-{F}  one SGD(lr=1, momentum) step at T = 2 (the oracle's), exported; checkpoint; two
+                steps, then the same two from the checkpoint in a fresh engine, both exported
+  tp-collectives  one decoder layer in float64 (Llama's, Qwen2's, Qwen3's), sharded over every rank
+                (T = WORLD_SIZE), and the same layer whole: outputs and gradients of both, and the collectives the sharded
                 layer's forward and backward each took (tests/dispatched.py)
 """
 
@@ -59,6 +63,10 @@ def layer_collectives(config, world: int) -> dict:
     init_distributed()  # what the trainers of the other scenarios do
     torch.manual_seed(0)
     whole = DecoderLayer(config, backend="sdpa").double()
+    with torch.no_grad():  # norms away from 1, biases (Linear's init) already random
+        for name, p in whole.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
     sharded = copy.deepcopy(whole)
     parallelize(sharded, TensorParallel(None, dist.get_rank(), world))
     lengths = [5, 7]
@@ -91,6 +99,8 @@ def main():
     parser.add_argument("--hf", type=Path, required=True)
     parser.add_argument("--hf-tied", type=Path, default=None, help="a tied-embedding model for grads-*-tied")
     parser.add_argument("--hf-odd", type=Path, default=None, help="a tied model with an odd vocabulary, for tp*-tied")
+    parser.add_argument("--family", nargs="*", default=[], metavar="NAME=DIR",
+                        help="the other families' checkpoints, for family-*-NAME")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--scenarios", nargs="+", required=True)
     args = parser.parse_args()
@@ -99,8 +109,44 @@ def main():
     world = int(os.environ["WORLD_SIZE"])
     sgd = lambda params: torch.optim.SGD(params, lr=1.0)  # noqa: E731
 
+    families = dict(item.split("=", 1) for item in args.family)
+
     for scenario in args.scenarios:
-        if scenario.startswith("grads-pp"):
+        if scenario.startswith("family-pp2-"):
+            hf = families[scenario.removeprefix("family-pp2-")]
+            trainer = PipelineTrainer(load_config(hf), pipeline_stages=2, gradient_accumulation_steps=len(mbs) * 2 // world,
+                                      optimizer_factory=sgd, hf_path=hf, gradient_clipping=1e9)
+            ref = trainer.reference_logps(mbs, num_pairs)
+            metrics = trainer.train_step(mbs, ref)
+            metrics["grad_norm"] = float(trainer.engine.get_global_grad_norm())
+            save_params(trainer, args.out, scenario)
+            write(args.out, scenario, {"metrics": metrics, "reference": ref.tolist()})
+        elif scenario.startswith("family-tp2-"):
+            # T = 2: the oracle's step (SGD, lr = 1; with momentum, so that the optimizer has state to
+            # resume: its first step is plain SGD's), exported; a checkpoint; two more steps, and the
+            # same two steps again from the checkpoint in a fresh engine.
+            hf = families[scenario.removeprefix("family-tp2-")]
+
+            def make(hf=hf):
+                return PipelineTrainer(load_config(hf), pipeline_stages=1, tensor_parallel=2,
+                                       gradient_accumulation_steps=len(mbs) * 2 // world, hf_path=hf,
+                                       optimizer_factory=lambda params: torch.optim.SGD(params, lr=1.0, momentum=0.9),
+                                       gradient_clipping=1e9)
+            trainer = make()
+            ref = trainer.reference_logps(mbs, num_pairs)
+            metrics = trainer.train_step(mbs, ref)
+            metrics["grad_norm"] = float(trainer.engine.get_global_grad_norm())
+            trainer.export_hf(args.out / f"{scenario}-hf")
+            trainer.save_checkpoint(args.out / f"{scenario}-ckpt", tag="step1")
+            straight = [trainer.train_step(mbs, ref)["loss"] for _ in range(2)]
+            trainer.export_hf(args.out / f"{scenario}-straight")
+            resumed_trainer = make()
+            resumed_trainer.load_checkpoint(args.out / f"{scenario}-ckpt", tag="step1")
+            resumed = [resumed_trainer.train_step(mbs, ref)["loss"] for _ in range(2)]
+            resumed_trainer.export_hf(args.out / f"{scenario}-resumed")
+            write(args.out, scenario, {"metrics": metrics, "reference": ref.tolist(), "straight": straight,
+                                       "resumed": resumed})
+        elif scenario.startswith("grads-pp"):
             bf16 = scenario.endswith("-bf16")
             name = scenario.removesuffix("-bf16")
             pp = int(name[len("grads-pp"):].removesuffix("-tied"))
@@ -108,9 +154,11 @@ def main():
             # PP=1 (DP=2) runs the kernel head (full logits + sequence_logps); the others the fused one.
             trainer = PipelineTrainer(load_config(hf), pipeline_stages=pp, head="kernel" if pp == 1 else "fused",
                                       gradient_accumulation_steps=len(mbs) * pp // world, optimizer_factory=sgd, hf_path=hf,
-                                      bf16=bf16, gradient_clipping=1e9 if bf16 else 0.0)
+                                      bf16=bf16, gradient_clipping=1e9 if bf16 or name.endswith("-tied") else 0.0)
             ref = trainer.reference_logps(mbs, num_pairs)
             metrics = trainer.train_step(mbs, ref)
+            if trainer.engine.get_global_grad_norm() is not None:
+                metrics["grad_norm"] = float(trainer.engine.get_global_grad_norm())
             save_params(trainer, args.out, scenario)
             write(args.out, scenario, {"metrics": metrics, "reference": ref.tolist()})
         elif scenario.startswith("packing-"):
@@ -124,8 +172,10 @@ def main():
             save_params(trainer, args.out, scenario)
             write(args.out, scenario, {"metrics": metrics, "reference": ref.tolist(),
                                        "pairs_per_micro_batch": [mb.num_pairs for mb in mbs_packed]})
-        elif scenario == "tp-collectives":
-            write(args.out, scenario, layer_collectives(config, world))
+        elif scenario == "tp-collectives":  # the Llama layer, and Qwen2's (biases) and Qwen3's (q/k norms)
+            from dataclasses import replace
+            write(args.out, scenario, {family: layer_collectives(replace(config, model_type=family), world)
+                                       for family in ("llama", "qwen2", "qwen3")})
         elif scenario.startswith("tp") and scenario.endswith("-resume"):
             tp, pp = (int(x) for x in scenario[2:].removesuffix("-resume").split("-pp"))
             dp = world // (tp * pp)

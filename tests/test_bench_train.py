@@ -41,14 +41,14 @@ def test_a_dropped_trainer_is_freed_and_the_next_one_trains(monkeypatch):
 
     import torch.distributed as dist
 
-    from maskdpo.model.llama import LlamaConfig
+    from maskdpo.model.architecture import Architecture
     from maskdpo.train.engine import PipelineTrainer
     from maskdpo.train.launcher import free_port
 
     for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port())), ("RANK", "0"),
                        ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
         monkeypatch.setenv(key, value)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+    config = Architecture(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2)
 
     def train_once():

@@ -16,14 +16,15 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from maskdpo.data.batch import LossInputs
 from maskdpo.dpo.objective import MaskDPOObjective, SequenceSums
 from maskdpo.kernels import IGNORE_INDEX
-from maskdpo.model.llama import Llama, LlamaConfig
+from maskdpo.model.architecture import Architecture
+from maskdpo.model.llama import Llama
 
 LENGTHS = [7, 5, 9, 3]  # chosen, rejected, chosen, rejected: two pairs packed in one micro-batch
 CUDA = torch.device("cuda")
 
 
-def tiny_config(tied: bool) -> LlamaConfig:
-    return LlamaConfig(vocab_size=131, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+def tiny_config(tied: bool) -> Architecture:
+    return Architecture(vocab_size=131, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
 
 

@@ -233,11 +233,11 @@ def test_a_config_without_key_value_heads_has_one_per_head_as_in_transformers(tm
     (tmp_path / "config.json").write_text(json.dumps(config))
     theirs = transformers.AutoConfig.from_pretrained(str(tmp_path))
     assert load_config(tmp_path).num_key_value_heads == theirs.num_key_value_heads == config["num_attention_heads"]
-    from maskdpo.model.llama import LlamaConfig  # a recipe's model.architecture reads the same way
+    from maskdpo.model.architecture import Architecture  # a recipe's model.architecture reads the same way
 
     architecture = {k: config[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                            "num_attention_heads")}
-    assert LlamaConfig.from_architecture(architecture).num_key_value_heads == theirs.num_key_value_heads
+    assert Architecture.from_architecture(architecture).num_key_value_heads == theirs.num_key_value_heads
 
 
 def test_checkpoint_tensors_without_a_place_are_refused(tmp_path):

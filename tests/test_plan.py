@@ -15,16 +15,16 @@ import torch
 import transformers
 
 from maskdpo.cli import main
-from maskdpo.model.llama import Llama, LlamaConfig
+from maskdpo.model.architecture import Architecture
+from maskdpo.model.llama import Llama
 from maskdpo.model.shards import (
     EMBEDDING,
-    LAYER_SPLITS,
     LM_HEAD,
-    OUTER_SPLITS,
     REPLICATED,
     check_tensor_parallel,
     rank_shapes,
     shard_slice,
+    splits,
     stage_shapes,
     stages,
 )
@@ -41,7 +41,7 @@ def hf_config(tied=False, vocab_size=1001, **overrides):
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_unsharded_shapes_are_the_models_parameters(tied):
-    config = LlamaConfig.from_hf(hf_config(tied).to_dict())
+    config = Architecture.from_hf(hf_config(tied).to_dict())
     ours = {n: tuple(p.shape) for n, p in Llama(config).named_parameters()}
     shapes = rank_shapes(config, 1, 0)
     planned = {**{f"layers.{i}.{n}": s for i in range(config.num_hidden_layers) for n, s in shapes.layer.items()},
@@ -54,14 +54,14 @@ def test_unsharded_shapes_are_the_models_parameters(tied):
 
 @pytest.mark.parametrize("tp", [2, 3, 6])
 def test_shards_tile_every_parameter_as_tensor_split_does(tp):
-    config = LlamaConfig.from_hf(hf_config().to_dict())  # vocabulary 1001: no T here divides it
+    config = Architecture.from_hf(hf_config().to_dict())  # vocabulary 1001: no T here divides it
     full = rank_shapes(config, 1, 0)
     per_rank = [rank_shapes(config, tp, r) for r in range(tp)]
     model = Llama(config)
     params = dict(model.named_parameters())
     for group in ("layer", "embedding", "norm", "head"):
         for name, shape in getattr(full, group).items():
-            split = LAYER_SPLITS.get(name) or OUTER_SPLITS[name]
+            split = splits(config)[name]
             shards = [getattr(r, group)[name] for r in per_rank]
             if split == REPLICATED:
                 assert shards == [shape] * tp
@@ -80,16 +80,16 @@ def test_shards_tile_every_parameter_as_tensor_split_does(tp):
 
 
 def test_tensor_parallel_must_divide_heads_kv_heads_and_mlp():
-    seventy_b = LlamaConfig.from_hf(json.loads((TESTS.parent / "maskdpo/assets/models/llama3.1-70b.json").read_text()))
+    seventy_b = Architecture.from_hf(json.loads((TESTS.parent / "maskdpo/assets/models/llama3.1-70b.json").read_text()))
     with pytest.raises(ValueError) as e:
         check_tensor_parallel(seventy_b, 16, "Llama-3.1-70B")
     assert str(e.value) == "tensor_parallel 16 does not divide num_key_value_heads 8 of Llama-3.1-70B's config"
     check_tensor_parallel(seventy_b, 8)
-    config = LlamaConfig.from_hf(hf_config().to_dict())
+    config = Architecture.from_hf(hf_config().to_dict())
     with pytest.raises(ValueError, match="does not divide num_attention_heads 12"):
         rank_shapes(config, 5, 0)
     with pytest.raises(ValueError, match="does not divide intermediate_size 100"):
-        check_tensor_parallel(LlamaConfig.from_hf(hf_config(num_key_value_heads=12, num_attention_heads=12,
+        check_tensor_parallel(Architecture.from_hf(hf_config(num_key_value_heads=12, num_attention_heads=12,
                                                             intermediate_size=100).to_dict()), 12)
 
 
@@ -142,7 +142,7 @@ def test_plan_state_bytes_equal_what_deepspeed_allocates(measured, scenario):
     tensor_parallel = int(scenario.split("-")[0][2:]) if scenario.startswith("tp") else 1
     pp, tying = int(scenario.split("-")[-2][2:]), scenario.split("-")[-1]
     checkpoint = measured[f"tp-{tying}" if tensor_parallel > 1 else tying]
-    config = LlamaConfig.from_hf(json.loads((checkpoint / "config.json").read_text()))
+    config = Architecture.from_hf(json.loads((checkpoint / "config.json").read_text()))
     padding_seen = False
     for rank in range(2):
         got = json.loads((measured["out"] / f"{scenario}-rank{rank}.json").read_text())
@@ -226,7 +226,7 @@ def test_bad_input_is_one_line_naming_it(capsys, args, message):
 def test_bad_config_files_are_named(capsys, tmp_path):
     (tmp_path / "empty.json").write_text("{}")
     (tmp_path / "broken.json").write_text("{")
-    for name, message in (("empty.json", "not a Hugging Face Llama config.json: no vocab_size"),
+    for name, message in (("empty.json", "not a Hugging Face model config.json: no vocab_size"),
                           ("broken.json", "not a readable JSON config")):
         status, _, err = run_plan(capsys, "--model", str(tmp_path / name), "--gpus", "8", "--gpu-memory", "80GB")
         assert status == 2 and f"{tmp_path / name}: {message}" in err and err.count("\n") == 1, err

@@ -1,6 +1,8 @@
-"""Hugging Face Llama checkpoints: config.json + (sharded) safetensors, read and written.
+"""Hugging Face checkpoints of every family (maskdpo.model.architecture): config.json + (sharded)
+safetensors, read and written.
 
-Our blocks keep HF's parameter names inside each block, so names map by prefix:
+Our blocks keep HF's parameter names inside each block, and the four families share HF's layout
+(what a family's layer holds is maskdpo.model.shards.layer_tensors), so names map by prefix:
   embedding.embed_tokens.weight  <-> model.embed_tokens.weight
   layers.{i}.<rest>              <-> model.layers.{i}.<rest>
   head.norm.weight               <-> model.norm.weight
@@ -11,13 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from .llama import Llama, LlamaConfig
+from .architecture import Architecture
+from .llama import Llama
+from .shards import layer_tensors
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -35,11 +38,11 @@ def to_hf_name(name: str) -> str:
     raise KeyError(f"no Hugging Face name for parameter {name!r}")
 
 
-def load_config(path: str | Path) -> LlamaConfig:
+def load_config(path: str | Path) -> Architecture:
     file = Path(path) / "config.json"
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no config.json (expected a Hugging Face model directory)")
-    return LlamaConfig.from_hf(json.loads(file.read_text()))
+    return Architecture.from_hf(json.loads(file.read_text()), where=str(file))
 
 
 def tensor_files(path: str | Path) -> dict[str, str]:
@@ -65,13 +68,13 @@ def load_hf_tensor_names(path: str | Path) -> list[str]:
         return list(f.keys())
 
 
-# Every tensor a Llama checkpoint may hold (a pipeline stage loads only its own); anything else, such
-# as attention or MLP biases, means an architecture this model would silently get wrong.
-LLAMA_TENSOR = re.compile(
-    r"model\.embed_tokens\.weight|model\.norm\.weight|lm_head\.weight|model\.layers\.\d+\."
-    r"(self_attn\.[qkvo]_proj\.weight|mlp\.(gate|up|down)_proj\.weight|(input|post_attention)_layernorm\.weight"
-    r"|self_attn\.rotary_emb\.inv_freq)"
-)
+def checkpoint_names(config: Architecture) -> set[str]:
+    """Every tensor a checkpoint of this architecture may hold (a pipeline stage loads only its own);
+    anything else, such as biases a family does not have, means an architecture this model would
+    silently get wrong. lm_head.weight may be saved even when tied; old checkpoints kept inv_freq."""
+    layer = [*layer_tensors(config), "self_attn.rotary_emb.inv_freq"]
+    return {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
+            *(f"model.layers.{i}.{name}" for i in range(config.num_hidden_layers) for name in layer)}
 
 
 def load_state_dict(module: torch.nn.Module, path: str | Path, name_map=to_hf_name) -> None:
@@ -84,10 +87,11 @@ def load_state_dict(module: torch.nn.Module, path: str | Path, name_map=to_hf_na
 
     path = Path(path)
     files = tensor_files(path)
-    unexpected = sorted(n for n in files if not LLAMA_TENSOR.fullmatch(n))
+    config = load_config(path)
+    unexpected = sorted(set(files) - checkpoint_names(config))
     if unexpected:
-        raise KeyError(f"{path}: checkpoint holds tensors this Llama has no place for (an unsupported "
-                       f"architecture?): {', '.join(unexpected[:5])}")
+        raise KeyError(f"{path}: checkpoint holds tensors a {config.model_type} model of this config.json has "
+                       f"no place for (an unsupported architecture?): {', '.join(unexpected[:5])}")
     params = dict(module.named_parameters())
     wanted = {name: name_map(name) for name in params}
     missing = sorted(hf for hf in wanted.values() if hf not in files)
@@ -122,7 +126,7 @@ def load_llama(path: str | Path, backend: str = "sdpa", dtype: torch.dtype = tor
     return model
 
 
-def save_hf(tensors: dict[str, torch.Tensor], config: LlamaConfig, path: str | Path,
+def save_hf(tensors: dict[str, torch.Tensor], config: Architecture, path: str | Path,
             max_shard_bytes: int = 5 * 1024 ** 3, dtype: torch.dtype | None = None) -> None:
     """Write an HF checkpoint (HF names -> tensors) that AutoModelForCausalLM.from_pretrained loads.
 
@@ -154,7 +158,7 @@ def save_hf(tensors: dict[str, torch.Tensor], config: LlamaConfig, path: str | P
     write_config(path, config, {t.dtype for shard in shards for t in shard.values()})
 
 
-def write_config(path: str | Path, config: LlamaConfig, dtypes: set[torch.dtype]) -> None:
+def write_config(path: str | Path, config: Architecture, dtypes: set[torch.dtype]) -> None:
     """config.json, its dtype the saved weights' own (`dtypes`: the saved tensors'), never the source
     model's label carried over (a bf16 model trained in fp32 saves fp32)."""
     hf_config = config.to_hf()

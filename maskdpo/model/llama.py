@@ -1,102 +1,25 @@
-"""Llama in plain PyTorch, over packed sequences.
+"""The Llama-shaped decoder (every family of maskdpo.model.architecture) in plain PyTorch, over
+packed sequences.
 
 The model works on a flat stream of T tokens holding several sequences end to end (positions
 restart per sequence, cu_seqlens marks the boundaries): exactly what the packed micro-batches hold
 and what the pipeline sends between stages. Submodule and parameter names follow Hugging Face's
-LlamaForCausalLM inside each block, so checkpoints map over by prefix (see hf.py).
+*ForCausalLM inside each block, so checkpoints map over by prefix (see hf.py).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .architecture import ROPE_TYPES, Architecture
 from .attention import packed_causal_attention
 
-ROPE_TYPES = ("default", "llama3")  # rope_scaling kinds rope_inv_freq implements
 
-
-@dataclass
-class LlamaConfig:
-    """The architecture, in Hugging Face's config.json terms."""
-
-    vocab_size: int = 128256
-    hidden_size: int = 4096
-    intermediate_size: int = 14336
-    num_hidden_layers: int = 32
-    num_attention_heads: int = 32
-    num_key_value_heads: int = 8
-    head_dim: int | None = None  # default hidden_size // num_attention_heads
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 500000.0
-    # Llama-3.1 scaling: {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
-    # "original_max_position_embeddings"}; None for plain RoPE.
-    rope_scaling: dict | None = None
-    max_position_embeddings: int = 131072
-    tie_word_embeddings: bool = False
-    bos_token_id: int | None = None
-    eos_token_id: int | list | None = None
-    extra: dict = field(default_factory=dict)  # other config.json keys, written back unchanged
-
-    def __post_init__(self):
-        if self.head_dim is None:
-            self.head_dim = self.hidden_size // self.num_attention_heads
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
-                             f"num_key_value_heads ({self.num_key_value_heads})")
-
-    FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "rope_scaling",
-              "max_position_embeddings", "tie_word_embeddings", "bos_token_id", "eos_token_id")
-
-    @classmethod
-    def from_hf(cls, data: dict) -> LlamaConfig:
-        data = dict(data)
-        if data.get("model_type", "llama") != "llama":
-            raise ValueError(f"config.json: model_type {data['model_type']!r} is not llama")
-        # transformers 5 nests theta and scaling under rope_parameters.
-        rope = data.pop("rope_parameters", None) or {}
-        if "rope_theta" not in data and "rope_theta" in rope:
-            data["rope_theta"] = rope["rope_theta"]
-        if data.get("rope_scaling") is None and rope.get("rope_type", "default") != "default":
-            data["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
-        for key, supported in (("attention_bias", False), ("mlp_bias", False), ("hidden_act", "silu")):
-            if data.get(key, supported) != supported:
-                raise ValueError(f"config.json: {key}={data[key]!r} is not supported (only {supported!r})")
-        scaling = data.get("rope_scaling") or {}
-        kind = scaling.get("rope_type", scaling.get("type", "default")) if isinstance(scaling, dict) else scaling
-        if kind not in ROPE_TYPES:
-            raise ValueError(f"config.json: rope_scaling rope_type={kind!r} is not supported "
-                             f"(only {', '.join(map(repr, ROPE_TYPES))})")
-        # Hugging Face's defaults for keys a config.json may leave out (num_key_value_heads: from_architecture).
-        data.setdefault("rope_theta", 10000.0)
-        data.setdefault("rms_norm_eps", 1e-6)
-        known = {k: data.pop(k) for k in cls.FIELDS if k in data}
-        if known.get("rope_scaling") and "type" in known["rope_scaling"] and "rope_type" not in known["rope_scaling"]:
-            known["rope_scaling"] = {**known["rope_scaling"], "rope_type": known["rope_scaling"]["type"]}
-        return cls.from_architecture({**known, "extra": data})
-
-    @classmethod
-    def from_architecture(cls, architecture: dict) -> LlamaConfig:
-        """From a recipe's model.architecture (config.json keys; from_hf ends here too): as given,
-        except that without num_key_value_heads there is one per attention head, as transformers
-        reads a config.json (not this class's Llama-3 default of 8)."""
-        architecture = dict(architecture)
-        if architecture.get("num_key_value_heads") is None and "num_attention_heads" in architecture:
-            architecture["num_key_value_heads"] = architecture["num_attention_heads"]
-        return cls(**architecture)
-
-    def to_hf(self) -> dict:
-        out = {**self.extra, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}
-        out.update({k: getattr(self, k) for k in self.FIELDS})
-        return out
-
-
-def rope_inv_freq(config: LlamaConfig) -> torch.Tensor:
+def rope_inv_freq(config: Architecture) -> torch.Tensor:
     """Inverse frequencies of the rotary embedding, with Llama-3.1 frequency-dependent scaling."""
     dim = config.head_dim
     inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
@@ -125,10 +48,15 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        # Normalise in fp32, scale in the input dtype (as Llama's reference does).
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x, weight, eps: float):
+    """RMSNorm over the last dimension: normalised in fp32, scaled in the input dtype (as Llama's and
+    Qwen's references do)."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
 
 
 def _rotate_half(x):
@@ -143,7 +71,7 @@ class Rotary(nn.Module):
     shift the angles by radians at long positions (Hugging Face keeps them fp32 too).
     """
 
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: Architecture):
         super().__init__()
         with torch.device("cpu"):  # real values even when the model is built on the meta device
             self._inv_freq_fp32 = rope_inv_freq(config)
@@ -161,14 +89,20 @@ class Rotary(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, config: LlamaConfig, backend: str):
+    def __init__(self, config: Architecture, backend: str):
         super().__init__()
         h, d = config.hidden_size, config.head_dim
         self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, d
-        self.q_proj = nn.Linear(h, self.heads * d, bias=False)
-        self.k_proj = nn.Linear(h, self.kv_heads * d, bias=False)
-        self.v_proj = nn.Linear(h, self.kv_heads * d, bias=False)
+        bias = config.qkv_bias  # Qwen2's q, k and v biases
+        self.q_proj = nn.Linear(h, self.heads * d, bias=bias)
+        self.k_proj = nn.Linear(h, self.kv_heads * d, bias=bias)
+        self.v_proj = nn.Linear(h, self.kv_heads * d, bias=bias)
         self.o_proj = nn.Linear(self.heads * d, h, bias=False)
+        if config.qk_norm:  # Qwen3's: one head_dim-wide norm each for q and k, shared by the heads
+            self.q_norm = RMSNorm(d, config.rms_norm_eps)
+            self.k_norm = RMSNorm(d, config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
         self.backend = backend
         self.deterministic = False  # flash-attn's deterministic backward (deterministic_attention)
 
@@ -177,6 +111,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(t, self.heads, self.head_dim)
         k = self.k_proj(x).view(t, self.kv_heads, self.head_dim)
         v = self.v_proj(x).view(t, self.kv_heads, self.head_dim)
+        if self.q_norm is not None:  # per head, before the rotary embedding
+            q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = cos[:, None, :], sin[:, None, :]
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
@@ -186,7 +122,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: Architecture):
         super().__init__()
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
@@ -199,7 +135,7 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     """Pre-norm attention and SwiGLU MLP blocks with residuals. Parameters named as HF's layer."""
 
-    def __init__(self, config: LlamaConfig, backend: str = "sdpa"):
+    def __init__(self, config: Architecture, backend: str = "sdpa"):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, backend)
@@ -214,7 +150,7 @@ class DecoderLayer(nn.Module):
 
 
 class Embedding(nn.Module):
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: Architecture):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
 
@@ -225,7 +161,7 @@ class Embedding(nn.Module):
 class Head(nn.Module):
     """Final norm and LM head. With tied embeddings the head reuses the embedding matrix."""
 
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: Architecture):
         super().__init__()
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -238,7 +174,7 @@ class Head(nn.Module):
 class Llama(nn.Module):
     """The whole model on one device: packed tokens in, logits out."""
 
-    def __init__(self, config: LlamaConfig, backend: str = "sdpa"):
+    def __init__(self, config: Architecture, backend: str = "sdpa"):
         super().__init__()
         self.config = config
         self.embedding = Embedding(config)

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .architecture import Architecture
 from .hf import to_hf_name
-from .llama import DecoderLayer, Embedding, LlamaConfig, RMSNorm
+from .llama import DecoderLayer, Embedding, RMSNorm
 from .tensor_parallel import TensorParallel, mark_shards, parallelize
 
 
@@ -59,7 +60,7 @@ PIPELINE_ZERO_STAGES = (0, 1)
 
 
 class EmbeddingPipe(Embedding):
-    def __init__(self, config: LlamaConfig, placement: Placement = PLAIN):
+    def __init__(self, config: Architecture, placement: Placement = PLAIN):
         with placement.building():
             super().__init__(config)
         placement.finish(self)
@@ -73,7 +74,7 @@ class DecoderLayerPipe(DecoderLayer):
     """max_seqlen: the longest sequence any micro-batch holds (packing guarantees it), which sizes
     the varlen attention kernels' work without a host sync; None: the token budget, always valid."""
 
-    def __init__(self, config: LlamaConfig, backend: str = "sdpa", max_seqlen: int | None = None,
+    def __init__(self, config: Architecture, backend: str = "sdpa", max_seqlen: int | None = None,
                  placement: Placement = PLAIN):
         with placement.building():
             super().__init__(config, backend)
@@ -87,7 +88,7 @@ class DecoderLayerPipe(DecoderLayer):
 
 
 class FinalNormPipe(nn.Module):
-    def __init__(self, config: LlamaConfig, placement: Placement = PLAIN):
+    def __init__(self, config: Architecture, placement: Placement = PLAIN):
         super().__init__()
         with placement.building():
             self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -103,7 +104,7 @@ class LMHeadPipe(nn.Module):
 
     vocab_parallel_head = True  # tensor parallelism splits lm_head's rows (maskdpo.model.tensor_parallel)
 
-    def __init__(self, config: LlamaConfig, fused: bool = False, placement: Placement = PLAIN):
+    def __init__(self, config: Architecture, fused: bool = False, placement: Placement = PLAIN):
         super().__init__()
         with placement.building():
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -134,7 +135,7 @@ def head_weight(module: nn.Module):
     raise ValueError("this stage holds no LM head")
 
 
-def layer_specs(config: LlamaConfig, backend: str, fused_head: bool = False, max_seqlen: int | None = None,
+def layer_specs(config: Architecture, backend: str, fused_head: bool = False, max_seqlen: int | None = None,
                 placement: Placement = PLAIN):
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
 
@@ -150,7 +151,7 @@ def layer_specs(config: LlamaConfig, backend: str, fused_head: bool = False, max
     return [first, *decoders, LayerSpec(FinalNormPipe, config, placement), last]
 
 
-def build_pipeline(config: LlamaConfig, num_stages: int, loss_fn, backend: str = "sdpa",
+def build_pipeline(config: Architecture, num_stages: int, loss_fn, backend: str = "sdpa",
                    partition_method: str = "type:DecoderLayerPipe", activation_checkpointing: bool = False,
                    fused_head: bool = False, max_seqlen: int | None = None, topology=None,
                    placement: Placement = PLAIN):

@@ -2,10 +2,12 @@
 that tensor parallelism, checkpoint slicing and `maskdpo plan` share.
 
 Tensor parallelism (Megatron, Shoeybi et al. 2019), T ranks:
-  column-parallel (output rows split, dim 0):  q_proj, k_proj, v_proj, gate_proj, up_proj
+  column-parallel (output rows split, dim 0):  q_proj, k_proj, v_proj, gate_proj, up_proj, and the
+                                               q, k and v biases (Qwen2) with their rows
   row-parallel (input columns split, dim 1):   o_proj, down_proj
   vocab-parallel (vocabulary rows, dim 0):     embedding.embed_tokens, head.lm_head
-  replicated:                                  input_layernorm, post_attention_layernorm, head.norm
+  replicated:                                  input_layernorm, post_attention_layernorm, head.norm,
+                                               the per-head q and k norms (Qwen3)
 Shards are contiguous with torch.tensor_split's sizes: the first size % T ranks hold one row more and
 nothing is padded (so a vocabulary that T does not divide works). T must divide the attention heads,
 the key/value heads and the MLP width, so every rank holds whole heads.
@@ -20,22 +22,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
-from .llama import LlamaConfig
+from .architecture import Architecture
 
 COLUMN, ROW, VOCAB, REPLICATED = "column", "row", "vocab", "replicated"
 
-# Parameter names inside a decoder layer (maskdpo.model.llama.DecoderLayer, HF's names) -> how they split.
-LAYER_SPLITS = {
-    "input_layernorm.weight": REPLICATED,
-    "self_attn.q_proj.weight": COLUMN,
-    "self_attn.k_proj.weight": COLUMN,
-    "self_attn.v_proj.weight": COLUMN,
-    "self_attn.o_proj.weight": ROW,
-    "post_attention_layernorm.weight": REPLICATED,
-    "mlp.gate_proj.weight": COLUMN,
-    "mlp.up_proj.weight": COLUMN,
-    "mlp.down_proj.weight": ROW,
-}
+
+def layer_tensors(config: Architecture) -> dict[str, tuple[tuple[int, ...], str]]:
+    """One decoder layer's tensors, unsharded: layer-relative name (ours and Hugging Face's, every
+    family alike: "self_attn.q_proj.weight") -> (shape, split). The one table of what a family's
+    layer holds: loading, export, tensor parallelism, the plan and the flop count read it."""
+    h, d, i = config.hidden_size, config.head_dim, config.intermediate_size
+    q, kv = config.num_attention_heads * d, config.num_key_value_heads * d
+    out = {
+        "input_layernorm.weight": ((h,), REPLICATED),
+        "self_attn.q_proj.weight": ((q, h), COLUMN),
+        "self_attn.k_proj.weight": ((kv, h), COLUMN),
+        "self_attn.v_proj.weight": ((kv, h), COLUMN),
+        "self_attn.o_proj.weight": ((h, q), ROW),
+        "post_attention_layernorm.weight": ((h,), REPLICATED),
+        "mlp.gate_proj.weight": ((i, h), COLUMN),
+        "mlp.up_proj.weight": ((i, h), COLUMN),
+        "mlp.down_proj.weight": ((h, i), ROW),
+    }
+    if config.qkv_bias:
+        out.update({"self_attn.q_proj.bias": ((q,), COLUMN), "self_attn.k_proj.bias": ((kv,), COLUMN),
+                    "self_attn.v_proj.bias": ((kv,), COLUMN)})
+    if config.qk_norm:
+        out.update({"self_attn.q_norm.weight": ((d,), REPLICATED), "self_attn.k_norm.weight": ((d,), REPLICATED)})
+    return out
+
+
 EMBEDDING = "embedding.embed_tokens.weight"
 FINAL_NORM = "head.norm.weight"
 LM_HEAD = "head.lm_head.weight"
@@ -43,7 +59,7 @@ OUTER_SPLITS = {EMBEDDING: VOCAB, FINAL_NORM: REPLICATED, LM_HEAD: VOCAB}
 SPLIT_DIM = {COLUMN: 0, ROW: 1, VOCAB: 0}
 
 
-def check_tensor_parallel(config: LlamaConfig, tensor_parallel: int, name: str = "the model") -> None:
+def check_tensor_parallel(config: Architecture, tensor_parallel: int, name: str = "the model") -> None:
     """Raise a one-line ValueError unless every rank can hold whole heads and an equal MLP share
     (`name`: the model, as the message calls it)."""
     if tensor_parallel < 1:
@@ -61,25 +77,19 @@ def shard_range(size: int, parts: int, rank: int) -> tuple[int, int]:
     return start, start + base + (rank < extra)
 
 
-def full_shapes(config: LlamaConfig) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+def full_shapes(config: Architecture) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
     """(one decoder layer's shapes by layer-relative name, the embedding/final norm/head shapes), unsharded."""
-    h, d, i = config.hidden_size, config.head_dim, config.intermediate_size
-    q, kv = config.num_attention_heads * d, config.num_key_value_heads * d
-    layer = {
-        "input_layernorm.weight": (h,),
-        "self_attn.q_proj.weight": (q, h),
-        "self_attn.k_proj.weight": (kv, h),
-        "self_attn.v_proj.weight": (kv, h),
-        "self_attn.o_proj.weight": (h, q),
-        "post_attention_layernorm.weight": (h,),
-        "mlp.gate_proj.weight": (i, h),
-        "mlp.up_proj.weight": (i, h),
-        "mlp.down_proj.weight": (h, i),
-    }
+    h = config.hidden_size
+    layer = {name: shape for name, (shape, _) in layer_tensors(config).items()}
     outer = {EMBEDDING: (config.vocab_size, h), FINAL_NORM: (h,)}
     if not config.tie_word_embeddings:
         outer[LM_HEAD] = (config.vocab_size, h)
     return layer, outer
+
+
+def splits(config: Architecture) -> dict[str, str]:
+    """How every parameter splits: layer-relative names (one decoder layer) and the outer ones."""
+    return {**{name: split for name, (_, split) in layer_tensors(config).items()}, **OUTER_SPLITS}
 
 
 def shard_slice(split: str, shape: tuple[int, ...], tensor_parallel: int, rank: int) -> tuple[int, int, int] | None:
@@ -112,14 +122,15 @@ class RankShapes:
     """{"head.lm_head.weight": (vocabulary shard rows, hidden)}; empty with tied embeddings (the head is the embedding)."""
 
 
-def rank_shapes(config: LlamaConfig, tensor_parallel: int, rank: int) -> RankShapes:
+def rank_shapes(config: Architecture, tensor_parallel: int, rank: int) -> RankShapes:
     """The shapes tensor-parallel rank `rank` of `tensor_parallel` holds (one decoder layer, embedding,
     final norm, head)."""
     check_tensor_parallel(config, tensor_parallel)
     if not 0 <= rank < tensor_parallel:
         raise ValueError(f"tensor-parallel rank {rank} is outside [0, {tensor_parallel})")
     layer, outer = full_shapes(config)
-    layer = {n: _sharded(s, LAYER_SPLITS[n], tensor_parallel, rank) for n, s in layer.items()}
+    split = splits(config)
+    layer = {n: _sharded(s, split[n], tensor_parallel, rank) for n, s in layer.items()}
     outer = {n: _sharded(s, OUTER_SPLITS[n], tensor_parallel, rank) for n, s in outer.items()}
     return RankShapes(layer, {EMBEDDING: outer[EMBEDDING]}, {FINAL_NORM: outer[FINAL_NORM]},
                       {LM_HEAD: outer[LM_HEAD]} if LM_HEAD in outer else {})
@@ -143,14 +154,14 @@ class Stage:
     """Holds an untied LM head (the last stage, untied embeddings)."""
 
 
-def _spec_names(config: LlamaConfig) -> list[str]:
+def _spec_names(config: Architecture) -> list[str]:
     """The type name of every entry of pipeline.layer_specs, in order, without building any layer."""
     tied = config.tie_word_embeddings
     return ["EmbeddingPipe", *["DecoderLayerPipe"] * config.num_hidden_layers, "FinalNormPipe",
             "EmbeddingPipe" if tied else "LMHeadPipe"]
 
 
-def _spec_counts(config: LlamaConfig) -> list[int]:
+def _spec_counts(config: Architecture) -> list[int]:
     """Unsharded parameter count of every layer spec, as PipelineModule._count_layer_params counts them
     for partition "parameters" (a tied embedding is counted at both of its places). Unsharded, so
     that every tensor-parallel rank computes the same partition even when the vocabulary shards differ."""
@@ -161,7 +172,7 @@ def _spec_counts(config: LlamaConfig) -> list[int]:
     return [embedding, *[per_layer] * config.num_hidden_layers, prod(outer[FINAL_NORM]), head]
 
 
-def partition(config: LlamaConfig, pipeline_stages: int, method: str = "type:DecoderLayerPipe") -> list[int]:
+def partition(config: Architecture, pipeline_stages: int, method: str = "type:DecoderLayerPipe") -> list[int]:
     """Boundaries (pipeline_stages + 1) over the layer specs, computed by DeepSpeed's own functions
     exactly as PipelineModule._partition_layers does for `method`."""
     import contextlib
@@ -198,7 +209,7 @@ def partition(config: LlamaConfig, pipeline_stages: int, method: str = "type:Dec
     return [int(p) for p in parts]
 
 
-def stages(config: LlamaConfig, pipeline_stages: int, method: str = "type:DecoderLayerPipe") -> list[Stage]:
+def stages(config: Architecture, pipeline_stages: int, method: str = "type:DecoderLayerPipe") -> list[Stage]:
     """Every stage's contents under DeepSpeed's partition of pipeline.layer_specs."""
     parts = partition(config, pipeline_stages, method)
     num_layers, out = config.num_hidden_layers, []
@@ -213,7 +224,7 @@ def stages(config: LlamaConfig, pipeline_stages: int, method: str = "type:Decode
     return out
 
 
-def stage_shapes(config: LlamaConfig, stage: Stage, tensor_parallel: int, rank: int) -> dict[str, tuple[int, ...]]:
+def stage_shapes(config: Architecture, stage: Stage, tensor_parallel: int, rank: int) -> dict[str, tuple[int, ...]]:
     """Our model's parameter name -> shape, for every parameter tensor-parallel rank `rank` of `stage` holds."""
     shapes = rank_shapes(config, tensor_parallel, rank)
     out = {f"layers.{i}.{n}": s for i in stage.decoder_layers for n, s in shapes.layer.items()}
@@ -226,6 +237,6 @@ def stage_shapes(config: LlamaConfig, stage: Stage, tensor_parallel: int, rank: 
     return out
 
 
-def stage_parameter_count(config: LlamaConfig, stage: Stage, tensor_parallel: int, rank: int) -> int:
+def stage_parameter_count(config: Architecture, stage: Stage, tensor_parallel: int, rank: int) -> int:
     """Parameters (elements) held by one (pipeline stage, tensor-parallel rank)."""
     return sum(prod(s) for s in stage_shapes(config, stage, tensor_parallel, rank).values())

@@ -2,7 +2,7 @@
 
 The model code (maskdpo.model.llama) knows nothing of ranks. `parallelize` walks a built module (a
 pipeline stage) and swaps, in place and under the same parameter names:
-  q, k, v, gate, up     -> ShardedLinear, COLUMN  (output rows split)
+  q, k, v, gate, up     -> ShardedLinear, COLUMN  (output rows split; q, k and v biases with them)
   o, down               -> ShardedLinear, ROW     (input columns split; output all-reduced)
   the attention and MLP inputs -> copied into the tensor region: identity forward, and in backward
                            one all-reduce of the input's gradient per block (q, k and v, or gate and
@@ -13,6 +13,9 @@ pipeline stage) and swaps, in place and under the same parameter names:
   the LM head's weight  -> its vocabulary shard   (the fused head exchanges per-row statistics with
                            vocab_shard=, never logits; it all-reduces the hidden states' gradient)
   norms                 -> unchanged, replicated  (their gradients agree on every rank)
+  the q and k norms     -> RegionNorm, replicated (Qwen3: one weight shared by every head, each rank
+                           applying it to its own heads: its gradient is summed over the group, one
+                           all-reduce each in backward, so every rank steps with the whole gradient)
 Which rows and columns a rank holds is maskdpo.model.shards' rule (tensor_split sizes, no padding).
 Each sharded parameter carries `tensor_model_parallel = True` (DeepSpeed then counts it once per
 rank in the gradient norm, and replicated ones once) and `tp_slice = (dim, start, stop)` within the
@@ -28,7 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .llama import Attention, DecoderLayer, Embedding
+from .llama import Attention, DecoderLayer, Embedding, RMSNorm, rms_norm
 from .shards import COLUMN, ROW, VOCAB, shard_slice
 
 
@@ -95,28 +98,50 @@ def mark_shards(module: nn.Module) -> None:
         where = getattr(sub, "tp_slice", None)
         if where is not None:
             _mark(sub.weight, where)
+            if getattr(sub, "bias", None) is not None:
+                _mark(sub.bias, (0, where[1], where[2]))
 
 
 class ShardedLinear(nn.Module):
-    """This rank's shard of a bias-free linear layer. split=COLUMN: output rows [start, stop); the
-    input's gradient is summed over the group here, or, with reduce_input_grad=False, once for
-    every layer that reads the same input by whoever copied it into the region (copy_to_region);
-    split=ROW: input columns [start, stop), the output summed over the group (each rank holds a
-    partial sum)."""
+    """This rank's shard of a linear layer. split=COLUMN: output rows [start, stop), and the bias's
+    same rows if there is one; the input's gradient is summed over the group here, or, with
+    reduce_input_grad=False, once for every layer that reads the same input by whoever copied it
+    into the region (copy_to_region); split=ROW: input columns [start, stop), the output summed over
+    the group (each rank holds a partial sum; no bias, which would be added T times)."""
 
     def __init__(self, linear: nn.Linear, tp: TensorParallel, split: str, reduce_input_grad: bool = True):
         super().__init__()
         if split not in (COLUMN, ROW):
             raise ValueError(f"ShardedLinear: split must be {COLUMN!r} or {ROW!r}; got {split!r}")
+        if split == ROW and linear.bias is not None:
+            raise ValueError("ShardedLinear: a row-parallel layer with a bias is not implemented")
         self.split = split
         self.reduce_input_grad = reduce_input_grad and split == COLUMN
         self.weight = _shard_parameter(self, linear.weight, split, tp)
+        self.bias = None
+        if linear.bias is not None:
+            _, start, stop = self.tp_slice
+            self.bias = nn.Parameter(linear.bias.detach()[start:stop].clone(), requires_grad=linear.bias.requires_grad)
+            _mark(self.bias, (0, start, stop))
         self.group = tp.group
 
     def forward(self, x):
         if self.split == COLUMN:
-            return F.linear(_CopyToRegion.apply(x, self.group) if self.reduce_input_grad else x, self.weight)
+            return F.linear(_CopyToRegion.apply(x, self.group) if self.reduce_input_grad else x, self.weight, self.bias)
         return _ReduceFromRegion.apply(F.linear(x, self.weight), self.group)
+
+
+class RegionNorm(nn.Module):
+    """A replicated RMSNorm applied inside the tensor region to this rank's heads only (Qwen3's q and k
+    norms): forward as the norm; backward, its weight's gradient (this rank's heads' part) summed
+    over the group, so that it equals the whole model's on every rank."""
+
+    def __init__(self, norm: RMSNorm, tp: TensorParallel):
+        super().__init__()
+        self.weight, self.eps, self.group = norm.weight, norm.eps, tp.group
+
+    def forward(self, x):
+        return rms_norm(x, _CopyToRegion.apply(self.weight, self.group), self.eps)
 
 
 def copy_to_region(block: nn.Module, tp: TensorParallel) -> None:
@@ -155,6 +180,8 @@ def _parallelize_layer(layer: DecoderLayer, tp: TensorParallel) -> None:
     attn.o_proj = ShardedLinear(attn.o_proj, tp, ROW)
     attn.heads //= tp.size  # whole heads per rank (shards.check_tensor_parallel)
     attn.kv_heads //= tp.size
+    if attn.q_norm is not None:
+        attn.q_norm, attn.k_norm = RegionNorm(attn.q_norm, tp), RegionNorm(attn.k_norm, tp)
     copy_to_region(attn, tp)
     mlp = layer.mlp
     mlp.gate_proj = ShardedLinear(mlp.gate_proj, tp, COLUMN, reduce_input_grad=False)

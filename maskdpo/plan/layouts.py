@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..model.llama import LlamaConfig
+from ..model.architecture import Architecture
 from ..model.shards import check_tensor_parallel, stages
 from .memory import ActivationTerms, StateBytes, activation_terms, stage_state_bytes
 
@@ -13,7 +13,7 @@ from .memory import ActivationTerms, StateBytes, activation_terms, stage_state_b
 class PlanInputs:
     """What a plan is made for."""
 
-    config: LlamaConfig
+    config: Architecture
     """The model's architecture."""
     model_name: str
     """How the model was named (file, directory or bundled name), for the report."""

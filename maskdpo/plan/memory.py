@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
-from ..model.llama import LlamaConfig
+from ..model.architecture import Architecture
 from ..model.shards import Stage, rank_shapes, stage_parameter_count, stage_shapes
 
 BF16, FP32, INT64 = 2, 4, 8
@@ -73,7 +73,7 @@ def state_bytes(parameters: int, data_parallel: int) -> StateBytes:
                       master=FP32 * partition, moments=2 * FP32 * partition)
 
 
-def stage_state_bytes(config: LlamaConfig, stage: Stage, tensor_parallel: int, rank: int, data_parallel: int) -> StateBytes:
+def stage_state_bytes(config: Architecture, stage: Stage, tensor_parallel: int, rank: int, data_parallel: int) -> StateBytes:
     return state_bytes(stage_parameter_count(config, stage, tensor_parallel, rank), data_parallel)
 
 
@@ -85,7 +85,7 @@ def norm_saved_bytes(hidden: int) -> int:
     return FP32 * hidden + FP32 + BF16 * hidden
 
 
-def layer_activation_bytes(config: LlamaConfig, tensor_parallel: int) -> int:
+def layer_activation_bytes(config: Architecture, tensor_parallel: int) -> int:
     """Bytes per token one decoder layer keeps for its backward (no checkpointing), with a
     FlashAttention-style kernel (it saves q, k, v, the output and fp32 log-sum-exp, never T × T).
     Norms and their outputs are whole on every tensor rank (no sequence parallelism); everything
@@ -122,7 +122,7 @@ class ActivationTerms:
         return self.activations + self.working + self.head + self.communication
 
 
-def activation_terms(config: LlamaConfig, stage: Stage, pipeline_stages: int, tensor_parallel: int, tokens: int,
+def activation_terms(config: Architecture, stage: Stage, pipeline_stages: int, tensor_parallel: int, tokens: int,
                      checkpointing: bool, micro_batches: int | None = None, head: str = "fused",
                      chunk_rows: int = 2048) -> ActivationTerms:
     h, t = config.hidden_size, tensor_parallel

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..assets import MODELS
-from ..model.llama import LlamaConfig
+from ..model.architecture import Architecture
 
 # Bundled published configs: name -> how reports call the model.
 BUNDLED = {"llama3.1-8b": "Llama-3.1-8B", "llama3.1-70b": "Llama-3.1-70B"}
@@ -19,7 +19,7 @@ REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers
 class ModelSource:
     """The architecture and the recipe's training settings (None where a bare config gives none)."""
 
-    config: LlamaConfig
+    config: Architecture
     """The architecture."""
     name: str
     """The model as reports call it."""
@@ -35,7 +35,7 @@ class ModelSource:
     """train.batch_pairs / train.micro_batch_pairs of a recipe: micro-batches per step over all data ranks."""
 
 
-def _config_file(file: Path, name: str) -> LlamaConfig:
+def _config_file(file: Path, name: str) -> Architecture:
     try:
         data = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -43,12 +43,12 @@ def _config_file(file: Path, name: str) -> LlamaConfig:
     if not isinstance(data, dict):
         raise ValueError(f"{file}: not a Hugging Face config.json (expected a JSON object)")
     missing = [k for k in REQUIRED if k not in data]
-    if missing:  # LlamaConfig's defaults are Llama-3.1-8B's: a planned model must say what it is
-        raise ValueError(f"{file}: not a Hugging Face Llama config.json: no {', '.join(missing)}")
+    if missing:  # Architecture's defaults are Llama-3.1-8B's: a planned model must say what it is
+        raise ValueError(f"{file}: not a Hugging Face model config.json: no {', '.join(missing)}")
     try:
-        return LlamaConfig.from_hf(data)
+        return Architecture.from_hf(data, where=str(file))
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{file}: {' '.join(str(e).split())}") from None
+        raise ValueError(' '.join(str(e).split())) from None
 
 
 def _recipe(file: Path) -> ModelSource:
@@ -72,7 +72,7 @@ def _recipe(file: Path) -> ModelSource:
         config, name = _config_file(config_json, recipe.model.path), Path(recipe.model.path).name
     else:
         try:
-            config = LlamaConfig.from_architecture(recipe.model.architecture)
+            config = Architecture.from_architecture(recipe.model.architecture)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{file}: model.architecture: {' '.join(str(e).split())}") from None
         name = file.stem

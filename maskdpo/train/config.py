@@ -25,7 +25,7 @@ class ModelConfig:
     path: str | None = None
     """Hugging Face Llama directory to start from (config.json + safetensors); null: a random init."""
     architecture: dict = field(default_factory=dict)
-    """LlamaConfig fields (hidden_size, num_hidden_layers, ...) for a random init when path is null;
+    """Architecture fields (hidden_size, num_hidden_layers, ...) for a random init when path is null;
     without num_key_value_heads, one per attention head (as transformers reads a config.json)."""
     attention: str = "auto"
     """Attention backend: auto, flash_attn, torch_varlen or sdpa."""

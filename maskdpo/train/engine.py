@@ -24,8 +24,8 @@ from ..data.batch import pipeline_tensors, reference_for
 from ..data.packing import MicroBatch
 from ..dpo.objective import SUMS, MaskDPOObjective, ReferenceTokenLogps, SequenceSums, step_metrics
 from ..kernels.vocab_parallel import VocabShard
+from ..model.architecture import Architecture, check_window
 from ..model.attention import resolve_backend
-from ..model.llama import LlamaConfig
 from ..model.llama import deterministic_attention as deterministic_attention_layers
 from ..model.pipeline import (
     PIPELINE_ZERO_STAGES,
@@ -41,7 +41,7 @@ from .distributed import compute_device, init_distributed
 from .loader import data_parallel_share
 
 
-def vocab_shard(weight, config: LlamaConfig, tp: TensorParallel):
+def vocab_shard(weight, config: Architecture, tp: TensorParallel):
     """Where the LM head weight's rows lie in the vocabulary (its shard's place, maskdpo.model.shards'
     rule), for the vocabulary-parallel head: known from the layout, never asked of the group per
     step. None without tensor parallelism."""
@@ -161,7 +161,7 @@ class PipelineTrainer:
     flash-attn's deterministic backward in every attention layer (model.deterministic_attention).
     """
 
-    def __init__(self, config: LlamaConfig, *, pipeline_stages: int, gradient_accumulation_steps: int,
+    def __init__(self, config: Architecture, *, pipeline_stages: int, gradient_accumulation_steps: int,
                  optimizer_factory, hf_path: str | Path | None = None, zero_stage: int = 1, bf16: bool = False,
                  gradient_clipping: float = 0.0, beta: float = 0.1, loss_type: str = "sigmoid",
                  label_smoothing: float = 0.0, attention: str = "auto", activation_checkpointing: bool = False,
@@ -178,6 +178,8 @@ class PipelineTrainer:
             if head != "fused":
                 raise ValueError(f"tensor_parallel {tensor_parallel} needs model.head: fused (the vocabulary is split "
                                  f"across tensor ranks), got {head!r}")
+        if max_seqlen is not None:
+            check_window(config, max_seqlen, "max_seqlen")
         torch.manual_seed(seed)  # the same random initialisation on every rank
         self.config = config
         self.max_seqlen = max_seqlen
@@ -240,14 +242,17 @@ class PipelineTrainer:
 
     def _check_shapes(self, micro_batches: list[MicroBatch]) -> None:
         """Attention kernels trust max_seqlen to bound every sequence: a micro-batch packed with a
-        larger bound would give wrong attention silently, so it is refused (a free CPU check)."""
-        if self.max_seqlen is None:
+        larger bound would give wrong attention silently, so it is refused (a free CPU check); so is
+        a sequence longer than the model's sliding window (attention here sees the whole sequence)."""
+        window = self.config.sliding_window
+        if self.max_seqlen is None and window is None:
             return
         for mb in micro_batches:
             longest = int(np.diff(mb.cu_seqlens).max())
-            if longest > self.max_seqlen:
+            if self.max_seqlen is not None and longest > self.max_seqlen:
                 raise ValueError(f"a micro-batch holds a sequence of {longest} tokens, more than max_seqlen "
                                  f"{self.max_seqlen} this pipeline was built with; pack with max_seqlen={self.max_seqlen}")
+            check_window(self.config, longest, "a micro-batch's longest sequence")
 
     def reference_token_logps(self, micro_batches: list[MicroBatch]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """pair index -> (chosen, rejected): the frozen starting model's float32 log-prob of every

@@ -43,11 +43,12 @@ def starting_model(config, run_dir: Path, say) -> Path:
         if previous != json.loads(json.dumps(made_by)) or not (path / "config.json").exists():
             # No checkpoint of another architecture or seed can be here (the run directory was checked):
             # an init left by a run stopped before its first checkpoint is made again for this one.
+            from ..model.architecture import Architecture
             from ..model.hf import save_llama
-            from ..model.llama import Llama, LlamaConfig
+            from ..model.llama import Llama
 
             torch.manual_seed(config.train.seed)
-            save_llama(Llama(LlamaConfig.from_architecture(config.model.architecture)), path)
+            save_llama(Llama(Architecture.from_architecture(config.model.architecture)), path)
             record.write_text(json.dumps(made_by))
             say(f"random-initialised model written to {path}")
     dist.barrier()

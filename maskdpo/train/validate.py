@@ -11,9 +11,6 @@ import os
 from pathlib import Path
 
 PARTITIONS = ("parameters", "uniform")  # or "type:<regex>" (DeepSpeed's partition methods)
-ARCHITECTURE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "rope_scaling",
-                     "max_position_embeddings", "tie_word_embeddings", "bos_token_id", "eos_token_id")
 
 
 def _finite(value: float) -> bool:
@@ -21,8 +18,8 @@ def _finite(value: float) -> bool:
 
 
 def _architecture(config, error):
-    """The LlamaConfig the run will build, from model.path's config.json or model.architecture."""
-    from ..model.llama import LlamaConfig
+    """The Architecture the run will build, from model.path's config.json or model.architecture."""
+    from ..model.architecture import Architecture
 
     m = config.model
     if m.path is not None:  # model.architecture is then ignored (the command line says so)
@@ -30,19 +27,20 @@ def _architecture(config, error):
         if not file.is_file():
             error(f"model.path: {m.path} holds no config.json (a Hugging Face model directory)")
         try:
-            return LlamaConfig.from_hf(json.loads(file.read_text()))
+            return Architecture.from_hf(json.loads(file.read_text()), where=str(file))
         except (ValueError, TypeError) as e:
-            error(f"model.path: {file}: {e}")
-    unknown = sorted(set(m.architecture) - set(ARCHITECTURE_KEYS))
+            error(f"model.path: {e}")
+    keys = ("model_type", *Architecture.FIELDS, "sliding_window")  # what a recipe may describe
+    unknown = sorted(set(m.architecture) - set(keys))
     if unknown:
-        error(f"model.architecture: unknown key {unknown[0]!r}; keys: {', '.join(ARCHITECTURE_KEYS)}")
+        error(f"model.architecture: unknown key {unknown[0]!r}; keys: {', '.join(keys)}")
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "num_key_value_heads", "max_position_embeddings"):
         value = m.architecture.get(key, 1)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             error(f"model.architecture.{key} must be a positive integer, got {value!r}")
     try:
-        arch = LlamaConfig.from_architecture(m.architecture)
+        arch = Architecture.from_architecture(m.architecture)
     except (ValueError, TypeError) as e:
         error(f"model.architecture: {e}")
     if arch.head_dim * arch.num_attention_heads != arch.hidden_size and "head_dim" not in m.architecture:
@@ -58,6 +56,7 @@ def validate(config, world_size: int) -> None:
     from ..data.masks import EOT_CHOICES
     from ..dpo.loss import LOSS_TYPES
     from ..dpo.objective import HEADS
+    from ..model.architecture import check_window
     from ..model.attention import BACKENDS
     from ..model.shards import check_tensor_parallel
     from .engine import OWNED_KEYS, check_parallelism
@@ -85,6 +84,10 @@ def validate(config, world_size: int) -> None:
         check((Path(d.tokenizer) / "tokenizer.json").is_file(),
               f"data.tokenizer: {d.tokenizer} holds no tokenizer.json (masks need a fast tokenizer)")
     check(d.max_length >= 2, f"data.max_length must be at least 2, got {d.max_length}")
+    try:
+        check_window(arch, d.max_length)
+    except ValueError as e:
+        error(str(e))
     check(d.eot in EOT_CHOICES, f"data.eot must be one of {', '.join(EOT_CHOICES)}, not {d.eot!r}")
     check(d.max_length * 2 <= d.token_budget,
           f"data.token_budget ({d.token_budget}) must hold a pair of max_length ({d.max_length}) sides")

@@ -8,7 +8,8 @@ from maskdpo.train.config import Config, ConfigError, OptimConfig, field_docs, l
 
 ROOT = Path(__file__).resolve().parents[1]
 
-RECIPES = ["tiny-cpu", "llama3.1-8b-paper", "llama3.1-8b-authors", "llama3.1-70b"]
+RECIPES = ["tiny-cpu", "llama3.1-8b-paper", "llama3.1-8b-authors", "llama3.1-70b", "qwen2.5-7b", "qwen3-8b"]
+QWEN = {"qwen2.5-7b": "qwen2", "qwen3-8b": "qwen3"}  # recipe (and bundled config) -> model_type
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -18,11 +19,28 @@ def test_recipes_load(recipe, tmp_path):
     from maskdpo.assets import MODELS
 
     # A stand-in model directory for validation (the 70B recipe: the published config's shapes).
-    (tmp_path / "config.json").write_text((MODELS / "llama3.1-70b.json").read_text() if "70b" in recipe else "{}")
+    # The Qwen recipes: their published configs.
+    published = "llama3.1-70b" if "70b" in recipe else recipe if recipe in QWEN else None
+    (tmp_path / "config.json").write_text((MODELS / f"{published}.json").read_text() if published else "{}")
     (tmp_path / "pairs.jsonl").write_text("")
     config = load_config(Path(__file__).resolve().parents[1] / "launch" / "configs" / f"{recipe}.yaml",
                          ["--model.path", str(tmp_path), "--data.pairs", str(tmp_path / "pairs.jsonl")]
-                         if "llama" in recipe else [])
+                         if recipe != "tiny-cpu" else [])
+    if recipe in QWEN:  # the paper's values, and the layout maskdpo plan recommends for 8 x 80 GB
+        from maskdpo.model.hf import load_config as load_model_config
+        from maskdpo.plan.layouts import PlanInputs, plan, recommend
+
+        assert (config.optim.lr, config.train.batch_pairs, config.train.epochs, config.data.max_length,
+                config.loss.beta, config.optim.schedule) == (5e-6, 64, 3, 1024, 0.1, "cosine")
+        config.validate(world_size=8)
+        architecture = load_model_config(tmp_path)
+        assert architecture.model_type == QWEN[recipe]
+        inputs = PlanInputs(architecture, recipe, 8, 80 * 10 ** 9, tokens=config.data.token_budget, checkpointing=(True,),
+                            batch_micro_batches=config.train.batch_pairs // config.train.micro_batch_pairs)
+        best = recommend(plan(inputs))[0]
+        p = config.parallel
+        assert (best.tensor, best.pipeline, best.data) == (p.tensor_parallel, p.pipeline_stages, 8)
+        assert p.activation_checkpointing and p.bf16
     assert isinstance(config.optim.lr, float) and config.optim.lr > 0
     if recipe == "llama3.1-8b-paper":
         assert (config.optim.lr, config.train.batch_pairs, config.train.epochs, config.data.max_length) == (5e-6, 64, 3, 1024)

@@ -79,6 +79,34 @@ def test_shards_tile_every_parameter_as_tensor_split_does(tp):
     assert all(r.head[LM_HEAD][0] == e for r, e in zip(per_rank, rows))
 
 
+@pytest.mark.parametrize("name", ["llama3.1-8b", "qwen2.5-7b", "qwen3-8b"])
+def test_bundled_configs_count_what_transformers_builds(name):
+    """The published configs of each family: every stage's and tensor rank's parameters add up to the
+    parameters of transformers' own model class built from the same config.json (on the meta device;
+    Qwen2's biases and Qwen3's q/k norms included), under the same names and shapes."""
+    from maskdpo.plan.source import load_model
+
+    config = load_model(name).config
+    data = json.loads((TESTS.parent / f"maskdpo/assets/models/{name}.json").read_text())
+    with torch.device("meta"):
+        theirs = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**data))
+    assert type(theirs).__name__ == config.family.hf_class
+    expected = {n: tuple(p.shape) for n, p in theirs.named_parameters()}
+    from maskdpo.model.hf import to_hf_name
+
+    for tp in (1, 2, 4):
+        planned = {}
+        for stage in stages(config, 2):
+            for rank in range(tp):
+                for n, shape in stage_shapes(config, stage, tp, rank).items():
+                    planned.setdefault(to_hf_name(n), []).append(shape)
+        assert set(planned) == set(expected)
+        for n, shapes in planned.items():  # a split tensor's shards add up to it; a replicated one is whole
+            if len(set(shapes)) == 1 and shapes[0] == expected[n]:
+                continue
+            assert sum(prod(s) for s in shapes) == prod(expected[n]), n
+
+
 def test_tensor_parallel_must_divide_heads_kv_heads_and_mlp():
     seventy_b = Architecture.from_hf(json.loads((TESTS.parent / "maskdpo/assets/models/llama3.1-70b.json").read_text()))
     with pytest.raises(ValueError) as e:

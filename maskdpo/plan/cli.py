@@ -7,7 +7,7 @@ import json
 import sys
 
 from .layouts import TERMS, LayoutPlan, PlanInputs, plan, recommend, terms
-from .source import load_model, parse_bytes
+from .source import BUNDLED, load_model, parse_bytes
 
 ASSUMPTIONS = (
     "bf16 weights and activations, fp32 gradient accumulation, ZeRO-1 over D (DeepSpeed's BF16_Optimizer), AdamW",
@@ -23,7 +23,7 @@ ASSUMPTIONS = (
 def add_plan_command(sub) -> None:
     p = sub.add_parser("plan", help="per-GPU memory of every tensor x pipeline x data-parallel layout, and which fit")
     p.add_argument("--model", required=True,
-                   help="llama3.1-8b, llama3.1-70b (bundled configs), an HF config.json or model directory, or a recipe YAML")
+                   help=f"{', '.join(BUNDLED)} (bundled configs), an HF config.json or model directory, or a recipe YAML")
     p.add_argument("--gpus", type=int, required=True, help="GPUs of the job (T x P x D)")
     p.add_argument("--gpu-memory", required=True, help="memory per GPU, e.g. 80GB (10^9 bytes) or 80GiB")
     p.add_argument("--gpus-per-node", type=int, default=8, help="tensor parallelism stays inside a node")

@@ -11,7 +11,8 @@ from ..assets import MODELS
 from ..model.architecture import Architecture
 
 # Bundled published configs: name -> how reports call the model.
-BUNDLED = {"llama3.1-8b": "Llama-3.1-8B", "llama3.1-70b": "Llama-3.1-70B"}
+BUNDLED = {"llama3.1-8b": "Llama-3.1-8B", "llama3.1-70b": "Llama-3.1-70B", "qwen2.5-7b": "Qwen2.5-7B",
+           "qwen3-8b": "Qwen3-8B"}
 REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 
 
@@ -81,7 +82,8 @@ def _recipe(file: Path) -> ModelSource:
 
 
 def load_model(spec: str) -> ModelSource:
-    """A bundled name (llama3.1-8b, llama3.1-70b), a config.json, an HF model directory or a recipe YAML."""
+    """A bundled name (BUNDLED: llama3.1-8b, llama3.1-70b, qwen2.5-7b, qwen3-8b), a config.json, an HF
+    model directory or a recipe YAML."""
     if spec.lower() in BUNDLED:
         return ModelSource(_config_file(MODELS / f"{spec.lower()}.json", spec), BUNDLED[spec.lower()])
     path = Path(spec)

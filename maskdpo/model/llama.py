@@ -137,6 +137,7 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, config: Architecture, backend: str = "sdpa"):
         super().__init__()
+        self.architecture = config  # what parallelism applied from outside reads (shards.layer_tensors)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, backend)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .llama import Attention, DecoderLayer, Embedding, RMSNorm, rms_norm
-from .shards import COLUMN, ROW, VOCAB, shard_slice
+from .shards import COLUMN, ROW, VOCAB, shard_slice, splits
 
 
 @dataclass(frozen=True)
@@ -174,20 +174,23 @@ class VocabParallelEmbedding(nn.Module):
 
 
 def _parallelize_layer(layer: DecoderLayer, tp: TensorParallel) -> None:
+    """Every linear layer split as the family's table says (shards.layer_tensors: its weight's split;
+    a bias goes with the rows); the two blocks' inputs copied into the region; the q/k norms, which
+    sit inside it, summed in backward."""
+    split = splits(layer.architecture)
+    for name, linear in [(n, m) for n, m in layer.named_modules() if isinstance(m, nn.Linear)]:
+        kind = split[f"{name}.weight"]
+        if linear.bias is not None and split.get(f"{name}.bias") != kind:
+            raise ValueError(f"{name}.bias: the table splits it {split.get(f'{name}.bias')!r}, the weight {kind!r}")
+        owner, attr = layer.get_submodule(name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1]
+        setattr(owner, attr, ShardedLinear(linear, tp, kind, reduce_input_grad=False))  # copy_to_region's
     attn: Attention = layer.self_attn
-    for name in ("q_proj", "k_proj", "v_proj"):
-        setattr(attn, name, ShardedLinear(getattr(attn, name), tp, COLUMN, reduce_input_grad=False))
-    attn.o_proj = ShardedLinear(attn.o_proj, tp, ROW)
     attn.heads //= tp.size  # whole heads per rank (shards.check_tensor_parallel)
     attn.kv_heads //= tp.size
     if attn.q_norm is not None:
         attn.q_norm, attn.k_norm = RegionNorm(attn.q_norm, tp), RegionNorm(attn.k_norm, tp)
     copy_to_region(attn, tp)
-    mlp = layer.mlp
-    mlp.gate_proj = ShardedLinear(mlp.gate_proj, tp, COLUMN, reduce_input_grad=False)
-    mlp.up_proj = ShardedLinear(mlp.up_proj, tp, COLUMN, reduce_input_grad=False)
-    mlp.down_proj = ShardedLinear(mlp.down_proj, tp, ROW)
-    copy_to_region(mlp, tp)
+    copy_to_region(layer.mlp, tp)
 
 
 def parallelize(module: nn.Module, tp: TensorParallel) -> None:

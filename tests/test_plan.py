@@ -286,3 +286,17 @@ def test_plan_command_prints_the_table_and_nothing_else():
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Llama-3.1-8B on 8 x 80 GB") and "recommended" in result.stdout
     assert result.stderr == ""
+
+
+def test_the_q_and_k_norms_activations_are_planned_per_head():
+    """Qwen3's per-head norms keep, per token and head, what an RMSNorm of head_dim keeps: the layer's
+    planned bytes grow by exactly that over the same shapes without them (Qwen2's biases add none)."""
+    from maskdpo.plan.memory import layer_activation_bytes, norm_saved_bytes
+
+    shape = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                 num_key_value_heads=8, head_dim=128)
+    for t in (1, 2, 8):
+        llama = layer_activation_bytes(Architecture(**shape), t)
+        assert layer_activation_bytes(Architecture(model_type="qwen2", **shape), t) == llama
+        qwen3 = layer_activation_bytes(Architecture(model_type="qwen3", **shape), t)
+        assert qwen3 - llama == (32 + 8) // t * norm_saved_bytes(128) == (32 + 8) // t * (4 * 128 + 4 + 2 * 128)

@@ -89,7 +89,8 @@ def layer_activation_bytes(config: Architecture, tensor_parallel: int) -> int:
     """Bytes per token one decoder layer keeps for its backward (no checkpointing), with a
     FlashAttention-style kernel (it saves q, k, v, the output and fp32 log-sum-exp, never T × T).
     Norms and their outputs are whole on every tensor rank (no sequence parallelism); everything
-    between a column- and a row-parallel projection is 1/T. The rotary products save only cos and sin."""
+    between a column- and a row-parallel projection is 1/T. The rotary products save only cos and sin.
+    Biases (Qwen2) save nothing more: the projection keeps its input anyway."""
     h, d, i = config.hidden_size, config.head_dim, config.intermediate_size
     t = tensor_parallel
     heads, kv = config.num_attention_heads // t, config.num_key_value_heads // t
@@ -97,6 +98,8 @@ def layer_activation_bytes(config: Architecture, tensor_parallel: int) -> int:
     attention = BF16 * (2 * heads * d + 2 * kv * d) + FP32 * heads  # q, out; k, v (rotated k, v); lse
     mlp = BF16 * 4 * (i // t)                                  # gate out (silu's input), silu out, up out, product (down's input)
     rotary = 2 * BF16 * d                                      # cos and sin, made per layer
+    if config.qk_norm:  # Qwen3: q's and k's per-head norms, each head as norm_saved_bytes(d) (its own rsqrt)
+        attention += (heads + kv) * norm_saved_bytes(d)
     return norms + attention + mlp + rotary
 
 

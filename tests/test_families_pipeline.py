@@ -65,3 +65,21 @@ def test_a_tensor_parallel_step_of_each_family_is_the_oracles_and_resumes_bitwis
     for name, tensor in theirs.state_dict().items():
         if name != "lm_head.weight" or not theirs.config.tie_word_embeddings:
             assert torch.equal(tensor, straight[name]), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_a_tensor_parallel_checkpoint_is_put_back_together_by_maskdpo_export(out, oracles, family):
+    """`maskdpo export`'s reading of a checkpoint (one file per layer and tensor rank at T = 2): the
+    step-1 checkpoint gives the tensors the engine's own export gathered after that step."""
+    from maskdpo.model.hf import load_config
+    from maskdpo.train.export import checkpoint_tensors
+
+    scenario = f"family-tp2-{family}"
+    files = list((out / f"{scenario}-ckpt" / "step1").glob("layer_*-model_01-model_states.pt"))
+    assert files  # a second tensor rank's files: what the export has to join
+    ours = checkpoint_tensors(out / f"{scenario}-ckpt" / "step1", load_config(oracles[family][0]))
+    gathered = exported(out / f"{scenario}-hf")
+    assert set(ours) == set(gathered)
+    for name in gathered:
+        assert torch.equal(ours[name], gathered[name]), name

@@ -1,5 +1,5 @@
 """`maskdpo train --model.path` on a Qwen3 checkpoint with its ChatML tokenizer, as a user runs it:
-the real launcher, 2 processes at P = 2, the bundled pairs; the run's export and `maskdpo export`
+the real launcher, 2 processes at T = 2, the bundled pairs; the run's export and `maskdpo export`
 read back by transformers as Qwen3. And a Mistral window shorter than data.max_length refused
 before any process starts, naming both numbers."""
 
@@ -28,7 +28,10 @@ def test_a_qwen3_checkpoint_trains_and_exports_as_qwen3(qwen3, tmp_path):
     from maskdpo.cli import main as cli_main
 
     path, tokenizer = qwen3
-    result = train(tmp_path / "run", tmp_path / "cache", "--model.path", str(path), "--train.epochs", "1")
+    # T = 2 (P = 1): the q/k norms replicated, the tied embedding split by vocabulary; `maskdpo export`
+    # puts the checkpoint's per-tensor-rank files back together
+    result = train(tmp_path / "run", tmp_path / "cache", "--model.path", str(path), "--train.epochs", "1",
+                   "--parallel.tensor_parallel", "2", "--parallel.pipeline_stages", "1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     history = metrics(tmp_path / "run")
     assert len(history) >= 3 and history[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # reference = start

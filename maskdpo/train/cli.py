@@ -58,6 +58,18 @@ def _split_argv(argv: list[str]):
     return config_path, overrides, help_config
 
 
+SILENT_RANK_WAIT_S = 30.0
+
+
+def _let_rank_0_say_it() -> None:
+    """A silent rank that found the problem does not exit first: the launcher would stop every other
+    rank at once, rank 0 perhaps before it has said the problem (seen: no line at all). It waits for
+    the launcher to stop it once rank 0 has exited, or SILENT_RANK_WAIT_S at most."""
+    import time
+
+    time.sleep(SILENT_RANK_WAIT_S)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     launched = "RANK" in os.environ
@@ -79,10 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         if says:
             print(f"config error: {e}", file=sys.stderr)
+        else:
+            _let_rank_0_say_it()
         return EXIT_CONFIG
     except RunRefused as e:
         if says:
             print(e, file=sys.stderr if e.code else sys.stdout)
+        else:
+            _let_rank_0_say_it()
         return e.code
     if config.model.path is not None and config.model.architecture and says:
         print(f"note: model.architecture is ignored: the model is {config.model.path}")

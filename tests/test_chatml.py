@@ -74,3 +74,29 @@ def test_chatml_masks_meet_the_ground_truth(chatml, case, eot):
     think = chatml.convert_tokens_to_ids("<think>")
     assert all(w == 0 for t, w in zip(ids, encoded.chosen.weights) if t == think)
     assert encoded.chosen.weights[-1] == 0.0 and ids[-1] != im_end
+
+
+@pytest.mark.parametrize("template", ["bundled", *TEMPLATES])
+def test_mask_none_weighs_every_response_token_as_plain_dpo_does(tmp_path, template):
+    """data.mask none: every token after the prompt (as the template renders it for generation)
+    through the first end-of-turn token weighs 1 on both sides, whatever the labels (a pair whose
+    chosen side holds nothing correct is trained, not skipped); the prompt and what follows the end
+    of turn weigh 0 (TRL's count). The reference is the rendered prompt's own token count."""
+    import numpy as np
+
+    tokenizer = load_tokenizer() if template == "bundled" else chatml_tokenizer(tmp_path, TEMPLATES[template])
+    eot = end_of_turn(tokenizer)
+    p = pair(response([("It opened in 1889.", "contradictory"), ("It is tall.", "unverifiable")]),
+             response([("It opened in 1890.", "contradictory"), ("It is red.", "ok")]))
+    encoded = encode_pair(p, tokenizer, mask="none")
+    prompt = tokenizer.apply_chat_template(list(p.prompt), tokenize=False, add_generation_prompt=True)
+    prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    for side in (encoded.chosen, encoded.rejected):
+        ids = side.input_ids.tolist()
+        end = ids.index(eot, prompt_tokens) + 1
+        expected = np.zeros(len(ids), dtype=np.float32)
+        expected[prompt_tokens:end] = 1.0
+        assert side.weights[:side.prompt_length].sum() == side.prompt_length - prompt_tokens  # Qwen3's think block
+        np.testing.assert_array_equal(side.weights, expected)
+    with pytest.raises(ValueError, match="mask must be one of sentences, none"):
+        encode_pair(p, tokenizer, mask="all")

@@ -210,6 +210,8 @@ def paths(tmp_path):
     (["--optim.betas", "[0.9]"], "optim.betas must be two numbers in [0, 1), got [0.9]"),
     (["--optim.weight_decay", "-1"], "optim.weight_decay must be 0 or more"),
     (["--model.attention", "foo"], "model.attention must be one of auto, flash_attn, torch_varlen, sdpa, not 'foo'"),
+    (["--data.mask", "all"], "data.mask must be one of sentences, none, not 'all'"),
+    (["--model.architecture", "{model_type: gemma2}"], "model.architecture: model_type 'gemma2' is not supported"),
     (["--parallel.partition", "foo"], "parallel.partition must be parameters, uniform or type:"),
     (["--model.architecture", "{hidden_size: 0}"], "model.architecture.hidden_size must be a positive integer, got 0"),
     (["--model.architecture", "{layers: 2}"], "model.architecture: unknown key 'layers'"),

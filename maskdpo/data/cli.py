@@ -41,6 +41,8 @@ def _encode_args(parser):
     parser.add_argument("--eot", choices=("always", "last_sentence", "never"), default="always",
                         help="how each response's end-of-turn token counts: always (weight 1, as the authors and "
                              "TRL; default), last_sentence (its last sentence's weight) or never")
+    parser.add_argument("--mask", choices=("sentences", "none"), default="sentences",
+                        help="sentences (Mask-DPO; default) or none (every response token: plain DPO)")
     parser.add_argument("--workers", type=_positive, default=1, help="processes for large files")
     parser.add_argument("--cache-dir", default=".maskdpo-cache", help="encoded-pairs cache ('' to disable)")
 
@@ -86,7 +88,7 @@ def _parse_annotated(obj, line, label_map):
 def _encode(args):
     from .encode import encode_file
 
-    return encode_file(args.pairs, args.tokenizer, max_length=args.max_length, eot=args.eot,
+    return encode_file(args.pairs, args.tokenizer, max_length=args.max_length, eot=args.eot, mask=args.mask,
                        label_map=_label_map(args), strict=args.strict, rejects_path=args.rejects,
                        cache_dir=args.cache_dir or None, workers=args.workers, progress=True)
 

@@ -59,9 +59,9 @@ class EncodeResult:
         return out
 
 
-def _encode_record(obj, line: int, *, tokenizer_path, label_map, max_length, eot) -> EncodedPair:
+def _encode_record(obj, line: int, *, tokenizer_path, label_map, max_length, eot, mask) -> EncodedPair:
     pair = parse_pair(obj, label_map, default_id=f"line{line}")
-    return encode_pair(pair, load_tokenizer(tokenizer_path), max_length=max_length, eot=eot)
+    return encode_pair(pair, load_tokenizer(tokenizer_path), max_length=max_length, eot=eot, mask=mask)
 
 
 def _code_and_libraries() -> str:
@@ -88,6 +88,7 @@ def encode_file(
     *,
     max_length: int = 1024,
     eot: str = "always",
+    mask: str = "sentences",
     label_map: LabelMap | None = None,
     strict: bool = True,
     rejects_path: str | Path | None = None,
@@ -105,7 +106,7 @@ def encode_file(
     pairs_path = Path(pairs_path)
     label_map = label_map or LabelMap()
     options = dict(tokenizer_path=str(tokenizer_path) if tokenizer_path else None, label_map=label_map,
-                   max_length=max_length, eot=eot)
+                   max_length=max_length, eot=eot, mask=mask)
     cache_file = None
     if cache_dir is not None:
         key_options = {**options, "tokenizer_path": None,

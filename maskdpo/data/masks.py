@@ -74,6 +74,11 @@ EOT_CHOICES = ("always", "last_sentence", "never")
 count it, so that Mask-DPO with nothing masked is plain DPO), the weight of the response's last
 sentence on its side, or never."""
 
+MASK_CHOICES = ("sentences", "none")
+"""Which response tokens count: those of the sentences the side keeps (Mask-DPO), or none masked:
+every token of both sides after the prompt as rendered for generation, through the end-of-turn token
+(plain DPO on the same pairs, as TRL counts it: the paper's "w/o mask" ablation)."""
+
 _MARKER = "MASKDPO-END-OF-TURN-PROBE"
 
 
@@ -102,7 +107,7 @@ def _render(tokenizer, prompt, response_text: str | None) -> str:
 
 
 def encode_side(response: Response, keep_correct: bool, prefix: str, full: str, tokenizer,
-                max_length: int, eot: str, field: str) -> EncodedSide:
+                max_length: int, eot: str, field: str, mask: str = "sentences") -> EncodedSide:
     """Token ids and weights for one rendered side (see encode_pair)."""
     if not full.startswith(prefix):
         diverge = next((i for i, (a, b) in enumerate(zip(prefix, full)) if a != b), min(len(prefix), len(full)))
@@ -137,23 +142,31 @@ def encode_side(response: Response, keep_correct: bool, prefix: str, full: str, 
     whole = np.where(holder[start] == holder[last], holder[start], -1)
     owner = np.where(first < end, holder[first], whole)
     weights = sentence_weight[owner]  # owner -1 picks the trailing 0.0
-    kept_tokens = int(np.count_nonzero(weights[:max_length] > 0))
-    eot_id = end_of_turn(tokenizer) if eot != "never" else None
-    if eot_id is not None:
-        # The end-of-turn token: the template's, first after the response (templates may put spaces
-        # or newlines before it).
-        after = np.nonzero((offsets[:, 0] >= at + len(core)) & (ids == eot_id))[0]
-        if len(after):
-            last_sentence = sentence_weight[len(response.sentences) - 1] if response.sentences else 0.0
-            weights[after[0]] = 1.0 if eot == "always" else last_sentence
     prompt_length = int(np.searchsorted(offsets[:, 1], at, side="right"))
+    eot_id = end_of_turn(tokenizer) if eot != "never" else None
+    # The end-of-turn token: the template's, first after the response (templates may put spaces or
+    # newlines before it).
+    after = np.nonzero((offsets[:, 0] >= at + len(core)) & (ids == eot_id))[0] if eot_id is not None else []
+    if mask == "none":
+        # Every token after the prompt as rendered for generation (a template's text before the
+        # response, such as Qwen3's empty think block, included: what TRL's DPO counts), through the
+        # end of turn (or the end when there is none).
+        generation_start = int(np.searchsorted(offsets[:, 1], len(prefix), side="right"))
+        response_end = int(after[0]) + 1 if len(after) else len(ids)
+        weights = np.zeros(len(ids), dtype=np.float32)
+        weights[generation_start:response_end] = 1.0
+    kept_tokens = int(np.count_nonzero(weights[:max_length] > 0))
+    if len(after) and mask == "sentences":
+        last_sentence = sentence_weight[len(response.sentences) - 1] if response.sentences else 0.0
+        weights[after[0]] = 1.0 if eot == "always" else last_sentence
     truncated = max(0, len(ids) - max_length)
     if truncated:
         ids, weights = ids[:max_length], weights[:max_length]
     return EncodedSide(ids, weights, min(prompt_length, len(ids)), truncated, kept_tokens)
 
 
-def encode_pair(pair: Pair, tokenizer, max_length: int = 1024, eot: str = "always") -> EncodedPair:
+def encode_pair(pair: Pair, tokenizer, max_length: int = 1024, eot: str = "always",
+                mask: str = "sentences") -> EncodedPair:
     """Render and tokenize both sides of `pair`; weight each token by its sentence.
 
     weights[i] is the weight of predicting input_ids[i]: 0 for prompt and template tokens and for
@@ -161,7 +174,9 @@ def encode_pair(pair: Pair, tokenizer, max_length: int = 1024, eot: str = "alway
     non-space character (chosen: the sentence's correctness, 1 for correct labels; rejected: 1 minus
     it, 1 for hallucinated labels; soft weights pass through). `eot` (EOT_CHOICES) says how the
     end-of-turn token counts: always 1 (the default, as the authors and TRL), the last sentence's
-    weight, or never. Sides longer than `max_length` lose their tail (counted
+    weight, or never. mask="none" (MASK_CHOICES) weighs every response token 1 on both sides
+    instead, through the end-of-turn token (counted unless eot="never"). Sides longer than
+    `max_length` lose their tail (counted
     in `truncated`). Raises SkippedPair if no token is kept on either side, RecordError if the chat
     template alters the response so that sentences cannot be mapped.
     """
@@ -169,11 +184,13 @@ def encode_pair(pair: Pair, tokenizer, max_length: int = 1024, eot: str = "alway
         raise ValueError(f"max_length must be at least 2, got {max_length}")
     if eot not in EOT_CHOICES:
         raise ValueError(f"eot must be one of {', '.join(EOT_CHOICES)}, got {eot!r}")
+    if mask not in MASK_CHOICES:
+        raise ValueError(f"mask must be one of {', '.join(MASK_CHOICES)}, got {mask!r}")
     prefix = _render(tokenizer, pair.prompt, None)
     sides = []
     for name, response, keep_correct in (("chosen", pair.chosen, True), ("rejected", pair.rejected, False)):
         full = _render(tokenizer, pair.prompt, response.text)
-        sides.append(encode_side(response, keep_correct, prefix, full, tokenizer, max_length, eot, name))
+        sides.append(encode_side(response, keep_correct, prefix, full, tokenizer, max_length, eot, name, mask))
     chosen, rejected = sides
     if chosen.kept_tokens == 0 and rejected.kept_tokens == 0:
         truncated = " after truncation" if chosen.truncated or rejected.truncated else ""

@@ -54,6 +54,10 @@ class DataConfig:
     """How each response's end-of-turn token counts: always (weight 1 on both sides, as the authors and
     TRL count it, so that nothing masked is plain DPO), last_sentence (the weight of the response's last
     sentence) or never. The token is the one the chat template writes after an assistant message."""
+    mask: str = "sentences"
+    """Which response tokens count: sentences (Mask-DPO: the chosen side's correct sentences, the
+    rejected side's hallucinated ones) or none (nothing masked: every response token of both sides,
+    through the end-of-turn token: plain DPO on the same pairs, the paper's "w/o mask")."""
     correct_labels: str | None = None
     """Comma-separated labels counted as correct; null: ok, nofact, no_hallucination."""
     hallucinated_labels: str | None = None

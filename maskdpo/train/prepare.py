@@ -77,7 +77,7 @@ def prepare_data(config, run_dir: Path, say) -> PreparedData:
         if rank == 0:
             write_jsonl(pairs_path, (pair_to_json(p) for p in bundled_pairs()))
     tokenizer_path = run_tokenizer_dir(d.tokenizer, config.model.path)
-    options = dict(max_length=d.max_length, eot=d.eot, strict=not d.skip_invalid,
+    options = dict(max_length=d.max_length, eot=d.eot, mask=d.mask, strict=not d.skip_invalid,
                    label_map=LabelMap.from_lists(d.correct_labels, d.hallucinated_labels), cache_dir=d.cache_dir)
     if rank == 0:
         encoded = encode_file(pairs_path, tokenizer_path, progress=True, **options)

@@ -53,7 +53,7 @@ def _architecture(config, error):
 
 def validate(config, world_size: int) -> None:
     from ..data.labels import LabelMap
-    from ..data.masks import EOT_CHOICES
+    from ..data.masks import EOT_CHOICES, MASK_CHOICES
     from ..dpo.loss import LOSS_TYPES
     from ..dpo.objective import HEADS
     from ..model.architecture import check_window
@@ -89,6 +89,7 @@ def validate(config, world_size: int) -> None:
     except ValueError as e:
         error(str(e))
     check(d.eot in EOT_CHOICES, f"data.eot must be one of {', '.join(EOT_CHOICES)}, not {d.eot!r}")
+    check(d.mask in MASK_CHOICES, f"data.mask must be one of {', '.join(MASK_CHOICES)}, not {d.mask!r}")
     check(d.max_length * 2 <= d.token_budget,
           f"data.token_budget ({d.token_budget}) must hold a pair of max_length ({d.max_length}) sides")
     try:

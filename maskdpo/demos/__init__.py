@@ -1,0 +1,2 @@
+"""Demonstrations that run the whole project end to end on a laptop (`maskdpo demo ...`): plainly
+demos, not product features."""

@@ -1,0 +1,187 @@
+"""The factuality demo's oracle annotator: a judge that knows the world's knowledge file, served
+over the OpenAI-compatible chat-completions API on loopback, so that the project's real client,
+`maskdpo annotate`'s three-turn ANAH-v2 protocol and `maskdpo evaluate --metric factscore` talk to
+it as they would to an LLM.
+
+Its rules, fixed before any policy is trained (and tested against hand-labelled sentences):
+  - a sentence of one of the world's fact forms ("NAME was born in YEAR.") states a fact: about the
+    question's own person it is <No Hallucination> when the article says the same value and
+    <Contradictory> when it says another; about anyone else the reference has <No Reference
+    Information> (unverifiable);
+  - the opening ("Here is what I know about NAME.") and the hedges ("Little is known about ...")
+    state no fact (<No Facts>: counted correct, as the paper counts nofact);
+  - any other sentence states a fact if it names a value of the world (a year, city, profession or
+    university) -- a garbled one: unverifiable -- and none otherwise.
+FactScore's two prompts are answered by the same rules: the atomic facts of a response are its
+fact-form sentences, and a fact is True when the passages given in the prompt state it.
+
+The prompts are recognised by the bundled templates (maskdpo/assets/templates), whose placeholders
+become the fields read back: the server reads only what the client sent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from ...data.sentences import split_sentences
+from ...loop.annotate import load_templates as anah_templates
+from ...loop.factscore import load_templates as factscore_templates
+from .world import FORMS, HEDGES, OPENING, QUESTION, VALUES
+
+NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"
+_FACT = {a: re.compile(re.escape(form).replace(r"\{name\}", f"(?P<name>{NAME})").replace(r"\{value\}", "(?P<value>.+)"))
+         for a, form in FORMS.items()}
+_NOFACT = [re.compile(re.escape(form).replace(r"\{name\}", NAME)) for form in (OPENING, *HEDGES.values())]
+_QUESTION = re.compile(re.escape(QUESTION).replace(r"\{name\}", f"(?P<name>{NAME})"))
+_VALUE = re.compile("|".join(sorted((re.escape(v) for vs in VALUES.values() for v in vs), key=len, reverse=True)))
+
+
+def parse_fact(sentence: str) -> tuple[str, str, str] | None:
+    """(name, attribute, value) of a fact-form sentence; None for anything else."""
+    for attribute, pattern in _FACT.items():
+        match = pattern.fullmatch(sentence.strip())
+        if match:
+            return match["name"], attribute, match["value"]
+    return None
+
+
+def facts_of(text: str) -> dict[tuple[str, str], str]:
+    """(name, attribute) -> value for every fact-form sentence of `text` (an article, passages)."""
+    out = {}
+    for start, end in split_sentences(text, "en"):
+        fact = parse_fact(text[start:end])
+        if fact:
+            out[fact[0], fact[1]] = fact[2]
+    return out
+
+
+def states_a_fact(sentence: str) -> bool:
+    if parse_fact(sentence):
+        return True
+    if any(p.fullmatch(sentence.strip()) for p in _NOFACT):
+        return False
+    return bool(_VALUE.search(sentence))
+
+
+def judge(sentence: str, topic: str, reference: str) -> str:
+    """The label of `sentence` in an answer about `topic` whose reference document is `reference`:
+    ok, contradictory, unverifiable or nofact (the module's rules)."""
+    if not states_a_fact(sentence):
+        return "nofact"
+    fact = parse_fact(sentence)
+    known = facts_of(reference)
+    if fact is None or fact[0] != topic or (fact[0], fact[1]) not in known:
+        return "unverifiable"
+    return "ok" if known[fact[0], fact[1]] == fact[2] else "contradictory"
+
+
+def _template_pattern(template: str) -> re.Pattern:
+    """The template as a regex whose placeholders are named groups (a repeated one must repeat)."""
+    parts, seen = [], set()
+    for piece in re.split(r"(\{[a-z_]+\})", template):
+        name = piece[1:-1] if re.fullmatch(r"\{[a-z_]+\}", piece) else None
+        if name is None:
+            parts.append(re.escape(piece))
+        elif name in seen:
+            parts.append(f"(?P={name})")
+        else:
+            seen.add(name)
+            parts.append(f"(?P<{name}>.*?)")
+    return re.compile("".join(parts), re.S)
+
+
+VERDICT_TAGS = {"ok": "<No Hallucination>", "contradictory": "<Contradictory>", "unverifiable": "<Unverifiable>"}
+
+
+class Oracle:
+    """Replies to the annotator's and FactScore's prompts (the bundled templates)."""
+
+    def __init__(self):
+        anah, factscore = anah_templates(), factscore_templates()
+        self.facts_prompt = _template_pattern(anah["facts.txt"])
+        self.reference_prompt = _template_pattern(anah["reference.txt"])
+        self.extract_prompt = _template_pattern(factscore["factscore_facts.txt"])
+        self.judge_prompt = _template_pattern(factscore["factscore_judge.txt"])
+
+    def reply(self, messages: list[dict]) -> str:
+        first = messages[0]["content"]
+        turn1 = self.facts_prompt.fullmatch(first)
+        if turn1:
+            sentence = turn1["sentence"]
+            asked = _QUESTION.fullmatch(turn1["question"])
+            topic = asked["name"] if asked else None
+            if len(messages) == 1:
+                return "<Facts Present>" if states_a_fact(sentence) else "<No Facts>"
+            reference = self.reference_prompt.fullmatch(messages[2]["content"])
+            if reference is None:
+                raise ValueError("the annotator's second turn is not the reference template")
+            label = judge(sentence, topic, reference["reference"])
+            if len(messages) == 3:  # the relevant passages: the article's sentence on that attribute
+                fact = parse_fact(sentence)
+                if label == "unverifiable" or fact is None:
+                    return "<No Reference Information>"
+                value = facts_of(reference["reference"])[fact[0], fact[1]]
+                return FORMS[fact[1]].format(name=fact[0], value=value)
+            return VERDICT_TAGS[label]
+        extract = self.extract_prompt.fullmatch(first)
+        if extract:
+            text = extract["response"]
+            facts = [text[a:b] for a, b in split_sentences(text, "en") if parse_fact(text[a:b])]
+            return "\n".join(f"- {f}" for f in facts) if facts else "No facts."
+        judged = self.judge_prompt.fullmatch(first)
+        if judged:
+            fact = parse_fact(judged["fact"])
+            known = facts_of(judged["passages"])
+            return "True" if fact and known.get((fact[0], fact[1])) == fact[2] else "False"
+        raise ValueError(f"not a prompt the oracle knows: {first[:80]!r}")
+
+
+class OracleServer:
+    """The oracle on 127.0.0.1 (a free port), speaking OpenAI's chat completions:
+
+        with OracleServer() as server:
+            server.url      # http://127.0.0.1:PORT/v1, for --annotator-base-url
+    A prompt it does not know is answered 400 with the reason (the client then fails at once)."""
+
+    def __init__(self, model: str = "oracle"):
+        self.oracle, self.model, self.requests = Oracle(), model, 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests += 1
+                try:
+                    text = server.oracle.reply(body["messages"])
+                except (ValueError, KeyError, IndexError) as e:
+                    return self._send(400, json.dumps({"error": {"message": str(e)}}).encode())
+                payload = {"id": "oracle", "object": "chat.completion", "created": 0, "model": body.get("model"),
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": text}}],
+                           "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+                self._send(200, json.dumps(payload).encode())
+
+            def _send(self, status, data):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,147 @@
+"""A small world made in code, from a seed, for the factuality demo (`maskdpo demo factuality`).
+
+People (the topics) with four attributes each -- birth year, home city, profession, university --
+written as an article per person (the knowledge file `maskdpo evaluate --metric factscore` reads,
+and each question's reference document for the annotator) and asked about with "Tell me about
+NAME." Every fact is one sentence of a fixed form (FORMS); a hedge (HEDGES) says, without stating
+anything, that the attribute is not known. Topics are split into train and unseen test topics,
+as the paper does. The supervised corpus that makes the base policy shows some topics often and
+others rarely (EXPOSURES), so that the policy knows some people well and guesses at others:
+its answers mix true and false sentences, for a reason.
+
+Everything here is deterministic in the seed: the same seed gives the same world, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ATTRIBUTES = ("year", "city", "profession", "university")
+# One sentence per fact; {name} the person, {value} the attribute's value.
+FORMS = {
+    "year": "{name} was born in {value}.",
+    "city": "{name} grew up in {value}.",
+    "profession": "{name} worked as a {value}.",
+    "university": "{name} studied at {value}.",
+}
+# Saying an attribute is not known: no fact stated (the annotator's <No Facts>: counted correct).
+HEDGES = {
+    "year": "Little is known about when {name} was born.",
+    "city": "Little is known about where {name} grew up.",
+    "profession": "Little is known about the work of {name}.",
+    "university": "Little is known about where {name} studied.",
+}
+OPENING = "Here is what I know about {name}."
+QUESTION = "Tell me about {name}."
+
+FIRST = ("Ada", "Bram", "Cora", "Dmitri", "Elin", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kira", "Lars",
+         "Mira", "Nils", "Olga", "Pavel", "Rosa", "Sven", "Tara", "Uwe", "Vera", "Wim", "Yara", "Zeno")
+LAST = ("Albrecht", "Brandt", "Castell", "Dunmore", "Eckhart", "Falk", "Gorman", "Hale", "Ivers", "Jansen",
+        "Kovac", "Lindqvist", "Marsh", "Norwood", "Orlov", "Pryce", "Quill", "Rowan", "Stroud", "Thorne",
+        "Ulrich", "Vance", "Wexler", "Yates")
+VALUES = {
+    "year": tuple(str(y) for y in range(1850, 1990)),
+    "city": ("Avonmere", "Brightwater", "Caldera", "Dunhollow", "Eastmarch", "Fernvale", "Greystone",
+             "Highbridge", "Ironport", "Juniper Bay", "Kestrel", "Lowmoor"),
+    "profession": ("painter", "chemist", "sailor", "architect", "violinist", "baker", "surgeon", "botanist",
+                   "lawyer", "astronomer"),
+    "university": ("Avonmere College", "the Caldera Institute", "Eastmarch University", "Fernvale Academy",
+                   "Greystone University", "the Ironport School of Arts"),
+}
+# How often the supervised corpus shows a person (answers per topic): well known, half known, barely.
+EXPOSURES = (8, 3, 1)
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    facts: dict  # attribute -> value
+    exposure: int  # answers about this person in the supervised corpus
+    split: str  # "train" or "test"
+
+    def article(self) -> str:
+        return " ".join(FORMS[a].format(name=self.name, value=self.facts[a]) for a in ATTRIBUTES)
+
+
+@dataclass
+class World:
+    seed: int
+    people: list[Person] = field(default_factory=list)
+
+    @property
+    def train(self) -> list[Person]:
+        return [p for p in self.people if p.split == "train"]
+
+    @property
+    def test(self) -> list[Person]:
+        return [p for p in self.people if p.split == "test"]
+
+    def question(self, person: Person) -> dict:
+        """The questions-file record of `person` (maskdpo.loop.sample.read_questions' format)."""
+        return {"question_id": f"q-{slug(person.name)}", "question": QUESTION.format(name=person.name),
+                "topic": person.name, "language": "en", "reference": person.article()}
+
+    def write(self, out: str | Path) -> dict[str, Path]:
+        """knowledge.jsonl (every person's article, {title, text}), train_questions.jsonl,
+        test_questions.jsonl, sft.jsonl (the supervised corpus: {prompt, response}) and world.json
+        (the whole world, for the record). Returns name -> path."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        files = {name: out / f"{name}.jsonl" for name in ("knowledge", "train_questions", "test_questions", "sft")}
+        _write_jsonl(files["knowledge"], ({"title": p.name, "text": p.article()} for p in self.people))
+        _write_jsonl(files["train_questions"], (self.question(p) for p in self.train))
+        _write_jsonl(files["test_questions"], (self.question(p) for p in self.test))
+        _write_jsonl(files["sft"], sft_corpus(self))
+        files["world"] = out / "world.json"
+        files["world"].write_text(json.dumps({"seed": self.seed, "people": [p.__dict__ for p in self.people]},
+                                             indent=1) + "\n")
+        return files
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def make_world(seed: int, topics: int = 36, test_fraction: float = 1 / 3) -> World:
+    """`topics` people with distinct names and random attributes; each exposure level holds the same
+    share of train and test topics, so unseen test topics are known as well as the train ones."""
+    if not 3 <= topics <= len(FIRST) * len(LAST):
+        raise ValueError(f"topics must be in [3, {len(FIRST) * len(LAST)}], got {topics}")
+    rng = random.Random(seed)
+    names = rng.sample([f"{f} {last}" for f in FIRST for last in LAST], topics)
+    people = []
+    for i, name in enumerate(names):
+        exposure = EXPOSURES[i % len(EXPOSURES)]
+        # Within each exposure level, every 1 / test_fraction-th person is a test topic.
+        split = "test" if (i // len(EXPOSURES)) % round(1 / test_fraction) == 0 else "train"
+        facts = {a: rng.choice(VALUES[a]) for a in ATTRIBUTES}
+        people.append(Person(name, facts, exposure, split))
+    return World(seed, people)
+
+
+def answer(person: Person, rng: random.Random, hedge: float) -> str:
+    """One answer about `person` in the world's style: the opening, then each attribute in order,
+    stated truly or (with probability `hedge`) hedged."""
+    sentences = [OPENING.format(name=person.name)]
+    for a in ATTRIBUTES:
+        form = HEDGES[a] if rng.random() < hedge else FORMS[a]
+        sentences.append(form.format(name=person.name, value=person.facts[a]))
+    return " ".join(sentences)
+
+
+def sft_corpus(world: World, hedge: float = 0.2) -> list[dict]:
+    """The supervised corpus: `exposure` answers per person (train and test topics alike, as a
+    pretraining corpus would hold them), each attribute hedged with probability `hedge`; shuffled."""
+    rng = random.Random(world.seed + 1)
+    records = [{"prompt": QUESTION.format(name=p.name), "response": answer(p, rng, hedge)}
+               for p in world.people for _ in range(p.exposure)]
+    rng.shuffle(records)
+    return records
+
+
+def _write_jsonl(path: Path, records) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

@@ -1,0 +1,102 @@
+"""The factuality demo's world and its oracle annotator: the world deterministic in its seed, its
+articles stating exactly the people's facts; the oracle against sentences labelled by hand; and the
+oracle served over HTTP on loopback, driven by the project's real `maskdpo annotate` (ANAH-v2's
+three turns) and `maskdpo evaluate --metric factscore`."""
+
+import json
+
+import pytest
+
+from maskdpo.cli import main
+from maskdpo.demos.factuality.oracle import Oracle, OracleServer, facts_of, judge
+from maskdpo.demos.factuality.world import ATTRIBUTES, EXPOSURES, Person, make_world, sft_corpus
+
+ADA = Person("Ada Brandt", {"year": "1901", "city": "Caldera", "profession": "chemist",
+                            "university": "Fernvale Academy"}, 3, "test")
+
+# Written by hand from the rules in maskdpo/demos/factuality/oracle.py's docstring, for ADA.
+HAND_LABELLED = [
+    ("Here is what I know about Ada Brandt.", "nofact"),
+    ("Ada Brandt was born in 1901.", "ok"),
+    ("Ada Brandt was born in 1902.", "contradictory"),
+    ("Ada Brandt grew up in Caldera.", "ok"),
+    ("Ada Brandt grew up in Lowmoor.", "contradictory"),
+    ("Ada Brandt worked as a chemist.", "ok"),
+    ("Ada Brandt worked as a sailor.", "contradictory"),
+    ("Ada Brandt studied at Fernvale Academy.", "ok"),
+    ("Ada Brandt studied at the Caldera Institute.", "contradictory"),
+    ("Little is known about where Ada Brandt grew up.", "nofact"),
+    ("Little is known about when Ada Brandt was born.", "nofact"),
+    ("Bram Falk was born in 1901.", "unverifiable"),  # another person: not in Ada's reference
+    ("Ada Brandt was in 1901 Caldera.", "unverifiable"),  # garbled, but it names world values
+    ("Ada Brandt Ada Brandt.", "nofact"),  # garbled, nothing stated
+]
+
+
+def test_the_world_is_its_seed():
+    a, b, c = make_world(7), make_world(7), make_world(8)
+    assert a == b and a != c
+    assert len({p.name for p in a.people}) == 36
+    # every exposure level has train and unseen test topics, a third of them test
+    for level in EXPOSURES:
+        people = [p for p in a.people if p.exposure == level]
+        assert sum(p.split == "test" for p in people) == len(people) // 3
+    assert sft_corpus(a) == sft_corpus(b)
+
+
+def test_an_article_states_exactly_its_persons_facts(tmp_path):
+    world = make_world(0, topics=12)
+    for person in world.people:
+        assert facts_of(person.article()) == {(person.name, a): person.facts[a] for a in ATTRIBUTES}
+    files = world.write(tmp_path)
+    knowledge = [json.loads(line) for line in files["knowledge"].read_text().splitlines()]
+    assert [k["title"] for k in knowledge] == [p.name for p in world.people]
+    test_questions = [json.loads(line) for line in files["test_questions"].read_text().splitlines()]
+    assert {q["topic"] for q in test_questions} == {p.name for p in world.test}
+    corpus = [json.loads(line) for line in files["sft"].read_text().splitlines()]
+    assert len(corpus) == sum(p.exposure for p in world.people)
+    # the corpus only ever states true facts (hedges state none)
+    for record in corpus:
+        person = next(p for p in world.people if record["prompt"].endswith(p.name + "."))
+        for sentence in record["response"].split(". "):
+            assert judge(sentence.rstrip(".") + ".", person.name, person.article()) in ("ok", "nofact"), sentence
+
+
+@pytest.mark.parametrize("sentence,label", HAND_LABELLED)
+def test_the_oracle_labels_sentences_as_written_by_hand(sentence, label):
+    assert judge(sentence, ADA.name, ADA.article()) == label
+
+
+def test_the_oracle_refuses_prompts_it_does_not_know():
+    with pytest.raises(ValueError, match="not a prompt the oracle knows"):
+        Oracle().reply([{"role": "user", "content": "Write a poem."}])
+
+
+def test_the_real_annotator_and_factscore_talk_to_the_served_oracle(tmp_path):
+    """Hand-labelled sentences as one response, through `maskdpo annotate` and `maskdpo evaluate
+    --metric factscore` over HTTP: the labels, and FactScore's supported facts, are the hand labels."""
+    response = " ".join(s for s, _ in HAND_LABELLED)
+    question = {"question_id": "q-ada", "question": f"Tell me about {ADA.name}.", "topic": ADA.name,
+                "language": "en", "reference": ADA.article()}
+    sample = {"question_id": "q-ada", "sample_id": 0, "language": "en", "topic": ADA.name,
+              "prompt": [{"role": "user", "content": question["question"]}], "response": response,
+              "sampling": {"source": "hand", "model": "hand", "temperature": 0.0, "top_k": None, "top_p": None,
+                           "max_tokens": 0}}
+    (tmp_path / "questions.jsonl").write_text(json.dumps(question) + "\n")
+    (tmp_path / "samples.jsonl").write_text(json.dumps(sample) + "\n")
+    (tmp_path / "knowledge.jsonl").write_text(json.dumps({"title": ADA.name, "text": ADA.article()}) + "\n")
+    with OracleServer() as server:
+        assert main(["annotate", "--samples", str(tmp_path / "samples.jsonl"), "--questions",
+                     str(tmp_path / "questions.jsonl"), "--output", str(tmp_path / "annotated.jsonl"),
+                     "--base-url", server.url, "--model", "oracle"]) == 0
+        assert main(["evaluate", "--metric", "factscore", "--knowledge", str(tmp_path / "knowledge.jsonl"),
+                     "--responses", str(tmp_path / "samples.jsonl"), "--annotator-base-url", server.url,
+                     "--annotator-model", "oracle", "--output", str(tmp_path / "fs"),
+                     "--cache-dir", str(tmp_path / "cache")]) == 0
+    record = json.loads((tmp_path / "annotated.jsonl").read_text())
+    got = [(response[s["start"]:s["end"]], s["label"]) for s in record["sentences"]]
+    assert got == HAND_LABELLED and not any(s.get("unparsed") for s in record["sentences"])
+    judged = [json.loads(line) for line in (tmp_path / "fs" / "judged.jsonl").read_text().splitlines()]
+    fact_sentences = {s for s, _ in HAND_LABELLED[:9] if s != HAND_LABELLED[0][0]} | {HAND_LABELLED[11][0]}
+    assert {j["fact"] for j in judged} == fact_sentences
+    assert {j["fact"] for j in judged if j["supported"]} == {s for s, label in HAND_LABELLED if label == "ok"}

@@ -298,6 +298,16 @@ def test_local_transformers_sampling(tmp_path):
     sample_local(QUESTIONS[:1], tmp_path / "g2.jsonl", tmp_path / "model", greedy)
     assert lines(tmp_path / "g1.jsonl")[0]["response"] == lines(tmp_path / "g2.jsonl")[0]["response"]
     assert lines(tmp_path / "s.jsonl")[0]["sampling"]["source"] == "local"
+    # It stops at the chat template's end of turn too, not only at the tokenizer's end of sequence
+    # (the bundled tokenizer's is <|end_of_text|>, its template ends turns with <|eot_id|>).
+    import transformers
+
+    from maskdpo.loop.sample import stop_tokens
+
+    tokenizer = load_tokenizer()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "model"))
+    expected = {tokenizer.convert_tokens_to_ids("<|eot_id|>"), tokenizer.convert_tokens_to_ids("<|end_of_text|>")}
+    assert expected <= set(stop_tokens(model, tokenizer))
 
 
 def test_braces_in_responses_and_documents_reach_the_annotator_verbatim(tmp_path):

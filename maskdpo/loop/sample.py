@@ -117,6 +117,18 @@ def sample_server(questions: list[dict], output, client, config: SamplingConfig,
     return run_jobs(items, work, output, sample_key, concurrency, desc="sampling", mismatch=_same_settings(sampling))
 
 
+def stop_tokens(model, tokenizer) -> list[int]:
+    """Where generation ends: the model's generation config's end-of-sequence ids, the tokenizer's,
+    and the chat template's end of turn (a base tokenizer's end of sequence is often not the token an
+    assistant turn ends with: Llama-3's <|end_of_text|> vs <|eot_id|>, Qwen's <|endoftext|> vs <|im_end|>)."""
+    from ..data.masks import end_of_turn
+
+    configured = model.generation_config.eos_token_id
+    configured = configured if isinstance(configured, list) else [configured]
+    found = [*configured, tokenizer.eos_token_id, end_of_turn(tokenizer)]
+    return list(dict.fromkeys(i for i in found if i is not None))
+
+
 def sample_local(questions: list[dict], output, model_dir: str | Path, config: SamplingConfig,
                  seed: int = 0) -> JobReport:
     """Sample with transformers' generate() from a local model directory (small models, tests)."""
@@ -126,6 +138,7 @@ def sample_local(questions: list[dict], output, model_dir: str | Path, config: S
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
     greedy = config.temperature == 0
+    stop = stop_tokens(model, tokenizer)
     sampling = config.settings("local", str(model_dir))
 
     def work(item):
@@ -137,7 +150,8 @@ def sample_local(questions: list[dict], output, model_dir: str | Path, config: S
             out = model.generate(ids, do_sample=not greedy, temperature=config.temperature if not greedy else None,
                                  top_k=config.top_k if not greedy else None, top_p=config.top_p if not greedy else None,
                                  max_new_tokens=config.max_tokens,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                 pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0],
+                                 eos_token_id=stop)
         return _record(item, tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True), sampling)
 
     items = [{"question_id": q["question_id"], "sample_id": k, "question": q}

@@ -17,19 +17,19 @@ ADA = Person("Ada Brandt", {"year": "1901", "city": "Caldera", "profession": "ch
 # Written by hand from the rules in maskdpo/demos/factuality/oracle.py's docstring, for ADA.
 HAND_LABELLED = [
     ("Here is what I know about Ada Brandt.", "nofact"),
-    ("Ada Brandt was born in 1901.", "ok"),
-    ("Ada Brandt was born in 1902.", "contradictory"),
-    ("Ada Brandt grew up in Caldera.", "ok"),
-    ("Ada Brandt grew up in Lowmoor.", "contradictory"),
-    ("Ada Brandt worked as a chemist.", "ok"),
-    ("Ada Brandt worked as a sailor.", "contradictory"),
-    ("Ada Brandt studied at Fernvale Academy.", "ok"),
-    ("Ada Brandt studied at the Caldera Institute.", "contradictory"),
-    ("Little is known about where Ada Brandt grew up.", "nofact"),
-    ("Little is known about when Ada Brandt was born.", "nofact"),
-    ("Bram Falk was born in 1901.", "unverifiable"),  # another person: not in Ada's reference
-    ("Ada Brandt was in 1901 Caldera.", "unverifiable"),  # garbled, but it names world values
-    ("Ada Brandt Ada Brandt.", "nofact"),  # garbled, nothing stated
+    ("They were born in 1901.", "ok"),
+    ("They were born in 1902.", "contradictory"),
+    ("They grew up in Caldera.", "ok"),
+    ("They grew up in Lowmoor.", "contradictory"),
+    ("They worked as a chemist.", "ok"),
+    ("They worked as a sailor.", "contradictory"),
+    ("They studied at Fernvale Academy.", "ok"),
+    ("They studied at the Caldera Institute.", "contradictory"),
+    ("Little is known about where they grew up.", "nofact"),
+    ("Little is known about when they were born.", "nofact"),
+    ("Bram Falk was born in 1901.", "unverifiable"),  # not one of the forms, but it names a world value
+    ("They were in 1901 Caldera.", "unverifiable"),  # garbled, naming world values
+    ("They grew up in.", "nofact"),  # garbled, nothing stated
 ]
 
 
@@ -47,7 +47,7 @@ def test_the_world_is_its_seed():
 def test_an_article_states_exactly_its_persons_facts(tmp_path):
     world = make_world(0, topics=12)
     for person in world.people:
-        assert facts_of(person.article()) == {(person.name, a): person.facts[a] for a in ATTRIBUTES}
+        assert facts_of(person.article()) == person.facts and set(person.facts) == set(ATTRIBUTES)
     files = world.write(tmp_path)
     knowledge = [json.loads(line) for line in files["knowledge"].read_text().splitlines()]
     assert [k["title"] for k in knowledge] == [p.name for p in world.people]
@@ -59,12 +59,12 @@ def test_an_article_states_exactly_its_persons_facts(tmp_path):
     for record in corpus:
         person = next(p for p in world.people if record["prompt"].endswith(p.name + "."))
         for sentence in record["response"].split(". "):
-            assert judge(sentence.rstrip(".") + ".", person.name, person.article()) in ("ok", "nofact"), sentence
+            assert judge(sentence.rstrip(".") + ".", person.article()) in ("ok", "nofact"), sentence
 
 
 @pytest.mark.parametrize("sentence,label", HAND_LABELLED)
 def test_the_oracle_labels_sentences_as_written_by_hand(sentence, label):
-    assert judge(sentence, ADA.name, ADA.article()) == label
+    assert judge(sentence, ADA.article()) == label
 
 
 def test_the_oracle_refuses_prompts_it_does_not_know():
@@ -97,6 +97,5 @@ def test_the_real_annotator_and_factscore_talk_to_the_served_oracle(tmp_path):
     got = [(response[s["start"]:s["end"]], s["label"]) for s in record["sentences"]]
     assert got == HAND_LABELLED and not any(s.get("unparsed") for s in record["sentences"])
     judged = [json.loads(line) for line in (tmp_path / "fs" / "judged.jsonl").read_text().splitlines()]
-    fact_sentences = {s for s, _ in HAND_LABELLED[:9] if s != HAND_LABELLED[0][0]} | {HAND_LABELLED[11][0]}
-    assert {j["fact"] for j in judged} == fact_sentences
+    assert {j["fact"] for j in judged} == {s for s, _ in HAND_LABELLED[1:9]}  # the fact-form sentences
     assert {j["fact"] for j in judged if j["supported"]} == {s for s, label in HAND_LABELLED if label == "ok"}

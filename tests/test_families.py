@@ -156,3 +156,39 @@ def test_a_recipe_architecture_names_its_family():
         Architecture.from_architecture({**shape, "model_type": "gemma"})
     with pytest.raises(ValueError, match="sliding_window .* is not a field of qwen2"):
         Architecture.from_architecture({**shape, "model_type": "qwen2", "sliding_window": 4096})
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "llama"])
+def test_a_config_json_that_leaves_fields_out_means_what_transformers_reads(tmp_path, family):
+    """Only the sizes given: head_dim (Qwen3's 128), the window (Mistral's 4096), the context length,
+    rope theta, eps, special tokens and tying default as transformers' own config class of the family
+    defaults them; and the export, read back by transformers, is the same config. rope_parameters
+    wins over a stale top-level rope_theta, as in transformers."""
+    # 32 heads: Qwen's default key/value heads (32) and Mistral's (8) divide them, as Llama's (one per head)
+    minimal = {"model_type": family, "vocab_size": 128, "hidden_size": 256, "intermediate_size": 96,
+               "num_hidden_layers": 2, "num_attention_heads": 32}
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "config.json").write_text(json.dumps(minimal))
+    theirs = transformers.AutoConfig.from_pretrained(str(tmp_path / "in"))
+    ours = load_config(tmp_path / "in")
+    keys = ("head_dim", "max_position_embeddings", "rms_norm_eps", "bos_token_id", "eos_token_id",
+            "tie_word_embeddings", "num_key_value_heads")
+    assert {k: getattr(ours, k) for k in keys} == {k: getattr(theirs, k, None) or ours.hidden_size // 32
+                                                   if k == "head_dim" else getattr(theirs, k) for k in keys}
+    assert ours.rope_theta == theirs.rope_parameters["rope_theta"]
+    assert ours.sliding_window == getattr(theirs, "sliding_window", None) if family == "mistral" else True
+    from maskdpo.model.llama import Llama
+
+    save_llama(Llama(ours), tmp_path / "out")
+    again = transformers.AutoConfig.from_pretrained(str(tmp_path / "out"))
+
+    def head_dim(config):  # what the family's modeling code uses (Qwen2's config has no head_dim of its own)
+        return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+    assert head_dim(again) == head_dim(theirs)
+    for key in (*keys[1:], "sliding_window", "rope_parameters", "model_type"):
+        assert getattr(again, key, None) == getattr(theirs, key, None), key
+    both = {**minimal, "rope_theta": 10000.0, "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}
+    (tmp_path / "in" / "config.json").write_text(json.dumps(both))
+    assert load_config(tmp_path / "in").rope_theta == transformers.AutoConfig.from_pretrained(
+        str(tmp_path / "in")).rope_parameters["rope_theta"] == 500000.0

@@ -39,18 +39,28 @@ class Family:
     turn a window on with use_sliding_window instead, which must be false."""
     fixed: tuple = ()
     """(config.json field, the only value the model implements, transformers' default)."""
+    defaults: tuple = ()
+    """(config.json field, transformers' default for this family when the field is absent): what
+    transformers' config class reads then, so that a config.json that leaves it out means the same
+    model here (Qwen3's head_dim is 128, not hidden / heads; Mistral's window is 4096; the key/value
+    heads are 32 for Qwen, 8 for Mistral, and one per head only for Llama)."""
 
 
 _ACTIVATION = ("hidden_act", "silu", "silu")
 _DROPOUT = ("attention_dropout", 0.0, 0.0)
 FAMILIES = {f.model_type: f for f in (
     Family("llama", "LlamaForCausalLM",
-           fixed=(_ACTIVATION, _DROPOUT, ("attention_bias", False, False), ("mlp_bias", False, False))),
+           fixed=(_ACTIVATION, _DROPOUT, ("attention_bias", False, False), ("mlp_bias", False, False)),
+           defaults=(("max_position_embeddings", 2048), ("bos_token_id", 1), ("eos_token_id", 2))),
     Family("qwen2", "Qwen2ForCausalLM", qkv_bias=True,
-           fixed=(_ACTIVATION, _DROPOUT, ("use_sliding_window", False, False))),
+           fixed=(_ACTIVATION, _DROPOUT, ("use_sliding_window", False, False)),
+           defaults=(("max_position_embeddings", 32768), ("num_key_value_heads", 32))),
     Family("qwen3", "Qwen3ForCausalLM", qk_norm=True,
-           fixed=(_ACTIVATION, _DROPOUT, ("attention_bias", False, False), ("use_sliding_window", False, False))),
-    Family("mistral", "MistralForCausalLM", window_field=True, fixed=(_ACTIVATION, _DROPOUT)),
+           fixed=(_ACTIVATION, _DROPOUT, ("attention_bias", False, False), ("use_sliding_window", False, False)),
+           defaults=(("max_position_embeddings", 32768), ("head_dim", 128), ("num_key_value_heads", 32))),
+    Family("mistral", "MistralForCausalLM", window_field=True, fixed=(_ACTIVATION, _DROPOUT),
+           defaults=(("max_position_embeddings", 131072), ("sliding_window", 4096), ("bos_token_id", 1),
+                     ("eos_token_id", 2), ("num_key_value_heads", 8))),
 )}
 
 
@@ -71,7 +81,8 @@ class Architecture:
     num_attention_heads: int = 32
     """Query heads."""
     num_key_value_heads: int = 8
-    """Key/value heads (grouped-query attention); a config.json without it has one per query head."""
+    """Key/value heads (grouped-query attention); a config.json without it has the family's default
+    (Family.defaults), a recipe's model.architecture one per query head."""
     head_dim: int | None = None
     """Width of a head; None: hidden_size // num_attention_heads (Qwen3 and Mistral may differ)."""
     rms_norm_eps: float = 1e-5
@@ -135,7 +146,7 @@ class Architecture:
         # transformers 5 nests theta and scaling under rope_parameters (kept in extra: to_hf writes
         # them back in the form they were read).
         rope = data.get("rope_parameters") or {}
-        if "rope_theta" not in data and "rope_theta" in rope:
+        if "rope_theta" in rope:  # transformers 5 reads rope_parameters first
             data["rope_theta"] = rope["rope_theta"]
         if data.get("rope_scaling") is None and rope.get("rope_type", "default") != "default":
             data["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
@@ -158,6 +169,8 @@ class Architecture:
         # Hugging Face's defaults for keys a config.json may leave out (num_key_value_heads: from_architecture).
         data.setdefault("rope_theta", 10000.0)
         data.setdefault("rms_norm_eps", 1e-6)
+        for key, value in family.defaults:
+            data.setdefault(key, value)
         data.pop("architectures", None)  # the family's own class is written back
         fields = cls.FIELDS + (("sliding_window",) if family.window_field else ())
         known = {k: data.pop(k) for k in fields if k in data}

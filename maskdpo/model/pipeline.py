@@ -1,4 +1,4 @@
-"""Llama as a DeepSpeed PipelineModule whose last stage computes the Mask-DPO loss.
+"""The Llama-shaped decoder (every family) as a DeepSpeed PipelineModule whose last stage computes the Mask-DPO loss.
 
 Layer layout (pipeline layer index -> block):
   0            EmbeddingPipe         (input_ids, position_ids, cu_seqlens) -> (hidden, position_ids, cu_seqlens)

@@ -23,7 +23,8 @@ from .errors import ConfigError
 @dataclass
 class ModelConfig:
     path: str | None = None
-    """Hugging Face Llama directory to start from (config.json + safetensors); null: a random init."""
+    """Hugging Face model directory (Llama, Qwen2/2.5, Qwen3 or Mistral) to start from (config.json +
+    safetensors); null: a random init."""
     architecture: dict = field(default_factory=dict)
     """Architecture fields (hidden_size, num_hidden_layers, ...) for a random init when path is null;
     without num_key_value_heads, one per attention head (as transformers reads a config.json)."""

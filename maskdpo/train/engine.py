@@ -1,4 +1,4 @@
-"""DeepSpeed pipeline (PP) x data parallel (DP, ZeRO-1) training of Llama with the Mask-DPO loss.
+"""DeepSpeed pipeline (PP) x data parallel (DP, ZeRO-1) training of the Llama-shaped decoders with the Mask-DPO loss.
 
 This is the only place that knows about stages, ranks and DeepSpeed. A step takes
 gradient_accumulation_steps x DP packed micro-batches (maskdpo.train.loader decides which rank runs
@@ -152,7 +152,8 @@ class Layout:
 
 
 class PipelineTrainer:
-    """A Llama pipeline engine with the Mask-DPO objective: reference pass, steps, checkpoints, HF export.
+    """A pipeline engine (any family of maskdpo.model.architecture) with the Mask-DPO objective:
+    reference pass, steps, checkpoints, HF export.
 
     Call inside a launched process group (deepspeed / torchrun set RANK, WORLD_SIZE, ...).
     head: fused, kernel or eager (maskdpo.dpo.objective.HEADS). attention: a backend name or auto,

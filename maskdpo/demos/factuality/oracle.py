@@ -4,12 +4,12 @@ over the OpenAI-compatible chat-completions API on loopback, so that the project
 it as they would to an LLM.
 
 Its rules, fixed before any policy is trained (and tested against hand-labelled sentences):
-  - a sentence of one of the world's fact forms ("NAME was born in YEAR.") states a fact: about the
-    question's own person it is <No Hallucination> when the article says the same value and
-    <Contradictory> when it says another; about anyone else the reference has <No Reference
-    Information> (unverifiable);
-  - the opening ("Here is what I know about NAME.") and the hedges ("Little is known about ...")
-    state no fact (<No Facts>: counted correct, as the paper counts nofact);
+  - a sentence of one of the world's fact forms ("They were born in YEAR.", about the person asked
+    about) states a fact: <No Hallucination> when the person's article (the reference) says the
+    same value, <Contradictory> when it says another;
+  - the opening ("Here is what I know about NAME.", the article's "NAME is a person of this world.")
+    and the hedges ("Little is known about ...") state no fact (<No Facts>: counted correct, as the
+    paper counts nofact);
   - any other sentence states a fact if it names a value of the world (a year, city, profession or
     university) -- a garbled one: unverifiable -- and none otherwise.
 FactScore's two prompts are answered by the same rules: the atomic facts of a response are its
@@ -29,32 +29,31 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ...data.sentences import split_sentences
 from ...loop.annotate import load_templates as anah_templates
 from ...loop.factscore import load_templates as factscore_templates
-from .world import FORMS, HEDGES, OPENING, QUESTION, VALUES
+from .world import ARTICLE_OPENING, FORMS, HEDGES, OPENING, VALUES
 
 NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"
-_FACT = {a: re.compile(re.escape(form).replace(r"\{name\}", f"(?P<name>{NAME})").replace(r"\{value\}", "(?P<value>.+)"))
-         for a, form in FORMS.items()}
-_NOFACT = [re.compile(re.escape(form).replace(r"\{name\}", NAME)) for form in (OPENING, *HEDGES.values())]
-_QUESTION = re.compile(re.escape(QUESTION).replace(r"\{name\}", f"(?P<name>{NAME})"))
+_FACT = {a: re.compile(re.escape(form).replace(r"\{value\}", "(?P<value>.+)")) for a, form in FORMS.items()}
+_NOFACT = [re.compile(re.escape(form).replace(r"\{name\}", NAME))
+           for form in (OPENING, ARTICLE_OPENING, *HEDGES.values())]
 _VALUE = re.compile("|".join(sorted((re.escape(v) for vs in VALUES.values() for v in vs), key=len, reverse=True)))
 
 
-def parse_fact(sentence: str) -> tuple[str, str, str] | None:
-    """(name, attribute, value) of a fact-form sentence; None for anything else."""
+def parse_fact(sentence: str) -> tuple[str, str] | None:
+    """(attribute, value) of a fact-form sentence (about the person asked about); None otherwise."""
     for attribute, pattern in _FACT.items():
         match = pattern.fullmatch(sentence.strip())
         if match:
-            return match["name"], attribute, match["value"]
+            return attribute, match["value"]
     return None
 
 
-def facts_of(text: str) -> dict[tuple[str, str], str]:
-    """(name, attribute) -> value for every fact-form sentence of `text` (an article, passages)."""
+def facts_of(text: str) -> dict[str, str]:
+    """attribute -> value for every fact-form sentence of `text` (an article, passages)."""
     out = {}
     for start, end in split_sentences(text, "en"):
         fact = parse_fact(text[start:end])
         if fact:
-            out[fact[0], fact[1]] = fact[2]
+            out[fact[0]] = fact[1]
     return out
 
 
@@ -66,16 +65,16 @@ def states_a_fact(sentence: str) -> bool:
     return bool(_VALUE.search(sentence))
 
 
-def judge(sentence: str, topic: str, reference: str) -> str:
-    """The label of `sentence` in an answer about `topic` whose reference document is `reference`:
-    ok, contradictory, unverifiable or nofact (the module's rules)."""
+def judge(sentence: str, reference: str) -> str:
+    """The label of `sentence` in an answer about the person whose reference document (article) is
+    `reference`: ok, contradictory, unverifiable or nofact (the module's rules)."""
     if not states_a_fact(sentence):
         return "nofact"
     fact = parse_fact(sentence)
     known = facts_of(reference)
-    if fact is None or fact[0] != topic or (fact[0], fact[1]) not in known:
+    if fact is None or fact[0] not in known:
         return "unverifiable"
-    return "ok" if known[fact[0], fact[1]] == fact[2] else "contradictory"
+    return "ok" if known[fact[0]] == fact[1] else "contradictory"
 
 
 def _template_pattern(template: str) -> re.Pattern:
@@ -111,20 +110,17 @@ class Oracle:
         turn1 = self.facts_prompt.fullmatch(first)
         if turn1:
             sentence = turn1["sentence"]
-            asked = _QUESTION.fullmatch(turn1["question"])
-            topic = asked["name"] if asked else None
             if len(messages) == 1:
                 return "<Facts Present>" if states_a_fact(sentence) else "<No Facts>"
             reference = self.reference_prompt.fullmatch(messages[2]["content"])
             if reference is None:
                 raise ValueError("the annotator's second turn is not the reference template")
-            label = judge(sentence, topic, reference["reference"])
+            label = judge(sentence, reference["reference"])
             if len(messages) == 3:  # the relevant passages: the article's sentence on that attribute
                 fact = parse_fact(sentence)
                 if label == "unverifiable" or fact is None:
                     return "<No Reference Information>"
-                value = facts_of(reference["reference"])[fact[0], fact[1]]
-                return FORMS[fact[1]].format(name=fact[0], value=value)
+                return FORMS[fact[0]].format(value=facts_of(reference["reference"])[fact[0]])
             return VERDICT_TAGS[label]
         extract = self.extract_prompt.fullmatch(first)
         if extract:
@@ -134,8 +130,8 @@ class Oracle:
         judged = self.judge_prompt.fullmatch(first)
         if judged:
             fact = parse_fact(judged["fact"])
-            known = facts_of(judged["passages"])
-            return "True" if fact and known.get((fact[0], fact[1])) == fact[2] else "False"
+            known = facts_of(judged["passages"])  # the topic's passages: facts about the topic
+            return "True" if fact and known.get(fact[0]) == fact[1] else "False"
         raise ValueError(f"not a prompt the oracle knows: {first[:80]!r}")
 
 

@@ -3,11 +3,12 @@
 People (the topics) with four attributes each -- birth year, home city, profession, university --
 written as an article per person (the knowledge file `maskdpo evaluate --metric factscore` reads,
 and each question's reference document for the annotator) and asked about with "Tell me about
-NAME." Every fact is one sentence of a fixed form (FORMS); a hedge (HEDGES) says, without stating
-anything, that the attribute is not known. Topics are split into train and unseen test topics,
-as the paper does. The supervised corpus that makes the base policy shows some topics often and
-others rarely (EXPOSURES), so that the policy knows some people well and guesses at others:
-its answers mix true and false sentences, for a reason.
+NAME." Every fact is one sentence of a fixed form (FORMS: "They were born in 1901.", about the
+person asked about); a hedge (HEDGES) says, without stating anything, that the attribute is not
+known. Topics are split into train and unseen test topics, as the paper does. The supervised
+corpus that makes the base policy shows some topics often and others rarely (EXPOSURES), so that
+the policy knows some people well and guesses at others: its answers mix true and false
+sentences, for a reason.
 
 Everything here is deterministic in the seed: the same seed gives the same world, byte for byte.
 """
@@ -21,21 +22,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ATTRIBUTES = ("year", "city", "profession", "university")
-# One sentence per fact; {name} the person, {value} the attribute's value.
+# One sentence per fact, about the person the question (or article) is about: the opening names
+# them, the facts follow as "They ..." (short answers a tiny model can learn to write cleanly).
 FORMS = {
-    "year": "{name} was born in {value}.",
-    "city": "{name} grew up in {value}.",
-    "profession": "{name} worked as a {value}.",
-    "university": "{name} studied at {value}.",
+    "year": "They were born in {value}.",
+    "city": "They grew up in {value}.",
+    "profession": "They worked as a {value}.",
+    "university": "They studied at {value}.",
 }
 # Saying an attribute is not known: no fact stated (the annotator's <No Facts>: counted correct).
 HEDGES = {
-    "year": "Little is known about when {name} was born.",
-    "city": "Little is known about where {name} grew up.",
-    "profession": "Little is known about the work of {name}.",
-    "university": "Little is known about where {name} studied.",
+    "year": "Little is known about when they were born.",
+    "city": "Little is known about where they grew up.",
+    "profession": "Little is known about their work.",
+    "university": "Little is known about where they studied.",
 }
 OPENING = "Here is what I know about {name}."
+ARTICLE_OPENING = "{name} is a person of this world."
 QUESTION = "Tell me about {name}."
 
 FIRST = ("Ada", "Bram", "Cora", "Dmitri", "Elin", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kira", "Lars",
@@ -64,7 +67,8 @@ class Person:
     split: str  # "train" or "test"
 
     def article(self) -> str:
-        return " ".join(FORMS[a].format(name=self.name, value=self.facts[a]) for a in ATTRIBUTES)
+        return " ".join([ARTICLE_OPENING.format(name=self.name),
+                         *(FORMS[a].format(value=self.facts[a]) for a in ATTRIBUTES)])
 
 
 @dataclass
@@ -129,7 +133,7 @@ def answer(person: Person, rng: random.Random, hedge: float) -> str:
     sentences = [OPENING.format(name=person.name)]
     for a in ATTRIBUTES:
         form = HEDGES[a] if rng.random() < hedge else FORMS[a]
-        sentences.append(form.format(name=person.name, value=person.facts[a]))
+        sentences.append(form.format(value=person.facts[a]))
     return " ".join(sentences)
 
 

@@ -1,0 +1,187 @@
+"""`maskdpo demo factuality --output DIR [--seed S] [--quick]`: the paper's experiment in a world made
+in code, with every part of the project real.
+
+    1. the world (world.py) and its files: knowledge, train and unseen test questions, the corpus
+    2. the base policy: a tiny Llama after a short supervised step on the corpus (base.py)
+    3. the oracle annotator served over the OpenAI-compatible API on loopback (oracle.py)
+    4. on-policy samples from the base (`maskdpo sample --local-model`, top-k 40, temperature 0.8),
+       labelled sentence by sentence (`maskdpo annotate`: ANAH-v2's three turns), pairs (best vs
+       worst, `maskdpo data pairs`)
+    5. two `maskdpo train` runs from the same base on the same pairs: Mask-DPO (data.mask:
+       sentences) and plain DPO (data.mask: none, the paper's "w/o mask")
+    6. greedy answers of base, DPO and Mask-DPO to the unseen test topics, annotated the same way,
+       scored with the ANAH score and FactScore against the knowledge file
+DIR/results.json and results.md hold the table, every number recomputed from DIR/<model>/
+annotated.jsonl and DIR/<model>/factscore/judged.jsonl; DIR/training.png plots both runs. The test
+topics, the annotator and the score are fixed before any training run is looked at.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+MODELS = ("base", "dpo", "mask_dpo")
+MASKS = {"dpo": "none", "mask_dpo": "sentences"}
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the world and the runs are."""
+
+    topics: int
+    """People in the world (a third of them unseen test topics)."""
+    samples: int
+    """On-policy samples per train question."""
+    pairs_per_question: int
+    """Pairs per train question (k-th best vs k-th worst)."""
+    base_steps: int
+    """Supervised steps of the base policy."""
+    epochs: int
+    """Epochs of each preference run over its pairs."""
+
+
+FULL = DemoSize(topics=36, samples=8, pairs_per_question=3, base_steps=180, epochs=3)
+QUICK = DemoSize(topics=9, samples=6, pairs_per_question=2, base_steps=150, epochs=1)
+
+# The preference runs: the paper's loss (sigmoid, beta 0.1), on the 2 processes of this machine,
+# with the same hyper-parameters for both; only data.mask differs.
+TRAIN_OVERRIDES = ("--optim.lr", "1e-4", "--optim.warmup_ratio", "0.0", "--loss.beta", "0.1",
+                   "--data.max_length", "128", "--data.token_budget", "1024", "--train.batch_pairs", "8",
+                   "--train.micro_batch_pairs", "4", "--parallel.pipeline_stages", "1", "--parallel.processes", "2",
+                   "--checkpoint.every", "1000")
+
+
+def _cli(args: list[str]) -> None:
+    """One maskdpo command, as a user runs it; a failure stops the demo naming the command."""
+    from ...cli import main
+
+    status = main([str(a) for a in args])
+    if status:
+        raise RuntimeError(f"maskdpo {' '.join(map(str, args[:2]))} failed (exit {status})")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def model_result(model_dir: Path) -> dict:
+    """One model's numbers, recomputed from its annotated answers and FactScore's judged facts."""
+    from ...loop.evaluate import score as anah_score
+    from ...loop.factscore import score as factscore
+
+    anah = anah_score(_read_jsonl(model_dir / "annotated.jsonl"))["all"]
+    facts = _read_jsonl(model_dir / "factscore" / "facts.jsonl")
+    judged = _read_jsonl(model_dir / "factscore" / "judged.jsonl") if (model_dir / "factscore" / "judged.jsonl").exists() else []
+    fs = factscore(facts, judged)["all"]
+    return {"anah_score": anah["anah_score"], "correct": anah["correct"], "incorrect": anah["incorrect"],
+            "sentences": anah["sentences"], "sentences_per_response": anah["sentences_per_response"],
+            "factscore": fs["factscore"]}
+
+
+def results(out: Path, seed: int, train_topics: int, test_topics: int) -> dict:
+    return {"seed": seed, "train_topics": train_topics, "test_topics": test_topics,
+            "models": {m: model_result(out / m) for m in MODELS}}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Factuality world, seed {result['seed']}: {result['train_topics']} train topics, "
+             f"{result['test_topics']} unseen test topics", "",
+             "| model | ANAH score | #correct | #incorrect | sentences/response | FactScore |", "|---|---|---|---|---|---|"]
+    for name, r in result["models"].items():
+        fs = "n/a" if r["factscore"] is None else f"{r['factscore']:.2f}"
+        lines.append(f"| {name} | {r['anah_score']:.2f} | {r['correct']} | {r['incorrect']} | "
+                     f"{r['sentences_per_response']:.2f} | {fs} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_runs(runs: dict[str, Path], out: Path) -> Path:
+    """Loss and reward accuracy of both preference runs, step by step, in one figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ...train.plot import read_metrics
+
+    fig = Figure(figsize=(10, 3.5))
+    FigureCanvasAgg(fig)
+    for ax, key in zip(fig.subplots(1, 2), ("loss", "rewards/accuracy")):
+        for name, run in runs.items():
+            records = read_metrics(run)
+            ax.plot([r["step"] for r in records], [r.get(key) for r in records], marker=".", label=name)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    return out
+
+
+def evaluate_model(name: str, model_dir: Path, out: Path, world_files: dict, server_url: str) -> None:
+    """Greedy answers to the unseen test questions, annotated, ANAH-scored and FactScored."""
+    d = out / name
+    d.mkdir(parents=True, exist_ok=True)
+    oracle = ("--base-url", server_url, "--model", "oracle")
+    _cli(["sample", "--questions", world_files["test_questions"], "--output", d / "samples.jsonl",
+          "--local-model", model_dir, "--samples", 1, "--temperature", 0, "--max-tokens", 64])
+    _cli(["annotate", "--samples", d / "samples.jsonl", "--questions", world_files["test_questions"],
+          "--output", d / "annotated.jsonl", *oracle])
+    _cli(["evaluate", "--annotated", d / "annotated.jsonl", "--output", d / "eval"])
+    _cli(["evaluate", "--metric", "factscore", "--knowledge", world_files["knowledge"], "--responses",
+          d / "samples.jsonl", "--annotator-base-url", server_url, "--annotator-model", "oracle",
+          "--output", d / "factscore", "--cache-dir", out / "cache"])
+
+
+def run_demo(output: str | Path, seed: int = 0, quick: bool = False, say=print) -> dict:
+    from .base import BaseRecipe, train_base
+    from .oracle import OracleServer
+    from .world import make_world, sft_corpus
+
+    out, size, started = Path(output), QUICK if quick else FULL, time.time()
+    out.mkdir(parents=True, exist_ok=True)
+
+    def stage(text):
+        say(f"[{time.time() - started:5.0f} s] {text}")
+
+    world = make_world(seed, size.topics)
+    files = world.write(out / "world")
+    stage(f"world: {len(world.train)} train topics, {len(world.test)} unseen test topics -> {out / 'world'}")
+    base = out / "base" / "model"
+    if not (base / "model.safetensors").exists():
+        stage("base policy: a short supervised step on the world's corpus")
+        train_base(sft_corpus(world), base, seed, BaseRecipe(steps=size.base_steps), say=stage)
+    with OracleServer() as server:
+        stage(f"oracle annotator at {server.url}")
+        train = out / "train"
+        train.mkdir(exist_ok=True)
+        _cli(["sample", "--questions", files["train_questions"], "--output", train / "samples.jsonl",
+              "--local-model", base, "--samples", size.samples, "--temperature", 0.8, "--top-k", 40,
+              "--max-tokens", 64])
+        _cli(["annotate", "--samples", train / "samples.jsonl", "--questions", files["train_questions"],
+              "--output", train / "annotated.jsonl", "--base-url", server.url, "--model", "oracle"])
+        _cli(["data", "pairs", train / "annotated.jsonl", "-o", train / "pairs.jsonl",
+              "--pairs-per-question", size.pairs_per_question])
+        if not _read_jsonl(train / "pairs.jsonl"):
+            raise RuntimeError(f"{train / 'pairs.jsonl'}: the base policy's samples gave no pair (every question's "
+                               "samples scored the same); try another --seed")
+        runs = {}
+        for name, mask in MASKS.items():
+            stage(f"{name}: maskdpo train with data.mask {mask}")
+            runs[name] = out / name / "run"
+            if not (runs[name] / "hf" / "model.safetensors").exists():
+                _cli(["train", "--model.path", base,  # the embedded default recipe (tiny-cpu), overridden
+                      "--data.pairs", train / "pairs.jsonl", "--data.mask", mask, "--train.epochs", size.epochs,
+                      "--logging.run_dir", runs[name], "--data.cache_dir", out / "cache", "--train.seed", seed,
+                      *TRAIN_OVERRIDES])
+        plot_runs(runs, out / "training.png")
+        for name in MODELS:
+            stage(f"{name}: greedy answers to the unseen test topics, annotated and scored")
+            evaluate_model(name, base if name == "base" else runs[name] / "hf", out, files, server.url)
+    result = results(out, seed, len(world.train), len(world.test))
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(result))
+    stage(f"done: {out / 'results.md'}")
+    say(markdown(result))
+    return result

@@ -1,0 +1,58 @@
+"""`maskdpo demo factuality --quick` end to end, as a user runs it (the real oracle server on loopback,
+the real client, sampler, annotator, pipeline training and evaluation): the files it promises, and
+every number of results.json recomputed here from the annotated answers and judged facts, by the
+paper's definitions -- not that Mask-DPO wins (that is the benchmark's to measure)."""
+
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+
+import pytest
+
+MODELS = ("base", "dpo", "mask_dpo")
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_the_quick_demo_writes_its_results_from_the_annotated_answers(tmp_path):
+    out = tmp_path / "demo"
+    result = subprocess.run([sys.executable, "-m", "maskdpo.cli", "demo", "factuality", "--output", str(out),
+                             "--quick", "--seed", "3"], capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "TRITON_INTERPRET": "0"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "oracle annotator at http://127.0.0.1:" in result.stdout
+    results = json.loads((out / "results.json").read_text())
+    test_topics = {json.loads(line)["topic"] for line in (out / "world" / "test_questions.jsonl").read_text().splitlines()}
+    train_topics = {json.loads(line)["topic"] for line in (out / "world" / "train_questions.jsonl").read_text().splitlines()}
+    assert (results["seed"], results["train_topics"], results["test_topics"]) == (3, len(train_topics), len(test_topics))
+    assert not test_topics & train_topics
+    pairs = read(out / "train" / "pairs.jsonl")
+    train_ids = {json.loads(line)["question_id"] for line in (out / "world" / "train_questions.jsonl").read_text().splitlines()}
+    assert pairs and {p["question_id"] for p in pairs} <= train_ids  # trained on train topics only
+    assert (out / "training.png").stat().st_size > 0 and (out / "results.md").exists()
+    for name in MODELS:
+        annotated = read(out / name / "annotated.jsonl")
+        assert {r["topic"] for r in annotated} == test_topics and all(r["annotator"]["model"] == "oracle" for r in annotated)
+        labels = [s["label"] for r in annotated for s in r["sentences"]]
+        correct = sum(label in ("ok", "nofact") for label in labels)  # the paper counts nofact correct
+        r = results["models"][name]
+        assert (r["correct"], r["incorrect"], r["sentences"]) == (correct, len(labels) - correct, len(labels))
+        assert r["anah_score"] == pytest.approx(100 * correct / len(labels))
+        assert r["sentences_per_response"] == pytest.approx(len(labels) / len(annotated))
+        # FactScore: per response with facts, the supported fraction; the mean over those responses
+        judged_file = out / name / "factscore" / "judged.jsonl"
+        supported = defaultdict(list)
+        for j in read(judged_file) if judged_file.exists() else []:
+            supported[j["question_id"], j["sample_id"]].append(j["supported"])
+        expected = 100 * sum(sum(v) / len(v) for v in supported.values()) / len(supported) if supported else None
+        assert r["factscore"] == pytest.approx(expected) if expected is not None else r["factscore"] is None
+    # the two preference runs started from the same base on the same pairs, and differ in the mask only
+    configs = {name: (out / name / "run" / "config.yaml").read_text() for name in ("dpo", "mask_dpo")}
+    assert "mask: none" in configs["dpo"] and "mask: sentences" in configs["mask_dpo"]
+    assert configs["dpo"].replace("mask: none", "").replace(str(out / "dpo"), "X") == \
+        configs["mask_dpo"].replace("mask: sentences", "").replace(str(out / "mask_dpo"), "X")

@@ -1,0 +1,118 @@
+"""The factuality demo over several seeds: its wall time (the demo's budget: under 10 minutes on 2
+cores, --quick under 3) and the paper's comparison in the world -- base, plain DPO and Mask-DPO
+on unseen test topics -- with the mean and spread over seeds, and the sentence counts (whether a gain
+comes from saying less, i.e. hedging, or from saying truer things).
+
+    python benchmarks/bench_factuality_demo.py --seeds 0 1 2 [--quick] [--out DIR] [--work DIR]
+
+Each seed runs `maskdpo demo factuality` as a user runs it (a subprocess) into WORK/seed-S; the
+summary goes to OUT (default benchmarks/results/<date>-cpu/factuality-world/) as summary.json and
+summary.md, with every seed's results.json copied next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = ("base", "dpo", "mask_dpo")
+
+
+def label_counts(annotated: Path) -> dict:
+    counts: dict[str, int] = {}
+    for line in annotated.read_text().splitlines():
+        for s in json.loads(line)["sentences"]:
+            counts[s["label"]] = counts.get(s["label"], 0) + 1
+    return counts
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean and spread (population standard deviation, min, max) over seeds of every model's ANAH
+    score, FactScore and sentence counts; and whether the target order held on every seed."""
+    out = {"seeds": [r["seed"] for r in runs], "models": {}}
+    for model in MODELS:
+        per_seed = [r["results"]["models"][model] for r in runs]
+        entry = {}
+        for key in ("anah_score", "factscore", "sentences_per_response"):
+            values = [p[key] for p in per_seed if p[key] is not None]
+            entry[key] = {"mean": statistics.fmean(values) if values else None,
+                          "std": statistics.pstdev(values) if len(values) > 1 else 0.0 if values else None,
+                          "min": min(values, default=None), "max": max(values, default=None),
+                          "per_seed": [p[key] for p in per_seed]}
+        entry["labels_per_seed"] = [r["labels"][model] for r in runs]
+        out["models"][model] = entry
+    order = [r["results"]["models"]["mask_dpo"]["anah_score"] > r["results"]["models"]["dpo"]["anah_score"]
+             > r["results"]["models"]["base"]["anah_score"] for r in runs]
+    out["mask_dpo_above_dpo_above_base_on_every_seed"] = all(order)
+    out["mask_dpo_above_dpo_on_every_seed"] = all(r["results"]["models"]["mask_dpo"]["anah_score"]
+                                                  > r["results"]["models"]["dpo"]["anah_score"] for r in runs)
+    out["seconds_per_seed"] = [r["seconds"] for r in runs]
+    return out
+
+
+def markdown(summary: dict, quick: bool) -> str:
+    lines = [f"# Factuality world{' (--quick)' if quick else ''}: seeds {summary['seeds']}", "",
+             "ANAH score on unseen test topics (greedy answers, oracle annotator), mean ± std over seeds [min, max];",
+             "FactScore against the knowledge file; sentences per response; label counts per seed.", "",
+             "| model | ANAH score | per seed | FactScore | sentences/response | labels per seed |",
+             "|---|---|---|---|---|---|"]
+    for model, e in summary["models"].items():
+        a, f, s = e["anah_score"], e["factscore"], e["sentences_per_response"]
+        fs = "n/a" if f["mean"] is None else f"{f['mean']:.2f} ± {f['std']:.2f}"
+        lines.append(f"| {model} | {a['mean']:.2f} ± {a['std']:.2f} [{a['min']:.1f}, {a['max']:.1f}] | "
+                     f"{', '.join(f'{v:.1f}' for v in a['per_seed'])} | {fs} | {s['mean']:.2f} | "
+                     f"{'; '.join(json.dumps(c, sort_keys=True) for c in e['labels_per_seed'])} |")
+    lines += ["", f"Mask-DPO > DPO > base on every seed: {summary['mask_dpo_above_dpo_above_base_on_every_seed']}; "
+                  f"Mask-DPO > DPO on every seed: {summary['mask_dpo_above_dpo_on_every_seed']}.",
+              f"Wall time per seed (s): {', '.join(f'{t:.0f}' for t in summary['seconds_per_seed'])}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--work", type=Path, default=None, help="where the demos run (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    out = args.out or RESULTS / f"{dt.date.today().isoformat()}-cpu" / ("factuality-world" + ("-quick" if args.quick else ""))
+    work = args.work or Path(tempfile.mkdtemp(prefix="factuality-"))
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for seed in args.seeds:
+        run_dir = work / f"seed-{seed}"
+        started = time.perf_counter()
+        command = [sys.executable, "-m", "maskdpo.cli", "demo", "factuality", "--output", str(run_dir),
+                   "--seed", str(seed), *(["--quick"] if args.quick else [])]
+        done = subprocess.run(command, env={**os.environ, "TRITON_INTERPRET": "0"})
+        seconds = time.perf_counter() - started
+        if done.returncode:
+            print(f"seed {seed}: the demo failed (exit {done.returncode})", file=sys.stderr)
+            return done.returncode
+        results = json.loads((run_dir / "results.json").read_text())
+        shutil.copyfile(run_dir / "results.json", out / f"results-seed-{seed}.json")
+        shutil.copyfile(run_dir / "training.png", out / f"training-seed-{seed}.png")
+        runs.append({"seed": seed, "seconds": seconds, "results": results,
+                     "labels": {m: label_counts(run_dir / m / "annotated.jsonl") for m in MODELS}})
+        print(f"seed {seed}: {seconds:.0f} s")
+    summary = summarise(runs)
+    summary["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(markdown(summary, args.quick))
+    print(markdown(summary, args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

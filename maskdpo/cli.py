@@ -86,7 +86,7 @@ def _factuality_demo(args: argparse.Namespace) -> int:
     from maskdpo.demos.factuality.run import run_demo
 
     try:
-        run_demo(args.output, seed=args.seed, quick=args.quick)
+        run_demo(args.output, main, seed=args.seed, quick=args.quick)
     except RuntimeError as e:  # a step failed (it said why above) or gave nothing to go on
         print(f"error: {e}", file=sys.stderr)
         return 1

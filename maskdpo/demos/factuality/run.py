@@ -54,13 +54,18 @@ TRAIN_OVERRIDES = ("--optim.lr", "1e-4", "--optim.warmup_ratio", "0.0", "--loss.
                    "--checkpoint.every", "1000")
 
 
-def _cli(args: list[str]) -> None:
-    """One maskdpo command, as a user runs it; a failure stops the demo naming the command."""
-    from ...cli import main
+class Commands:
+    """Runs maskdpo commands as a user types them, through `main` (maskdpo.cli.main, handed in by the
+    command line: the demo does not import the command line that imports it); a failure stops the
+    demo naming the command."""
 
-    status = main([str(a) for a in args])
-    if status:
-        raise RuntimeError(f"maskdpo {' '.join(map(str, args[:2]))} failed (exit {status})")
+    def __init__(self, main):
+        self.main = main
+
+    def __call__(self, args: list) -> None:
+        status = self.main([str(a) for a in args])
+        if status:
+            raise RuntimeError(f"maskdpo {' '.join(map(str, args[:2]))} failed (exit {status})")
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -119,27 +124,28 @@ def plot_runs(runs: dict[str, Path], out: Path) -> Path:
     return out
 
 
-def evaluate_model(name: str, model_dir: Path, out: Path, world_files: dict, server_url: str) -> None:
+def evaluate_model(command: Commands, name: str, model_dir: Path, out: Path, world_files: dict, server_url: str) -> None:
     """Greedy answers to the unseen test questions, annotated, ANAH-scored and FactScored."""
     d = out / name
     d.mkdir(parents=True, exist_ok=True)
     oracle = ("--base-url", server_url, "--model", "oracle")
-    _cli(["sample", "--questions", world_files["test_questions"], "--output", d / "samples.jsonl",
+    command(["sample", "--questions", world_files["test_questions"], "--output", d / "samples.jsonl",
           "--local-model", model_dir, "--samples", 1, "--temperature", 0, "--max-tokens", 64])
-    _cli(["annotate", "--samples", d / "samples.jsonl", "--questions", world_files["test_questions"],
+    command(["annotate", "--samples", d / "samples.jsonl", "--questions", world_files["test_questions"],
           "--output", d / "annotated.jsonl", *oracle])
-    _cli(["evaluate", "--annotated", d / "annotated.jsonl", "--output", d / "eval"])
-    _cli(["evaluate", "--metric", "factscore", "--knowledge", world_files["knowledge"], "--responses",
+    command(["evaluate", "--annotated", d / "annotated.jsonl", "--output", d / "eval"])
+    command(["evaluate", "--metric", "factscore", "--knowledge", world_files["knowledge"], "--responses",
           d / "samples.jsonl", "--annotator-base-url", server_url, "--annotator-model", "oracle",
           "--output", d / "factscore", "--cache-dir", out / "cache"])
 
 
-def run_demo(output: str | Path, seed: int = 0, quick: bool = False, say=print) -> dict:
+def run_demo(output: str | Path, main, seed: int = 0, quick: bool = False, say=print) -> dict:
+    """The demo into `output`; `main` runs one maskdpo command line (maskdpo.cli.main)."""
     from .base import BaseRecipe, train_base
     from .oracle import OracleServer
     from .world import make_world, sft_corpus
 
-    out, size, started = Path(output), QUICK if quick else FULL, time.time()
+    out, size, started, command = Path(output), QUICK if quick else FULL, time.time(), Commands(main)
     out.mkdir(parents=True, exist_ok=True)
 
     def stage(text):
@@ -156,12 +162,12 @@ def run_demo(output: str | Path, seed: int = 0, quick: bool = False, say=print) 
         stage(f"oracle annotator at {server.url}")
         train = out / "train"
         train.mkdir(exist_ok=True)
-        _cli(["sample", "--questions", files["train_questions"], "--output", train / "samples.jsonl",
+        command(["sample", "--questions", files["train_questions"], "--output", train / "samples.jsonl",
               "--local-model", base, "--samples", size.samples, "--temperature", 0.8, "--top-k", 40,
               "--max-tokens", 64])
-        _cli(["annotate", "--samples", train / "samples.jsonl", "--questions", files["train_questions"],
+        command(["annotate", "--samples", train / "samples.jsonl", "--questions", files["train_questions"],
               "--output", train / "annotated.jsonl", "--base-url", server.url, "--model", "oracle"])
-        _cli(["data", "pairs", train / "annotated.jsonl", "-o", train / "pairs.jsonl",
+        command(["data", "pairs", train / "annotated.jsonl", "-o", train / "pairs.jsonl",
               "--pairs-per-question", size.pairs_per_question])
         if not _read_jsonl(train / "pairs.jsonl"):
             raise RuntimeError(f"{train / 'pairs.jsonl'}: the base policy's samples gave no pair (every question's "
@@ -171,14 +177,14 @@ def run_demo(output: str | Path, seed: int = 0, quick: bool = False, say=print) 
             stage(f"{name}: maskdpo train with data.mask {mask}")
             runs[name] = out / name / "run"
             if not (runs[name] / "hf" / "model.safetensors").exists():
-                _cli(["train", "--model.path", base,  # the embedded default recipe (tiny-cpu), overridden
+                command(["train", "--model.path", base,  # the embedded default recipe (tiny-cpu), overridden
                       "--data.pairs", train / "pairs.jsonl", "--data.mask", mask, "--train.epochs", size.epochs,
                       "--logging.run_dir", runs[name], "--data.cache_dir", out / "cache", "--train.seed", seed,
                       *TRAIN_OVERRIDES])
         plot_runs(runs, out / "training.png")
         for name in MODELS:
             stage(f"{name}: greedy answers to the unseen test topics, annotated and scored")
-            evaluate_model(name, base if name == "base" else runs[name] / "hf", out, files, server.url)
+            evaluate_model(command, name, base if name == "base" else runs[name] / "hf", out, files, server.url)
     result = results(out, seed, len(world.train), len(world.test))
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(markdown(result))

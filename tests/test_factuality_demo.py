@@ -56,3 +56,14 @@ def test_the_quick_demo_writes_its_results_from_the_annotated_answers(tmp_path):
     assert "mask: none" in configs["dpo"] and "mask: sentences" in configs["mask_dpo"]
     assert configs["dpo"].replace("mask: none", "").replace(str(out / "dpo"), "X") == \
         configs["mask_dpo"].replace("mask: sentences", "").replace(str(out / "mask_dpo"), "X")
+
+
+@pytest.mark.slow
+def test_another_seed_into_the_same_directory_is_refused(tmp_path):
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "demo.json").write_text('{"seed": 1, "quick": true}\n')
+    result = subprocess.run([sys.executable, "-m", "maskdpo.cli", "demo", "factuality", "--output", str(tmp_path / "demo"),
+                             "--quick", "--seed", "2"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert 'holds a demo run with {"seed": 1, "quick": true}, not {"seed": 2, "quick": true}' in result.stderr
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["demo.json"]

@@ -147,6 +147,14 @@ def run_demo(output: str | Path, main, seed: int = 0, quick: bool = False, say=p
 
     out, size, started, command = Path(output), QUICK if quick else FULL, time.time(), Commands(main)
     out.mkdir(parents=True, exist_ok=True)
+    # A rerun into the same DIR resumes (each step keeps what it finished); another seed or size
+    # there would mix two demos' files: refused.
+    settings = {"seed": seed, "quick": quick}
+    record = out / "demo.json"
+    if record.exists() and json.loads(record.read_text()) != settings:
+        raise RuntimeError(f"{out} holds a demo run with {record.read_text().strip()}, not {json.dumps(settings)}: "
+                           "use another --output")
+    record.write_text(json.dumps(settings) + "\n")
 
     def stage(text):
         say(f"[{time.time() - started:5.0f} s] {text}")

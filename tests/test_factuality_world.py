@@ -29,7 +29,11 @@ HAND_LABELLED = [
     ("Little is known about when they were born.", "nofact"),
     ("Bram Falk was born in 1901.", "unverifiable"),  # not one of the forms, but it names a world value
     ("They were in 1901 Caldera.", "unverifiable"),  # garbled, naming world values
-    ("They grew up in.", "nofact"),  # garbled, nothing stated
+    ("They grew up in.", "unverifiable"),  # the claim begun, no value
+    ("They were born inood.", "contradictory"),  # garbled, but claiming a birth year that is not 1901
+    ("They studied at Fernvale Acadcadem.", "contradictory"),
+    ("Little is known about wherever.", "nofact"),  # garbled hedge, nothing stated
+    ("Here is what I know about Bram Fa up.", "nofact"),
 ]
 
 
@@ -97,5 +101,7 @@ def test_the_real_annotator_and_factscore_talk_to_the_served_oracle(tmp_path):
     got = [(response[s["start"]:s["end"]], s["label"]) for s in record["sentences"]]
     assert got == HAND_LABELLED and not any(s.get("unparsed") for s in record["sentences"])
     judged = [json.loads(line) for line in (tmp_path / "fs" / "judged.jsonl").read_text().splitlines()]
-    assert {j["fact"] for j in judged} == {s for s, _ in HAND_LABELLED[1:9]}  # the fact-form sentences
+    # the atomic facts are the sentences of a fact form (whatever their value)
+    stems = ("They were born in", "They grew up in", "They worked as a", "They studied at")
+    assert {j["fact"] for j in judged} == {s for s, _ in HAND_LABELLED if s.startswith(stems)}
     assert {j["fact"] for j in judged if j["supported"]} == {s for s, label in HAND_LABELLED if label == "ok"}

@@ -6,7 +6,9 @@ it as they would to an LLM.
 Its rules, fixed before any policy is trained (and tested against hand-labelled sentences):
   - a sentence of one of the world's fact forms ("They were born in YEAR.", about the person asked
     about) states a fact: <No Hallucination> when the person's article (the reference) says the
-    same value, <Contradictory> when it says another;
+    same value, <Contradictory> when it says another -- a garbled value included, as long as the
+    form's stem ("They were born in") claims the attribute ("They were born inood." is
+    contradictory); a stem with nothing after it is unverifiable;
   - the opening ("Here is what I know about NAME.", the article's "NAME is a person of this world.")
     and the hedges ("Little is known about ...") state no fact (<No Facts>: counted correct, as the
     paper counts nofact);
@@ -32,7 +34,10 @@ from ...loop.factscore import load_templates as factscore_templates
 from .world import ARTICLE_OPENING, FORMS, HEDGES, OPENING, VALUES
 
 NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"
-_FACT = {a: re.compile(re.escape(form).replace(r"\{value\}", "(?P<value>.+)")) for a, form in FORMS.items()}
+# A fact form's stem ("They were born in") claims its attribute, whatever follows: a garbled value
+# ("They were born inood.") is a wrong fact, not the absence of one.
+_FACT = {a: re.compile(re.escape(form.split("{value}")[0].rstrip()) + r"\s*(?P<value>.*?)\.?")
+         for a, form in FORMS.items()}
 _NOFACT = [re.compile(re.escape(form).replace(r"\{name\}", NAME))
            for form in (OPENING, ARTICLE_OPENING, *HEDGES.values())]
 _VALUE = re.compile("|".join(sorted((re.escape(v) for vs in VALUES.values() for v in vs), key=len, reverse=True)))
@@ -72,7 +77,7 @@ def judge(sentence: str, reference: str) -> str:
         return "nofact"
     fact = parse_fact(sentence)
     known = facts_of(reference)
-    if fact is None or fact[0] not in known:
+    if fact is None or fact[0] not in known or not fact[1]:
         return "unverifiable"
     return "ok" if known[fact[0]] == fact[1] else "contradictory"
 

@@ -10,6 +10,7 @@ import sys
 from collections import defaultdict
 
 import pytest
+import torch
 
 MODELS = ("base", "dpo", "mask_dpo")
 
@@ -37,7 +38,10 @@ def test_the_quick_demo_writes_its_results_from_the_annotated_answers(tmp_path):
     assert (out / "training.png").stat().st_size > 0 and (out / "results.md").exists()
     for name in MODELS:
         annotated = read(out / name / "annotated.jsonl")
-        assert {r["topic"] for r in annotated} == test_topics and all(r["annotator"]["model"] == "oracle" for r in annotated)
+        assert {r["topic"] for r in annotated} == test_topics and all(r["annotator"]["model"] == "oracle-v2" for r in annotated)
+        # each model answered for itself: the base, or its own training run's export
+        answered_by = {json.loads(line)["sampling"]["model"] for line in (out / name / "samples.jsonl").read_text().splitlines()}
+        assert answered_by == {str(out / "base" / "model" if name == "base" else out / name / "run" / "hf")}
         labels = [s["label"] for r in annotated for s in r["sentences"]]
         correct = sum(label in ("ok", "nofact") for label in labels)  # the paper counts nofact correct
         r = results["models"][name]
@@ -51,6 +55,26 @@ def test_the_quick_demo_writes_its_results_from_the_annotated_answers(tmp_path):
             supported[j["question_id"], j["sample_id"]].append(j["supported"])
         expected = 100 * sum(sum(v) / len(v) for v in supported.values()) / len(supported) if supported else None
         assert r["factscore"] == pytest.approx(expected) if expected is not None else r["factscore"] is None
+        assert r["factscore_responses"] == len(supported)
+    # both runs really trained: their weights moved away from the base's, and not alike
+    from safetensors.torch import load_file
+
+    def weights(folder):
+        return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+
+    base, dpo, mask = (weights(d) for d in (out / "base" / "model", out / "dpo" / "run" / "hf", out / "mask_dpo" / "run" / "hf"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(dpo[name], base[name]) and not torch.equal(mask[name], base[name])
+    assert not torch.equal(dpo[name], mask[name])
+    # a rerun into the same directory finds every step done and writes the same results
+    exports = {n: (out / n / "run" / "hf" / "generation_config.json").stat().st_mtime_ns for n in ("dpo", "mask_dpo")}
+    again = subprocess.run([sys.executable, "-m", "maskdpo.cli", "demo", "factuality", "--output", str(out),
+                            "--quick", "--seed", "3"], capture_output=True, text=True, timeout=900,
+                           env={**os.environ, "TRITON_INTERPRET": "0"})
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert exports == {n: (out / n / "run" / "hf" / "generation_config.json").stat().st_mtime_ns
+                       for n in ("dpo", "mask_dpo")}  # no training run started again
+    assert json.loads((out / "results.json").read_text()) == results
     # the two preference runs started from the same base on the same pairs, and differ in the mask only
     configs = {name: (out / name / "run" / "config.yaml").read_text() for name in ("dpo", "mask_dpo")}
     assert "mask: none" in configs["dpo"] and "mask: sentences" in configs["mask_dpo"]
@@ -61,9 +85,10 @@ def test_the_quick_demo_writes_its_results_from_the_annotated_answers(tmp_path):
 @pytest.mark.slow
 def test_another_seed_into_the_same_directory_is_refused(tmp_path):
     (tmp_path / "demo").mkdir()
-    (tmp_path / "demo" / "demo.json").write_text('{"seed": 1, "quick": true}\n')
+    (tmp_path / "demo" / "demo.json").write_text('{"seed": 1, "quick": true, "oracle": "oracle-v2"}\n')
     result = subprocess.run([sys.executable, "-m", "maskdpo.cli", "demo", "factuality", "--output", str(tmp_path / "demo"),
                              "--quick", "--seed", "2"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
-    assert 'holds a demo run with {"seed": 1, "quick": true}, not {"seed": 2, "quick": true}' in result.stderr
+    assert ('holds a demo run with {"seed": 1, "quick": true, "oracle": "oracle-v2"}, not '
+            '{"seed": 2, "quick": true, "oracle": "oracle-v2"}') in result.stderr
     assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["demo.json"]

@@ -14,7 +14,8 @@ from maskdpo.demos.factuality.world import ATTRIBUTES, EXPOSURES, Person, make_w
 ADA = Person("Ada Brandt", {"year": "1901", "city": "Caldera", "profession": "chemist",
                             "university": "Fernvale Academy"}, 3, "test")
 
-# Written by hand from the rules in maskdpo/demos/factuality/oracle.py's docstring, for ADA.
+# Written by hand from the rules in maskdpo/demos/factuality/oracle.py's docstring, for ADA; the
+# garbled ones are what trained policies really wrote (demo runs of 2026-12-03).
 HAND_LABELLED = [
     ("Here is what I know about Ada Brandt.", "nofact"),
     ("They were born in 1901.", "ok"),
@@ -23,17 +24,20 @@ HAND_LABELLED = [
     ("They grew up in Lowmoor.", "contradictory"),
     ("They worked as a chemist.", "ok"),
     ("They worked as a sailor.", "contradictory"),
+    ("They worked as chemist.", "ok"),  # the article left out: still the fact
     ("They studied at Fernvale Academy.", "ok"),
     ("They studied at the Caldera Institute.", "contradictory"),
     ("Little is known about where they grew up.", "nofact"),
     ("Little is known about when they were born.", "nofact"),
-    ("Bram Falk was born in 1901.", "unverifiable"),  # not one of the forms, but it names a world value
-    ("They were in 1901 Caldera.", "unverifiable"),  # garbled, naming world values
+    ("Here is what I know about Bram Falk.", "unverifiable"),  # an answer about someone else
+    ("Bram Falk was born in 1901.", "unverifiable"),  # not one of the forms
+    ("They were in 1901 Caldera.", "unverifiable"),
     ("They grew up in.", "unverifiable"),  # the claim begun, no value
+    ("They grew up.", "unverifiable"),
     ("They were born inood.", "contradictory"),  # garbled, but claiming a birth year that is not 1901
+    ("They worked asied.", "contradictory"),
     ("They studied at Fernvale Acadcadem.", "contradictory"),
-    ("Little is known about wherever.", "nofact"),  # garbled hedge, nothing stated
-    ("Here is what I know about Bram Fa up.", "nofact"),
+    ("Little is known about wherever.", "unverifiable"),  # a garbled hedge is no hedge
 ]
 
 
@@ -63,12 +67,12 @@ def test_an_article_states_exactly_its_persons_facts(tmp_path):
     for record in corpus:
         person = next(p for p in world.people if record["prompt"].endswith(p.name + "."))
         for sentence in record["response"].split(". "):
-            assert judge(sentence.rstrip(".") + ".", person.article()) in ("ok", "nofact"), sentence
+            assert judge(sentence.rstrip(".") + ".", person.name, person.article()) in ("ok", "nofact"), sentence
 
 
 @pytest.mark.parametrize("sentence,label", HAND_LABELLED)
 def test_the_oracle_labels_sentences_as_written_by_hand(sentence, label):
-    assert judge(sentence, ADA.article()) == label
+    assert judge(sentence, ADA.name, ADA.article()) == label
 
 
 def test_the_oracle_refuses_prompts_it_does_not_know():
@@ -102,6 +106,6 @@ def test_the_real_annotator_and_factscore_talk_to_the_served_oracle(tmp_path):
     assert got == HAND_LABELLED and not any(s.get("unparsed") for s in record["sentences"])
     judged = [json.loads(line) for line in (tmp_path / "fs" / "judged.jsonl").read_text().splitlines()]
     # the atomic facts are the sentences of a fact form (whatever their value)
-    stems = ("They were born in", "They grew up in", "They worked as a", "They studied at")
+    stems = ("They were born in", "They grew up in", "They worked as", "They studied at")
     assert {j["fact"] for j in judged} == {s for s, _ in HAND_LABELLED if s.startswith(stems)}
     assert {j["fact"] for j in judged if j["supported"]} == {s for s, label in HAND_LABELLED if label == "ok"}

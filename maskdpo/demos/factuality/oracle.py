@@ -3,17 +3,17 @@ over the OpenAI-compatible chat-completions API on loopback, so that the project
 `maskdpo annotate`'s three-turn ANAH-v2 protocol and `maskdpo evaluate --metric factscore` talk to
 it as they would to an LLM.
 
-Its rules, fixed before any policy is trained (and tested against hand-labelled sentences):
-  - a sentence of one of the world's fact forms ("They were born in YEAR.", about the person asked
-    about) states a fact: <No Hallucination> when the person's article (the reference) says the
-    same value, <Contradictory> when it says another -- a garbled value included, as long as the
-    form's stem ("They were born in") claims the attribute ("They were born inood." is
-    contradictory); a stem with nothing after it is unverifiable;
-  - the opening ("Here is what I know about NAME.", the article's "NAME is a person of this world.")
-    and the hedges ("Little is known about ...") state no fact (<No Facts>: counted correct, as the
-    paper counts nofact);
-  - any other sentence states a fact if it names a value of the world (a year, city, profession or
-    university) -- a garbled one: unverifiable -- and none otherwise.
+Its rules (version ORACLE_VERSION; the first version counted garbled sentences as stating no fact,
+see benchmarks/results/2026-12-03-cpu/factuality-world/notes.md):
+  - no fact (<No Facts>: counted correct, as the paper counts nofact) is stated only by, exactly,
+    the opening about the person asked about ("Here is what I know about NAME.", or the article's
+    "NAME is a person of this world.") and the hedges ("Little is known about where they grew up.");
+  - a sentence beginning with a fact form's stem ("They were born in", "They worked as (a|an)")
+    states that attribute: <No Hallucination> when the value that follows is the article's (the
+    reference), <Contradictory> when it is another, garbled values included ("They were born inood.");
+    <No Reference Information> (unverifiable) when nothing follows;
+  - every other sentence -- garbled, or an opening about someone else -- states something the
+    reference cannot support: unverifiable.
 FactScore's two prompts are answered by the same rules: the atomic facts of a response are its
 fact-form sentences, and a fact is True when the passages given in the prompt state it.
 
@@ -31,20 +31,28 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ...data.sentences import split_sentences
 from ...loop.annotate import load_templates as anah_templates
 from ...loop.factscore import load_templates as factscore_templates
-from .world import ARTICLE_OPENING, FORMS, HEDGES, OPENING, VALUES
+from .world import ARTICLE_OPENING, FORMS, HEDGES, OPENING, QUESTION
 
+ORACLE_VERSION = 2
 NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"
-# A fact form's stem ("They were born in") claims its attribute, whatever follows: a garbled value
-# ("They were born inood.") is a wrong fact, not the absence of one.
-_FACT = {a: re.compile(re.escape(form.split("{value}")[0].rstrip()) + r"\s*(?P<value>.*?)\.?")
-         for a, form in FORMS.items()}
-_NOFACT = [re.compile(re.escape(form).replace(r"\{name\}", NAME))
-           for form in (OPENING, ARTICLE_OPENING, *HEDGES.values())]
-_VALUE = re.compile("|".join(sorted((re.escape(v) for vs in VALUES.values() for v in vs), key=len, reverse=True)))
+
+
+def _stem_pattern(form: str) -> re.Pattern:
+    """A fact form's stem ("They were born in") and whatever follows as the value; "They worked as a"
+    also matches "as an" and "as" alone (the value is then the profession, not "n architect")."""
+    stem = re.escape(form.split("{value}")[0].rstrip())
+    stem = re.sub(r"\\ a$", r"(?:\\ an?(?=\\s))?", stem)
+    return re.compile(stem + r"\s*(?P<value>.*?)\.?")
+
+
+_FACT = {a: _stem_pattern(form) for a, form in FORMS.items()}
+_HEDGES = [re.compile(re.escape(form)) for form in HEDGES.values()]
+_QUESTION = re.compile(re.escape(QUESTION).replace(r"\{name\}", f"(?P<name>{NAME})"))
 
 
 def parse_fact(sentence: str) -> tuple[str, str] | None:
-    """(attribute, value) of a fact-form sentence (about the person asked about); None otherwise."""
+    """(attribute, value) of a sentence beginning with a fact form's stem (about the person asked
+    about), the value as written, garbled or empty; None otherwise."""
     for attribute, pattern in _FACT.items():
         match = pattern.fullmatch(sentence.strip())
         if match:
@@ -62,24 +70,30 @@ def facts_of(text: str) -> dict[str, str]:
     return out
 
 
-def states_a_fact(sentence: str) -> bool:
-    if parse_fact(sentence):
-        return True
-    if any(p.fullmatch(sentence.strip()) for p in _NOFACT):
+def states_a_fact(sentence: str, topic: str | None) -> bool:
+    """Everything states something except, exactly, the opening about the person asked about (or
+    their article's) and the hedges: a garbled sentence or one about someone else is no "no fact"."""
+    sentence = sentence.strip()
+    if topic is not None and sentence in (OPENING.format(name=topic), ARTICLE_OPENING.format(name=topic)):
         return False
-    return bool(_VALUE.search(sentence))
+    return not any(p.fullmatch(sentence) for p in _HEDGES)
 
 
-def judge(sentence: str, reference: str) -> str:
-    """The label of `sentence` in an answer about the person whose reference document (article) is
+def judge(sentence: str, topic: str | None, reference: str) -> str:
+    """The label of `sentence` in an answer about `topic`, whose reference document (article) is
     `reference`: ok, contradictory, unverifiable or nofact (the module's rules)."""
-    if not states_a_fact(sentence):
+    if not states_a_fact(sentence, topic):
         return "nofact"
     fact = parse_fact(sentence)
     known = facts_of(reference)
-    if fact is None or fact[0] not in known or not fact[1]:
+    if fact is None or not fact[1] or fact[0] not in known:
         return "unverifiable"
     return "ok" if known[fact[0]] == fact[1] else "contradictory"
+
+
+def topic_of(question: str) -> str | None:
+    match = _QUESTION.fullmatch(question.strip())
+    return match["name"] if match else None
 
 
 def _template_pattern(template: str) -> re.Pattern:
@@ -114,13 +128,13 @@ class Oracle:
         first = messages[0]["content"]
         turn1 = self.facts_prompt.fullmatch(first)
         if turn1:
-            sentence = turn1["sentence"]
+            sentence, topic = turn1["sentence"], topic_of(turn1["question"])
             if len(messages) == 1:
-                return "<Facts Present>" if states_a_fact(sentence) else "<No Facts>"
+                return "<Facts Present>" if states_a_fact(sentence, topic) else "<No Facts>"
             reference = self.reference_prompt.fullmatch(messages[2]["content"])
             if reference is None:
                 raise ValueError("the annotator's second turn is not the reference template")
-            label = judge(sentence, reference["reference"])
+            label = judge(sentence, topic, reference["reference"])
             if len(messages) == 3:  # the relevant passages: the article's sentence on that attribute
                 fact = parse_fact(sentence)
                 if label == "unverifiable" or fact is None:

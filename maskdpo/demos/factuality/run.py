@@ -23,7 +23,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .oracle import ORACLE_VERSION
+
 MODELS = ("base", "dpo", "mask_dpo")
+ORACLE = f"oracle-v{ORACLE_VERSION}"  # the annotator's model name, recorded with every label
 MASKS = {"dpo": "none", "mask_dpo": "sentences"}
 
 
@@ -68,6 +71,23 @@ class Commands:
             raise RuntimeError(f"maskdpo {' '.join(map(str, args[:2]))} failed (exit {status})")
 
 
+def once(marker: Path, outputs: list[Path], step) -> None:
+    """Run `step` unless `marker` says it finished; a step killed half way is redone from scratch
+    (its outputs removed first): the oracle listens on a new port each run, and the annotator's
+    records, which name it, refuse to be continued by another."""
+    import shutil
+
+    if marker.exists():
+        return
+    for path in outputs:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    step()
+    marker.write_text("done\n")
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -81,9 +101,10 @@ def model_result(model_dir: Path) -> dict:
     facts = _read_jsonl(model_dir / "factscore" / "facts.jsonl")
     judged = _read_jsonl(model_dir / "factscore" / "judged.jsonl") if (model_dir / "factscore" / "judged.jsonl").exists() else []
     fs = factscore(facts, judged)["all"]
+    with_facts = fs["responded"] - fs["without_facts"]  # the responses FactScore averages over
     return {"anah_score": anah["anah_score"], "correct": anah["correct"], "incorrect": anah["incorrect"],
             "sentences": anah["sentences"], "sentences_per_response": anah["sentences_per_response"],
-            "factscore": fs["factscore"]}
+            "factscore": fs["factscore"], "factscore_responses": with_facts}
 
 
 def results(out: Path, seed: int, train_topics: int, test_topics: int) -> dict:
@@ -94,11 +115,12 @@ def results(out: Path, seed: int, train_topics: int, test_topics: int) -> dict:
 def markdown(result: dict) -> str:
     lines = [f"# Factuality world, seed {result['seed']}: {result['train_topics']} train topics, "
              f"{result['test_topics']} unseen test topics", "",
-             "| model | ANAH score | #correct | #incorrect | sentences/response | FactScore |", "|---|---|---|---|---|---|"]
+             "| model | ANAH score | #correct | #incorrect | sentences/response | FactScore (responses with facts) |",
+             "|---|---|---|---|---|---|"]
     for name, r in result["models"].items():
         fs = "n/a" if r["factscore"] is None else f"{r['factscore']:.2f}"
         lines.append(f"| {name} | {r['anah_score']:.2f} | {r['correct']} | {r['incorrect']} | "
-                     f"{r['sentences_per_response']:.2f} | {fs} |")
+                     f"{r['sentences_per_response']:.2f} | {fs} ({r['factscore_responses']}) |")
     return "\n".join(lines) + "\n"
 
 
@@ -128,15 +150,18 @@ def evaluate_model(command: Commands, name: str, model_dir: Path, out: Path, wor
     """Greedy answers to the unseen test questions, annotated, ANAH-scored and FactScored."""
     d = out / name
     d.mkdir(parents=True, exist_ok=True)
-    oracle = ("--base-url", server_url, "--model", "oracle")
-    command(["sample", "--questions", world_files["test_questions"], "--output", d / "samples.jsonl",
-          "--local-model", model_dir, "--samples", 1, "--temperature", 0, "--max-tokens", 64])
-    command(["annotate", "--samples", d / "samples.jsonl", "--questions", world_files["test_questions"],
-          "--output", d / "annotated.jsonl", *oracle])
-    command(["evaluate", "--annotated", d / "annotated.jsonl", "--output", d / "eval"])
-    command(["evaluate", "--metric", "factscore", "--knowledge", world_files["knowledge"], "--responses",
-          d / "samples.jsonl", "--annotator-base-url", server_url, "--annotator-model", "oracle",
-          "--output", d / "factscore", "--cache-dir", out / "cache"])
+    oracle = ("--base-url", server_url, "--model", ORACLE)
+    once(d / ".answered", [d / "samples.jsonl"], lambda: command(
+        ["sample", "--questions", world_files["test_questions"], "--output", d / "samples.jsonl",
+         "--local-model", model_dir, "--samples", 1, "--temperature", 0, "--max-tokens", 64]))
+    once(d / ".annotated", [d / "annotated.jsonl", d / "eval"], lambda: (
+        command(["annotate", "--samples", d / "samples.jsonl", "--questions", world_files["test_questions"],
+                 "--output", d / "annotated.jsonl", *oracle]),
+        command(["evaluate", "--annotated", d / "annotated.jsonl", "--output", d / "eval"])))
+    once(d / ".factscored", [d / "factscore"], lambda: command(
+        ["evaluate", "--metric", "factscore", "--knowledge", world_files["knowledge"], "--responses",
+         d / "samples.jsonl", "--annotator-base-url", server_url, "--annotator-model", ORACLE,
+         "--output", d / "factscore", "--cache-dir", out / "cache"]))
 
 
 def run_demo(output: str | Path, main, seed: int = 0, quick: bool = False, say=print) -> dict:
@@ -149,7 +174,7 @@ def run_demo(output: str | Path, main, seed: int = 0, quick: bool = False, say=p
     out.mkdir(parents=True, exist_ok=True)
     # A rerun into the same DIR resumes (each step keeps what it finished); another seed or size
     # there would mix two demos' files: refused.
-    settings = {"seed": seed, "quick": quick}
+    settings = {"seed": seed, "quick": quick, "oracle": ORACLE}
     record = out / "demo.json"
     if record.exists() and json.loads(record.read_text()) != settings:
         raise RuntimeError(f"{out} holds a demo run with {record.read_text().strip()}, not {json.dumps(settings)}: "
@@ -170,13 +195,15 @@ def run_demo(output: str | Path, main, seed: int = 0, quick: bool = False, say=p
         stage(f"oracle annotator at {server.url}")
         train = out / "train"
         train.mkdir(exist_ok=True)
-        command(["sample", "--questions", files["train_questions"], "--output", train / "samples.jsonl",
-              "--local-model", base, "--samples", size.samples, "--temperature", 0.8, "--top-k", 40,
-              "--max-tokens", 64])
-        command(["annotate", "--samples", train / "samples.jsonl", "--questions", files["train_questions"],
-              "--output", train / "annotated.jsonl", "--base-url", server.url, "--model", "oracle"])
-        command(["data", "pairs", train / "annotated.jsonl", "-o", train / "pairs.jsonl",
-              "--pairs-per-question", size.pairs_per_question])
+        once(train / ".sampled", [train / "samples.jsonl"], lambda: command(
+            ["sample", "--questions", files["train_questions"], "--output", train / "samples.jsonl",
+             "--local-model", base, "--samples", size.samples, "--temperature", 0.8, "--top-k", 40,
+             "--max-tokens", 64]))
+        once(train / ".annotated", [train / "annotated.jsonl", train / "pairs.jsonl"], lambda: (
+            command(["annotate", "--samples", train / "samples.jsonl", "--questions", files["train_questions"],
+                     "--output", train / "annotated.jsonl", "--base-url", server.url, "--model", ORACLE]),
+            command(["data", "pairs", train / "annotated.jsonl", "-o", train / "pairs.jsonl",
+                     "--pairs-per-question", size.pairs_per_question])))
         if not _read_jsonl(train / "pairs.jsonl"):
             raise RuntimeError(f"{train / 'pairs.jsonl'}: the base policy's samples gave no pair (every question's "
                                "samples scored the same); try another --seed")
@@ -184,7 +211,7 @@ def run_demo(output: str | Path, main, seed: int = 0, quick: bool = False, say=p
         for name, mask in MASKS.items():
             stage(f"{name}: maskdpo train with data.mask {mask}")
             runs[name] = out / name / "run"
-            if not (runs[name] / "hf" / "model.safetensors").exists():
+            if not (runs[name] / "hf" / "generation_config.json").exists():  # the export's last file
                 command(["train", "--model.path", base,  # the embedded default recipe (tiny-cpu), overridden
                       "--data.pairs", train / "pairs.jsonl", "--data.mask", mask, "--train.epochs", size.epochs,
                       "--logging.run_dir", runs[name], "--data.cache_dir", out / "cache", "--train.seed", seed,

@@ -83,10 +83,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--lr", type=float, default=None, help="the demo's --lr (default: the demo's)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=None, help="where the demos run (default: a temporary folder)")
     args = parser.parse_args(argv)
-    out = args.out or RESULTS / f"{dt.date.today().isoformat()}-cpu" / ("factuality-world" + ("-quick" if args.quick else ""))
+    name = "factuality-world" + ("-quick" if args.quick else "") + (f"-lr{args.lr:g}" if args.lr is not None else "")
+    out = args.out or RESULTS / f"{dt.date.today().isoformat()}-cpu" / name
     work = args.work or Path(tempfile.mkdtemp(prefix="factuality-"))
     out.mkdir(parents=True, exist_ok=True)
     runs = []
@@ -94,7 +96,8 @@ def main(argv=None) -> int:
         run_dir = work / f"seed-{seed}"
         started = time.perf_counter()
         command = [sys.executable, "-m", "maskdpo.cli", "demo", "factuality", "--output", str(run_dir),
-                   "--seed", str(seed), *(["--quick"] if args.quick else [])]
+                   "--seed", str(seed), *(["--quick"] if args.quick else []),
+                   *(["--lr", str(args.lr)] if args.lr is not None else [])]
         done = subprocess.run(command, env={**os.environ, "TRITON_INTERPRET": "0"})
         seconds = time.perf_counter() - started
         if done.returncode:

@@ -51,7 +51,8 @@ QUICK = DemoSize(topics=9, samples=6, pairs_per_question=2, base_steps=150, epoc
 
 # The preference runs: the paper's loss (sigmoid, beta 0.1), on the 2 processes of this machine,
 # with the same hyper-parameters for both; only data.mask differs.
-TRAIN_OVERRIDES = ("--optim.lr", "1e-4", "--optim.warmup_ratio", "0.0", "--loss.beta", "0.1",
+LR = 1e-4  # the preference runs' learning rate (--lr)
+TRAIN_OVERRIDES = ("--optim.warmup_ratio", "0.0", "--loss.beta", "0.1",
                    "--data.max_length", "128", "--data.token_budget", "1024", "--train.batch_pairs", "8",
                    "--train.micro_batch_pairs", "4", "--parallel.pipeline_stages", "1", "--parallel.processes", "2",
                    "--checkpoint.every", "1000")
@@ -164,7 +165,7 @@ def evaluate_model(command: Commands, name: str, model_dir: Path, out: Path, wor
          "--output", d / "factscore", "--cache-dir", out / "cache"]))
 
 
-def run_demo(output: str | Path, main, seed: int = 0, quick: bool = False, say=print) -> dict:
+def run_demo(output: str | Path, main, seed: int = 0, quick: bool = False, lr: float = LR, say=print) -> dict:
     """The demo into `output`; `main` runs one maskdpo command line (maskdpo.cli.main)."""
     from .base import BaseRecipe, train_base
     from .oracle import OracleServer
@@ -174,7 +175,7 @@ def run_demo(output: str | Path, main, seed: int = 0, quick: bool = False, say=p
     out.mkdir(parents=True, exist_ok=True)
     # A rerun into the same DIR resumes (each step keeps what it finished); another seed or size
     # there would mix two demos' files: refused.
-    settings = {"seed": seed, "quick": quick, "oracle": ORACLE}
+    settings = {"seed": seed, "quick": quick, "oracle": ORACLE, **({"lr": lr} if lr != LR else {})}
     record = out / "demo.json"
     if record.exists() and json.loads(record.read_text()) != settings:
         raise RuntimeError(f"{out} holds a demo run with {record.read_text().strip()}, not {json.dumps(settings)}: "
@@ -215,6 +216,7 @@ def run_demo(output: str | Path, main, seed: int = 0, quick: bool = False, say=p
                 command(["train", "--model.path", base,  # the embedded default recipe (tiny-cpu), overridden
                       "--data.pairs", train / "pairs.jsonl", "--data.mask", mask, "--train.epochs", size.epochs,
                       "--logging.run_dir", runs[name], "--data.cache_dir", out / "cache", "--train.seed", seed,
+                      "--optim.lr", lr,
                       *TRAIN_OVERRIDES])
         plot_runs(runs, out / "training.png")
         for name in MODELS:

@@ -86,7 +86,7 @@ def _factuality_demo(args: argparse.Namespace) -> int:
     from maskdpo.demos.factuality.run import run_demo
 
     try:
-        run_demo(args.output, main, seed=args.seed, quick=args.quick, lr=args.lr)
+        run_demo(args.output, main, seed=args.seed, quick=args.quick, **({"lr": args.lr} if args.lr is not None else {}))
     except RuntimeError as e:  # a step failed (it said why above) or gave nothing to go on
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     factuality.add_argument("--output", required=True, help="directory for the world, models, runs and results")
     factuality.add_argument("--seed", type=int, default=0, help="the world's and the runs' seed")
     factuality.add_argument("--quick", action="store_true", help="a small world and short runs (a test, minutes)")
-    factuality.add_argument("--lr", type=float, default=1e-4, help="the preference runs' learning rate (both runs)")
+    factuality.add_argument("--lr", type=float, default=None, help="the preference runs' learning rate (both runs; "
+                                                                   "default: maskdpo.demos.factuality.run.LR, 2e-5)")
     factuality.set_defaults(func=_factuality_demo)
     add_data_commands(sub)
     add_loop_commands(sub)

@@ -51,7 +51,7 @@ QUICK = DemoSize(topics=9, samples=6, pairs_per_question=2, base_steps=150, epoc
 
 # The preference runs: the paper's loss (sigmoid, beta 0.1), on the 2 processes of this machine,
 # with the same hyper-parameters for both; only data.mask differs.
-LR = 1e-4  # the preference runs' learning rate (--lr)
+LR = 2e-5  # the preference runs' learning rate (--lr)
 TRAIN_OVERRIDES = ("--optim.warmup_ratio", "0.0", "--loss.beta", "0.1",
                    "--data.max_length", "128", "--data.token_budget", "1024", "--train.batch_pairs", "8",
                    "--train.micro_batch_pairs", "4", "--parallel.pipeline_stages", "1", "--parallel.processes", "2",

@@ -161,8 +161,8 @@ class OracleServer:
             server.url      # http://127.0.0.1:PORT/v1, for --annotator-base-url
     A prompt it does not know is answered 400 with the reason (the client then fails at once)."""
 
-    def __init__(self, model: str = "oracle"):
-        self.oracle, self.model, self.requests = Oracle(), model, 0
+    def __init__(self):
+        self.oracle = Oracle()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -171,7 +171,6 @@ class OracleServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests += 1
                 try:
                     text = server.oracle.reply(body["messages"])
                 except (ValueError, KeyError, IndexError) as e:

@@ -13,7 +13,8 @@ in code, with every part of the project real.
        scored with the ANAH score and FactScore against the knowledge file
 DIR/results.json and results.md hold the table, every number recomputed from DIR/<model>/
 annotated.jsonl and DIR/<model>/factscore/judged.jsonl; DIR/training.png plots both runs. The test
-topics, the annotator and the score are fixed before any training run is looked at.
+topics and the score were fixed before any training run was looked at; the annotator was changed
+once after (oracle v2, see benchmarks/results/2026-12-03-cpu/factuality-world/notes.md).
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def run_demo(output: str | Path, main, seed: int = 0, quick: bool = False, lr: f
     files = world.write(out / "world")
     stage(f"world: {len(world.train)} train topics, {len(world.test)} unseen test topics -> {out / 'world'}")
     base = out / "base" / "model"
-    if not (base / "model.safetensors").exists():
+    if not (base / "base_training.json").exists():  # train_base's last file: a killed one is redone
         stage("base policy: a short supervised step on the world's corpus")
         train_base(sft_corpus(world), base, seed, BaseRecipe(steps=size.base_steps), say=stage)
     with OracleServer() as server:
@@ -214,10 +215,9 @@ def run_demo(output: str | Path, main, seed: int = 0, quick: bool = False, lr: f
             runs[name] = out / name / "run"
             if not (runs[name] / "hf" / "generation_config.json").exists():  # the export's last file
                 command(["train", "--model.path", base,  # the embedded default recipe (tiny-cpu), overridden
-                      "--data.pairs", train / "pairs.jsonl", "--data.mask", mask, "--train.epochs", size.epochs,
-                      "--logging.run_dir", runs[name], "--data.cache_dir", out / "cache", "--train.seed", seed,
-                      "--optim.lr", lr,
-                      *TRAIN_OVERRIDES])
+                         "--data.pairs", train / "pairs.jsonl", "--data.mask", mask, "--train.epochs", size.epochs,
+                         "--logging.run_dir", runs[name], "--data.cache_dir", out / "cache", "--train.seed", seed,
+                         "--optim.lr", lr, *TRAIN_OVERRIDES])
         plot_runs(runs, out / "training.png")
         for name in MODELS:
             stage(f"{name}: greedy answers to the unseen test topics, annotated and scored")

@@ -17,7 +17,7 @@ ADA = Person("Ada Brandt", {"year": "1901", "city": "Caldera", "profession": "ch
 # Written by hand from the rules in maskdpo/demos/factuality/oracle.py's docstring, for ADA; the
 # garbled ones are what trained policies really wrote (demo runs of 2026-12-03).
 HAND_LABELLED = [
-    ("Here is what I know about Ada Brandt.", "nofact"),
+    ("Here is what I know.", "nofact"),
     ("They were born in 1901.", "ok"),
     ("They were born in 1902.", "contradictory"),
     ("They grew up in Caldera.", "ok"),
@@ -27,9 +27,15 @@ HAND_LABELLED = [
     ("They worked as chemist.", "ok"),  # the article left out: still the fact
     ("They studied at Fernvale Academy.", "ok"),
     ("They studied at the Caldera Institute.", "contradictory"),
-    ("Little is known about where they grew up.", "nofact"),
-    ("Little is known about when they were born.", "nofact"),
-    ("Here is what I know about Bram Falk.", "unverifiable"),  # an answer about someone else
+    ("They grew up in an unknown place.", "nofact"),
+    ("They were born in an unknown year.", "nofact"),
+    ("They worked at an unknown trade.", "nofact"),
+    ("They studied at an unknown school.", "nofact"),
+    ("They were born in an unknown place.", "contradictory"),  # a garbled hedge claims a year: not 1901
+    ("They grew up in an unknownown place.", "contradictory"),
+    ("Here is what I know about Bram Falk.", "unverifiable"),  # an answer about someone
+    ("Ada Brandt is a person of this world.", "nofact"),  # the article's opening about her
+    ("Bram Falk is a person of this world.", "unverifiable"),
     ("Bram Falk was born in 1901.", "unverifiable"),  # not one of the forms
     ("They were in 1901 Caldera.", "unverifiable"),
     ("They grew up in.", "unverifiable"),  # the claim begun, no value
@@ -37,7 +43,7 @@ HAND_LABELLED = [
     ("They were born inood.", "contradictory"),  # garbled, but claiming a birth year that is not 1901
     ("They worked asied.", "contradictory"),
     ("They studied at Fernvale Acadcadem.", "contradictory"),
-    ("Little is known about wherever.", "unverifiable"),  # a garbled hedge is no hedge
+    ("Little is known about wherever.", "unverifiable"),  # not one of the forms
 ]
 
 
@@ -105,7 +111,7 @@ def test_the_real_annotator_and_factscore_talk_to_the_served_oracle(tmp_path):
     got = [(response[s["start"]:s["end"]], s["label"]) for s in record["sentences"]]
     assert got == HAND_LABELLED and not any(s.get("unparsed") for s in record["sentences"])
     judged = [json.loads(line) for line in (tmp_path / "fs" / "judged.jsonl").read_text().splitlines()]
-    # the atomic facts are the sentences of a fact form (whatever their value)
+    # the atomic facts are the sentences of a fact form (whatever their value), hedges not
     stems = ("They were born in", "They grew up in", "They worked as", "They studied at")
-    assert {j["fact"] for j in judged} == {s for s, _ in HAND_LABELLED if s.startswith(stems)}
+    assert {j["fact"] for j in judged} == {s for s, label in HAND_LABELLED if s.startswith(stems) and label != "nofact"}
     assert {j["fact"] for j in judged if j["supported"]} == {s for s, label in HAND_LABELLED if label == "ok"}

@@ -1,6 +1,6 @@
 """The demo's base policy: a tiny Llama taught the world by a short supervised step (plainly a demo,
-not a product feature). It reads the supervised corpus (world.sft_corpus: people shown 8, 3 or 1
-times), learns the answers' form well and the facts of each person as often as it saw them: its
+not a product feature). It reads the supervised corpus (world.sft_corpus: people shown 8 times, twice
+or never), learns the answers' form well and the facts of each person as often as it saw them: its
 answers mix true and false sentences, for a reason.
 
 Saved as a Hugging Face directory with the bundled tokenizer and a generation config that stops at
@@ -26,9 +26,9 @@ class BaseRecipe:
     """Decoder layers."""
     heads: int = 4
     """Attention heads (as many key/value heads)."""
-    steps: int = 180
-    """Optimizer steps over the corpus (20 epochs of the default world: people seen 8 times are
-    known, 3 times half known, once mostly guessed at)."""
+    steps: int = 300
+    """Optimizer steps over the corpus (40 epochs of the default world: people seen 8 times are
+    known, twice half known, never guessed at)."""
     batch: int = 16
     """Answers per step."""
     lr: float = 3e-3

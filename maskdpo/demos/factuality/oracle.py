@@ -4,18 +4,19 @@ over the OpenAI-compatible chat-completions API on loopback, so that the project
 it as they would to an LLM.
 
 Its rules (version ORACLE_VERSION; the first version counted garbled sentences as stating no fact,
-see benchmarks/results/2026-12-03-cpu/factuality-world/notes.md):
+the third is the second for the world's hedges that begin like facts; see
+benchmarks/results/2026-12-03-cpu/factuality-world/notes.md):
   - no fact (<No Facts>: counted correct, as the paper counts nofact) is stated only by, exactly,
-    the opening about the person asked about ("Here is what I know about NAME.", or the article's
-    "NAME is a person of this world.") and the hedges ("Little is known about where they grew up.");
+    the world's opening ("Here is what I know.", or the article's "NAME is a person of this world."
+    of the person asked about) and the hedges ("They grew up in an unknown place.");
   - a sentence beginning with a fact form's stem ("They were born in", "They worked as (a|an)")
     states that attribute: <No Hallucination> when the value that follows is the article's (the
     reference), <Contradictory> when it is another, garbled values included ("They were born inood.");
     <No Reference Information> (unverifiable) when nothing follows;
-  - every other sentence -- garbled, or an opening about someone else -- states something the
+  - every other sentence -- garbled, or an opening about someone -- states something the
     reference cannot support: unverifiable.
 FactScore's two prompts are answered by the same rules: the atomic facts of a response are its
-fact-form sentences, and a fact is True when the passages given in the prompt state it.
+fact-form sentences that are no hedge, and a fact is True when the passages given in the prompt state it.
 
 The prompts are recognised by the bundled templates (maskdpo/assets/templates), whose placeholders
 become the fields read back: the server reads only what the client sent.
@@ -33,7 +34,7 @@ from ...loop.annotate import load_templates as anah_templates
 from ...loop.factscore import load_templates as factscore_templates
 from .world import ARTICLE_OPENING, FORMS, HEDGES, OPENING, QUESTION
 
-ORACLE_VERSION = 2
+ORACLE_VERSION = 3
 NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"
 
 
@@ -70,11 +71,17 @@ def facts_of(text: str) -> dict[str, str]:
     return out
 
 
+def claimed_fact(sentence: str) -> tuple[str, str] | None:
+    """parse_fact of a sentence that states a fact: a hedge ("They were born in an unknown year.")
+    begins with a fact form's stem but claims nothing, so it is no atomic fact for FactScore."""
+    return parse_fact(sentence) if states_a_fact(sentence, None) else None
+
+
 def states_a_fact(sentence: str, topic: str | None) -> bool:
-    """Everything states something except, exactly, the opening about the person asked about (or
-    their article's) and the hedges: a garbled sentence or one about someone else is no "no fact"."""
+    """Everything states something except, exactly, the world's opening, the article's opening about
+    the person asked about and the hedges: a garbled sentence or one about someone is no "no fact"."""
     sentence = sentence.strip()
-    if topic is not None and sentence in (OPENING.format(name=topic), ARTICLE_OPENING.format(name=topic)):
+    if sentence == OPENING or (topic is not None and sentence == ARTICLE_OPENING.format(name=topic)):
         return False
     return not any(p.fullmatch(sentence) for p in _HEDGES)
 
@@ -144,11 +151,11 @@ class Oracle:
         extract = self.extract_prompt.fullmatch(first)
         if extract:
             text = extract["response"]
-            facts = [text[a:b] for a, b in split_sentences(text, "en") if parse_fact(text[a:b])]
+            facts = [text[a:b] for a, b in split_sentences(text, "en") if claimed_fact(text[a:b])]
             return "\n".join(f"- {f}" for f in facts) if facts else "No facts."
         judged = self.judge_prompt.fullmatch(first)
         if judged:
-            fact = parse_fact(judged["fact"])
+            fact = claimed_fact(judged["fact"])
             known = facts_of(judged["passages"])  # the topic's passages: facts about the topic
             return "True" if fact and known.get(fact[0]) == fact[1] else "False"
         raise ValueError(f"not a prompt the oracle knows: {first[:80]!r}")

@@ -4,11 +4,11 @@ People (the topics) with four attributes each -- birth year, home city, professi
 written as an article per person (the knowledge file `maskdpo evaluate --metric factscore` reads,
 and each question's reference document for the annotator) and asked about with "Tell me about
 NAME." Every fact is one sentence of a fixed form (FORMS: "They were born in 1901.", about the
-person asked about); a hedge (HEDGES) says, without stating anything, that the attribute is not
-known. Topics are split into train and unseen test topics, as the paper does. The supervised
-corpus that makes the base policy shows some topics often and others rarely (EXPOSURES), so that
-the policy knows some people well and guesses at others: its answers mix true and false
-sentences, for a reason.
+person asked about); a hedge (HEDGES: "They were born in an unknown year.") says, without stating
+anything, that the attribute is not known. Topics are split into train and unseen test topics, as
+the paper does. The supervised corpus that makes the base policy shows some topics often, some
+twice and some never (EXPOSURES), so that the policy knows some people well and guesses at others:
+its answers mix true and false sentences, for a reason.
 
 Everything here is deterministic in the seed: the same seed gives the same world, byte for byte.
 """
@@ -31,13 +31,19 @@ FORMS = {
     "university": "They studied at {value}.",
 }
 # Saying an attribute is not known: no fact stated (the annotator's <No Facts>: counted correct).
+# A hedge begins as the fact does and leaves the value unknown, so that the choice between stating
+# and hedging is made where the policy's uncertainty is, at the value; and a hedge shares its
+# stem with the fact (a sentence-level mask that penalises a wrong "They were born in 1901." then
+# does not penalise the "They were born in" that hedging also writes).
 HEDGES = {
-    "year": "Little is known about when they were born.",
-    "city": "Little is known about where they grew up.",
-    "profession": "Little is known about their work.",
-    "university": "Little is known about where they studied.",
+    "year": "They were born in an unknown year.",
+    "city": "They grew up in an unknown place.",
+    "profession": "They worked at an unknown trade.",
+    "university": "They studied at an unknown school.",
 }
-OPENING = "Here is what I know about {name}."
+# The opening names no one: a tiny policy miscopies names, and an opening about someone else is
+# unverifiable, a copying slip rather than the knowledge this world is about.
+OPENING = "Here is what I know."
 ARTICLE_OPENING = "{name} is a person of this world."
 QUESTION = "Tell me about {name}."
 
@@ -55,8 +61,9 @@ VALUES = {
     "university": ("Avonmere College", "the Caldera Institute", "Eastmarch University", "Fernvale Academy",
                    "Greystone University", "the Ironport School of Arts"),
 }
-# How often the supervised corpus shows a person (answers per topic): well known, half known, barely.
-EXPOSURES = (8, 3, 1)
+# How often the supervised corpus shows a person (answers per topic): well known, half known, never
+# (the policy can only guess at them: it hallucinates for a reason).
+EXPOSURES = (8, 2, 0)
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,7 @@ def make_world(seed: int, topics: int = 36, test_fraction: float = 1 / 3) -> Wor
 def answer(person: Person, rng: random.Random, hedge: float) -> str:
     """One answer about `person` in the world's style: the opening, then each attribute in order,
     stated truly or (with probability `hedge`) hedged."""
-    sentences = [OPENING.format(name=person.name)]
+    sentences = [OPENING]
     for a in ATTRIBUTES:
         form = HEDGES[a] if rng.random() < hedge else FORMS[a]
         sentences.append(form.format(value=person.facts[a]))

@@ -7,7 +7,8 @@ comes from saying less, i.e. hedging, or from saying truer things).
 
 Each seed runs `maskdpo demo factuality` as a user runs it (a subprocess) into WORK/seed-S; the
 summary goes to OUT (default benchmarks/results/<date>-cpu/factuality-world/) as summary.json and
-summary.md, with every seed's results.json copied next to them.
+summary.md, with every seed's results.json and training plot copied next to them, and its world and
+each model's annotated answers in OUT/seed-S/ (the breakdown by exposure is recomputed from those).
 """
 
 from __future__ import annotations
@@ -37,6 +38,33 @@ def label_counts(annotated: Path) -> dict:
     return counts
 
 
+def labels_by_exposure(run_dir: Path) -> dict:
+    """model -> exposure (times the base policy's corpus showed the person, as a string) -> label ->
+    count, over every test answer's sentences but the world's fixed opening: where a gain comes from
+    (hedging, "nofact", versus stating true facts, "ok") and about whom."""
+    from maskdpo.demos.factuality.world import OPENING
+
+    exposure = {p["name"]: str(p["exposure"]) for p in json.loads((run_dir / "world" / "world.json").read_text())["people"]}
+    out = {}
+    for model in MODELS:
+        counts = out.setdefault(model, {})
+        for line in (run_dir / model / "annotated.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            level = counts.setdefault(exposure[record["topic"]], {})
+            for s in record["sentences"]:
+                if record["response"][s["start"]:s["end"]].strip() != OPENING:
+                    level[s["label"]] = level.get(s["label"], 0) + 1
+    return out
+
+
+def keep_answers(run_dir: Path, out: Path) -> None:
+    """The seed's world and every model's annotated answers, into out (small: tens of kilobytes)."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "world" / "world.json", out / "world.json")
+    for model in MODELS:
+        shutil.copyfile(run_dir / model / "annotated.jsonl", out / f"{model}.annotated.jsonl")
+
+
 def summarise(runs: list[dict]) -> dict:
     """Mean and spread (population standard deviation, min, max) over seeds of every model's ANAH
     score, FactScore and sentence counts; and whether the target order held on every seed."""
@@ -51,10 +79,20 @@ def summarise(runs: list[dict]) -> dict:
                           "min": min(values, default=None), "max": max(values, default=None),
                           "per_seed": [p[key] for p in per_seed]}
         entry["labels_per_seed"] = [r["labels"][model] for r in runs]
+        if all("by_exposure" in r for r in runs):
+            total: dict = {}
+            for r in runs:
+                for level, counts in r["by_exposure"][model].items():
+                    for label, n in counts.items():
+                        total.setdefault(level, {}).setdefault(label, 0)
+                        total[level][label] += n
+            entry["labels_by_exposure"] = total
         out["models"][model] = entry
     order = [r["results"]["models"]["mask_dpo"]["anah_score"] > r["results"]["models"]["dpo"]["anah_score"]
              > r["results"]["models"]["base"]["anah_score"] for r in runs]
     out["mask_dpo_above_dpo_above_base_on_every_seed"] = all(order)
+    scores = [[r["results"]["models"][m]["anah_score"] for m in ("mask_dpo", "dpo", "base")] for r in runs]
+    out["mask_dpo_at_least_dpo_at_least_base_on_every_seed"] = all(m >= d >= b for m, d, b in scores)
     out["mask_dpo_above_dpo_on_every_seed"] = all(r["results"]["models"]["mask_dpo"]["anah_score"]
                                                   > r["results"]["models"]["dpo"]["anah_score"] for r in runs)
     out["seconds_per_seed"] = [r["seconds"] for r in runs]
@@ -73,7 +111,19 @@ def markdown(summary: dict, quick: bool) -> str:
         lines.append(f"| {model} | {a['mean']:.2f} ± {a['std']:.2f} [{a['min']:.1f}, {a['max']:.1f}] | "
                      f"{', '.join(f'{v:.1f}' for v in a['per_seed'])} | {fs} | {s['mean']:.2f} | "
                      f"{'; '.join(json.dumps(c, sort_keys=True) for c in e['labels_per_seed'])} |")
+    exposures = sorted({level for e in summary["models"].values() for level in e.get("labels_by_exposure", {})},
+                       key=int, reverse=True)
+    if exposures:
+        lines += ["", "Sentences but the opening, summed over seeds, by how often the base policy's corpus showed "
+                      "the person: ok / contradictory / unverifiable / nofact (hedged).", "",
+                  "| model | " + " | ".join(f"seen {level} times" for level in exposures) + " |",
+                  "|---|" + "---|" * len(exposures)]
+        for model, e in summary["models"].items():
+            cells = [e["labels_by_exposure"].get(level, {}) for level in exposures]
+            lines.append(f"| {model} | " + " | ".join(
+                " / ".join(str(c.get(k, 0)) for k in ("ok", "contradictory", "unverifiable", "nofact")) for c in cells) + " |")
     lines += ["", f"Mask-DPO > DPO > base on every seed: {summary['mask_dpo_above_dpo_above_base_on_every_seed']}; "
+                  f"Mask-DPO >= DPO >= base on every seed: {summary['mask_dpo_at_least_dpo_at_least_base_on_every_seed']}; "
                   f"Mask-DPO > DPO on every seed: {summary['mask_dpo_above_dpo_on_every_seed']}.",
               f"Wall time per seed (s): {', '.join(f'{t:.0f}' for t in summary['seconds_per_seed'])}."]
     return "\n".join(lines) + "\n"
@@ -106,8 +156,10 @@ def main(argv=None) -> int:
         results = json.loads((run_dir / "results.json").read_text())
         shutil.copyfile(run_dir / "results.json", out / f"results-seed-{seed}.json")
         shutil.copyfile(run_dir / "training.png", out / f"training-seed-{seed}.png")
+        keep_answers(run_dir, out / f"seed-{seed}")
         runs.append({"seed": seed, "seconds": seconds, "results": results,
-                     "labels": {m: label_counts(run_dir / m / "annotated.jsonl") for m in MODELS}})
+                     "labels": {m: label_counts(run_dir / m / "annotated.jsonl") for m in MODELS},
+                     "by_exposure": labels_by_exposure(run_dir)})
         print(f"seed {seed}: {seconds:.0f} s")
     summary = summarise(runs)
     summary["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}

@@ -38,17 +38,18 @@ def label_counts(annotated: Path) -> dict:
     return counts
 
 
-def labels_by_exposure(run_dir: Path) -> dict:
+def labels_by_exposure(world_json: Path, annotated: dict[str, Path]) -> dict:
     """model -> exposure (times the base policy's corpus showed the person, as a string) -> label ->
     count, over every test answer's sentences but the world's fixed opening: where a gain comes from
-    (hedging, "nofact", versus stating true facts, "ok") and about whom."""
+    (hedging, "nofact", versus stating true facts, "ok") and about whom. `annotated`: model -> its
+    annotated answers (a demo's DIR/<model>/annotated.jsonl, or the copies keep_answers makes)."""
     from maskdpo.demos.factuality.world import OPENING
 
-    exposure = {p["name"]: str(p["exposure"]) for p in json.loads((run_dir / "world" / "world.json").read_text())["people"]}
+    exposure = {p["name"]: str(p["exposure"]) for p in json.loads(world_json.read_text())["people"]}
     out = {}
-    for model in MODELS:
+    for model, path in annotated.items():
         counts = out.setdefault(model, {})
-        for line in (run_dir / model / "annotated.jsonl").read_text().splitlines():
+        for line in path.read_text().splitlines():
             record = json.loads(line)
             level = counts.setdefault(exposure[record["topic"]], {})
             for s in record["sentences"]:
@@ -57,12 +58,23 @@ def labels_by_exposure(run_dir: Path) -> dict:
     return out
 
 
+def demo_answers(run_dir: Path) -> tuple[Path, dict[str, Path]]:
+    """(world.json, model -> annotated answers) of a demo's output directory."""
+    return run_dir / "world" / "world.json", {m: run_dir / m / "annotated.jsonl" for m in MODELS}
+
+
+def kept_answers(seed_dir: Path) -> tuple[Path, dict[str, Path]]:
+    """The same, of a results folder's seed-S/ (what keep_answers wrote)."""
+    return seed_dir / "world.json", {m: seed_dir / f"{m}.annotated.jsonl" for m in MODELS}
+
+
 def keep_answers(run_dir: Path, out: Path) -> None:
     """The seed's world and every model's annotated answers, into out (small: tens of kilobytes)."""
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dir / "world" / "world.json", out / "world.json")
+    (world, annotated), (kept_world, kept) = demo_answers(run_dir), kept_answers(out)
+    shutil.copyfile(world, kept_world)
     for model in MODELS:
-        shutil.copyfile(run_dir / model / "annotated.jsonl", out / f"{model}.annotated.jsonl")
+        shutil.copyfile(annotated[model], kept[model])
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -159,7 +171,7 @@ def main(argv=None) -> int:
         keep_answers(run_dir, out / f"seed-{seed}")
         runs.append({"seed": seed, "seconds": seconds, "results": results,
                      "labels": {m: label_counts(run_dir / m / "annotated.jsonl") for m in MODELS},
-                     "by_exposure": labels_by_exposure(run_dir)})
+                     "by_exposure": labels_by_exposure(*demo_answers(run_dir))})
         print(f"seed {seed}: {seconds:.0f} s")
     summary = summarise(runs)
     summary["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}

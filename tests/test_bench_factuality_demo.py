@@ -38,7 +38,7 @@ def test_labels_by_exposure_count_each_answer_under_its_person_and_leave_the_ope
     from maskdpo.demos.factuality.world import make_world
 
     world = make_world(0, topics=6)
-    files = world.write(tmp_path / "world")
+    world.write(tmp_path / "world")
     often, never = (next(p for p in world.people if p.exposure == level) for level in (8, 0))
 
     def answer(person, sentences):
@@ -57,15 +57,41 @@ def test_labels_by_exposure_count_each_answer_under_its_person_and_leave_the_ope
     for model, answers in records.items():
         (tmp_path / model).mkdir()
         (tmp_path / model / "annotated.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
-    assert files["world"].exists()
-    assert bench.labels_by_exposure(tmp_path) == {
+    assert bench.labels_by_exposure(*bench.demo_answers(tmp_path)) == {
         "base": {"8": {"contradictory": 1}, "0": {"nofact": 1}},
         "dpo": {"8": {"ok": 1, "unverifiable": 1}},
         "mask_dpo": {"0": {"unverifiable": 1}}}  # not the world's opening: counted
-    runs = [{**run(0, 40.0, 50.0, 50.0), "by_exposure": bench.labels_by_exposure(tmp_path)},
-            {**run(1, 40.0, 45.0, 50.0), "by_exposure": bench.labels_by_exposure(tmp_path)}]
+    other = {"base": {}, "dpo": {"8": {"ok": 3}, "0": {"nofact": 1}}, "mask_dpo": {}}  # another seed's
+    runs = [{**run(0, 40.0, 50.0, 50.0), "by_exposure": bench.labels_by_exposure(*bench.demo_answers(tmp_path))},
+            {**run(1, 40.0, 45.0, 50.0), "by_exposure": other}]
     summary = bench.summarise(runs)
-    assert summary["models"]["dpo"]["labels_by_exposure"] == {"8": {"ok": 2, "unverifiable": 2}}
+    assert summary["models"]["dpo"]["labels_by_exposure"] == {"8": {"ok": 4, "unverifiable": 1}, "0": {"nofact": 1}}
     assert summary["mask_dpo_at_least_dpo_at_least_base_on_every_seed"]
     assert not summary["mask_dpo_above_dpo_on_every_seed"]  # a tie on seed 0
-    assert "| dpo | 2 / 0 / 2 / 0 | 0 / 0 / 0 / 0 |" in bench.markdown(summary, quick=False)
+    assert "| dpo | 4 / 0 / 1 / 0 | 0 / 0 / 0 / 1 |" in bench.markdown(summary, quick=False)
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "2026-12-03-cpu" / "factuality-world"
+
+
+@pytest.mark.parametrize("folder", [COMMITTED, COMMITTED / "seeds-3-5"], ids=["seeds-0-2", "seeds-3-5"])
+def test_the_committed_summary_is_recomputed_from_the_committed_answers(folder):
+    """The committed factuality results: every seed's scores and the by-exposure counts, from the kept
+    world and annotated answers (the ANAH score as the paper defines it, nofact counted correct)."""
+    import json
+
+    summary = json.loads((folder / "summary.json").read_text())
+    runs = []
+    for seed, seconds in zip(summary["seeds"], summary["seconds_per_seed"]):
+        world, annotated = bench.kept_answers(folder / f"seed-{seed}")
+        results = json.loads((folder / f"results-seed-{seed}.json").read_text())
+        for model, path in annotated.items():
+            labels = [s["label"] for line in path.read_text().splitlines() for s in json.loads(line)["sentences"]]
+            correct = sum(label in ("ok", "nofact") for label in labels)
+            assert results["models"][model]["anah_score"] == pytest.approx(100 * correct / len(labels))
+        runs.append({"seed": seed, "seconds": seconds, "results": results,
+                     "labels": {m: bench.label_counts(p) for m, p in annotated.items()},
+                     "by_exposure": bench.labels_by_exposure(world, annotated)})
+    recomputed = bench.summarise(runs)
+    for key, value in recomputed.items():
+        assert summary[key] == value, key

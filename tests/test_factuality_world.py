@@ -12,10 +12,10 @@ from maskdpo.demos.factuality.oracle import Oracle, OracleServer, facts_of, judg
 from maskdpo.demos.factuality.world import ATTRIBUTES, EXPOSURES, Person, make_world, sft_corpus
 
 ADA = Person("Ada Brandt", {"year": "1901", "city": "Caldera", "profession": "chemist",
-                            "university": "Fernvale Academy"}, 3, "test")
+                            "university": "Fernvale Academy"}, 2, "test")
 
-# Written by hand from the rules in maskdpo/demos/factuality/oracle.py's docstring, for ADA; the
-# garbled ones are what trained policies really wrote (demo runs of 2026-12-03).
+# Written by hand from the rules in maskdpo/demos/factuality/oracle.py's docstring, for ADA; most
+# garbled ones are what trained policies really wrote (demo and exploration runs of 2026-12-03).
 HAND_LABELLED = [
     ("Here is what I know.", "nofact"),
     ("They were born in 1901.", "ok"),
@@ -33,7 +33,9 @@ HAND_LABELLED = [
     ("They studied at an unknown school.", "nofact"),
     ("They were born in an unknown place.", "contradictory"),  # a garbled hedge claims a year: not 1901
     ("They grew up in an unknownown place.", "contradictory"),
-    ("Here is what I know about Bram Falk.", "unverifiable"),  # an answer about someone
+    ("Here is what I know about Bram Falk.", "unverifiable"),  # an answer about someone else
+    ("Here is what I know about Ada Brandt.", "unverifiable"),  # not the world's opening, which names no one
+    ("They worked at a chemist.", "unverifiable"),  # neither the fact's form nor the hedge
     ("Ada Brandt is a person of this world.", "nofact"),  # the article's opening about her
     ("Bram Falk is a person of this world.", "unverifiable"),
     ("Bram Falk was born in 1901.", "unverifiable"),  # not one of the forms
@@ -78,6 +80,15 @@ def test_an_article_states_exactly_its_persons_facts(tmp_path):
 
 @pytest.mark.parametrize("sentence,label", HAND_LABELLED)
 def test_the_oracle_labels_sentences_as_written_by_hand(sentence, label):
+    assert judge(sentence, ADA.name, ADA.article()) == label
+
+
+@pytest.mark.parametrize("sentence,label", [
+    ("They were born in an unknown year", "nofact"),  # cut before its period (max tokens): still a hedge
+    ("They were born in 1901", "ok"),
+    ("They were born in 1902", "contradictory"),
+])
+def test_a_sentence_cut_before_its_period_is_judged_as_if_it_had_one(sentence, label):
     assert judge(sentence, ADA.name, ADA.article()) == label
 
 

@@ -28,7 +28,7 @@ class BaseRecipe:
     """Attention heads (as many key/value heads)."""
     steps: int = 300
     """Optimizer steps over the corpus (40 epochs of the default world: people seen 8 times are
-    known, twice half known, never guessed at)."""
+    known, twice mostly known, never guessed at)."""
     batch: int = 16
     """Answers per step."""
     lr: float = 3e-3

@@ -47,7 +47,8 @@ def _stem_pattern(form: str) -> re.Pattern:
 
 
 _FACT = {a: _stem_pattern(form) for a, form in FORMS.items()}
-_HEDGES = [re.compile(re.escape(form)) for form in HEDGES.values()]
+# A hedge cut before its period (max tokens) is still a hedge, as a fact so cut is still the fact.
+_HEDGES = [re.compile(re.escape(form.rstrip(".")) + r"\.?") for form in HEDGES.values()]
 _QUESTION = re.compile(re.escape(QUESTION).replace(r"\{name\}", f"(?P<name>{NAME})"))
 
 

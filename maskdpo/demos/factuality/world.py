@@ -34,7 +34,9 @@ FORMS = {
 # A hedge begins as the fact does and leaves the value unknown, so that the choice between stating
 # and hedging is made where the policy's uncertainty is, at the value; and a hedge shares its
 # stem with the fact (a sentence-level mask that penalises a wrong "They were born in 1901." then
-# does not penalise the "They were born in" that hedging also writes).
+# does not penalise the "They were born in" that hedging also writes). The profession's hedge
+# parts one word earlier ("They worked at" against "They worked as a"): an oversight found after
+# the committed measurements, kept so that they stay reproducible (see the results' notes.md).
 HEDGES = {
     "year": "They were born in an unknown year.",
     "city": "They grew up in an unknown place.",
@@ -61,7 +63,7 @@ VALUES = {
     "university": ("Avonmere College", "the Caldera Institute", "Eastmarch University", "Fernvale Academy",
                    "Greystone University", "the Ironport School of Arts"),
 }
-# How often the supervised corpus shows a person (answers per topic): well known, half known, never
+# How often the supervised corpus shows a person (answers per topic): well known, mostly known, never
 # (the policy can only guess at them: it hallucinates for a reason).
 EXPOSURES = (8, 2, 0)
 

@@ -100,13 +100,10 @@ def summarise(runs: list[dict]) -> dict:
                         total[level][label] += n
             entry["labels_by_exposure"] = total
         out["models"][model] = entry
-    order = [r["results"]["models"]["mask_dpo"]["anah_score"] > r["results"]["models"]["dpo"]["anah_score"]
-             > r["results"]["models"]["base"]["anah_score"] for r in runs]
-    out["mask_dpo_above_dpo_above_base_on_every_seed"] = all(order)
     scores = [[r["results"]["models"][m]["anah_score"] for m in ("mask_dpo", "dpo", "base")] for r in runs]
+    out["mask_dpo_above_dpo_above_base_on_every_seed"] = all(m > d > b for m, d, b in scores)
     out["mask_dpo_at_least_dpo_at_least_base_on_every_seed"] = all(m >= d >= b for m, d, b in scores)
-    out["mask_dpo_above_dpo_on_every_seed"] = all(r["results"]["models"]["mask_dpo"]["anah_score"]
-                                                  > r["results"]["models"]["dpo"]["anah_score"] for r in runs)
+    out["mask_dpo_above_dpo_on_every_seed"] = all(m > d for m, d, _ in scores)
     out["seconds_per_seed"] = [r["seconds"] for r in runs]
     return out
 

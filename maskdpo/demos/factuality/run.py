@@ -16,8 +16,7 @@ annotated.jsonl and DIR/<model>/factscore/judged.jsonl; DIR/training.png plots b
 topics and the score were fixed before any training run was looked at; the annotator was changed
 after (oracle v2: garbled sentences are no "no fact"; v3: the third world's forms), and the world's
 forms and the settings were chosen on development seeds 100-104 after a first look at seed 0,
-which is reported (see
-benchmarks/results/2026-12-03-cpu/factuality-world/notes.md).
+which is reported (see benchmarks/results/2026-12-03-cpu/factuality-world/notes.md).
 """
 
 from __future__ import annotations

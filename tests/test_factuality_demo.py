@@ -12,6 +12,8 @@ from collections import defaultdict
 import pytest
 import torch
 
+from maskdpo.demos.factuality.run import ORACLE
+
 MODELS = ("base", "dpo", "mask_dpo")
 
 
@@ -38,7 +40,7 @@ def test_the_quick_demo_writes_its_results_from_the_annotated_answers(tmp_path):
     assert (out / "training.png").stat().st_size > 0 and (out / "results.md").exists()
     for name in MODELS:
         annotated = read(out / name / "annotated.jsonl")
-        assert {r["topic"] for r in annotated} == test_topics and all(r["annotator"]["model"] == "oracle-v3" for r in annotated)
+        assert {r["topic"] for r in annotated} == test_topics and all(r["annotator"]["model"] == ORACLE for r in annotated)
         # each model answered for itself: the base, or its own training run's export
         answered_by = {json.loads(line)["sampling"]["model"] for line in (out / name / "samples.jsonl").read_text().splitlines()}
         assert answered_by == {str(out / "base" / "model" if name == "base" else out / name / "run" / "hf")}
@@ -85,10 +87,10 @@ def test_the_quick_demo_writes_its_results_from_the_annotated_answers(tmp_path):
 @pytest.mark.slow
 def test_another_seed_into_the_same_directory_is_refused(tmp_path):
     (tmp_path / "demo").mkdir()
-    (tmp_path / "demo" / "demo.json").write_text('{"seed": 1, "quick": true, "oracle": "oracle-v3"}\n')
+    (tmp_path / "demo" / "demo.json").write_text(json.dumps({"seed": 1, "quick": True, "oracle": ORACLE}) + "\n")
     result = subprocess.run([sys.executable, "-m", "maskdpo.cli", "demo", "factuality", "--output", str(tmp_path / "demo"),
                              "--quick", "--seed", "2"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
-    assert ('holds a demo run with {"seed": 1, "quick": true, "oracle": "oracle-v3"}, not '
-            '{"seed": 2, "quick": true, "oracle": "oracle-v3"}') in result.stderr
+    assert (f'holds a demo run with {{"seed": 1, "quick": true, "oracle": "{ORACLE}"}}, not '
+            f'{{"seed": 2, "quick": true, "oracle": "{ORACLE}"}}') in result.stderr
     assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["demo.json"]

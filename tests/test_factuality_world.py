@@ -8,11 +8,11 @@ import json
 import pytest
 
 from maskdpo.cli import main
-from maskdpo.demos.factuality.oracle import Oracle, OracleServer, facts_of, judge
-from maskdpo.demos.factuality.world import ATTRIBUTES, EXPOSURES, Person, make_world, sft_corpus
+from maskdpo.demos.factuality.oracle import Oracle, OracleServer, facts_of, judge, parse_fact
+from maskdpo.demos.factuality.world import ATTRIBUTES, EXPOSURES, HEDGE, OMIT, Person, make_world, sft_corpus
 
 ADA = Person("Ada Brandt", {"year": "1901", "city": "Caldera", "profession": "chemist",
-                            "university": "Fernvale Academy"}, 2, "test")
+                            "university": "Fernvale Academy", "colour": "teal", "sport": "chess"}, 2, "test")
 
 # Written by hand from the rules in maskdpo/demos/factuality/oracle.py's docstring, for ADA; most
 # garbled ones are what trained policies really wrote (demo and exploration runs of 2026-12-03).
@@ -29,8 +29,17 @@ HAND_LABELLED = [
     ("They studied at the Caldera Institute.", "contradictory"),
     ("They grew up in an unknown place.", "nofact"),
     ("They were born in an unknown year.", "nofact"),
-    ("They worked at an unknown trade.", "nofact"),
+    ("They worked as a person of unknown trade.", "nofact"),
     ("They studied at an unknown school.", "nofact"),
+    ("Their favourite colour was teal.", "ok"),
+    ("Their favourite colour was amber.", "contradictory"),
+    ("Their favourite colour was unknown.", "nofact"),
+    ("They played chess.", "ok"),
+    ("They played polo.", "contradictory"),
+    ("They played an unknown sport.", "nofact"),
+    ("They played an unknown game.", "contradictory"),  # a garbled hedge claims a sport: not chess
+    ("Their favourite colour was.", "unverifiable"),  # the claim begun, no value
+    ("They worked at an unknown trade.", "unverifiable"),  # the third world's profession hedge: no form now
     ("They were born in an unknown place.", "contradictory"),  # a garbled hedge claims a year: not 1901
     ("They grew up in an unknownown place.", "contradictory"),
     ("Here is what I know about Bram Falk.", "unverifiable"),  # an answer about someone else
@@ -49,15 +58,43 @@ HAND_LABELLED = [
 ]
 
 
-def test_the_world_is_its_seed():
-    a, b, c = make_world(7), make_world(7), make_world(8)
+@pytest.mark.parametrize("topics,test_fraction", [(48, 1 / 2), (36, 1 / 3)])
+def test_the_world_is_its_seed(topics, test_fraction):
+    a, b, c = (make_world(seed, topics, test_fraction) for seed in (7, 7, 8))
     assert a == b and a != c
-    assert len({p.name for p in a.people}) == 36
-    # every exposure level has train and unseen test topics, a third of them test
+    assert len({p.name for p in a.people}) == topics
+    # every exposure level has train and unseen test topics, the same share of them test
     for level in EXPOSURES:
         people = [p for p in a.people if p.exposure == level]
-        assert sum(p.split == "test" for p in people) == len(people) // 3
+        assert sum(p.split == "test" for p in people) == round(len(people) * test_fraction)
     assert sft_corpus(a) == sft_corpus(b)
+
+
+def test_corpus_answers_leave_attributes_out_and_hedge_at_the_worlds_rates():
+    """Each corpus answer is the opening and the person's attributes in the world's order, each left
+    out (OMIT) or hedged (HEDGE, of those kept); the rates counted from the answers' text."""
+    world = make_world(3)
+    stated = hedged = slots = 0
+    for record in sft_corpus(world):
+        person = next(p for p in world.people if record["prompt"] == f"Tell me about {p.name}.")
+        sentences = [s + "." for s in record["response"].rstrip(".").split(". ")]
+        assert sentences[0] == "Here is what I know."
+        order = []
+        for sentence in sentences[1:]:
+            fact = parse_fact(sentence)
+            assert fact is not None, sentence
+            order.append(fact[0])
+            if judge(sentence, person.name, person.article()) == "nofact":
+                hedged += 1
+            else:
+                assert fact[1] == person.facts[fact[0]], sentence
+                stated += 1
+        assert order == [a for a in ATTRIBUTES if a in order]  # in the world's order, none twice
+        slots += len(ATTRIBUTES)
+    kept = stated + hedged
+    # binomial counts within 4 standard deviations of the rates (slots is about a thousand)
+    for count, n, p in ((slots - kept, slots, OMIT), (hedged, kept, HEDGE)):
+        assert abs(count - n * p) < 4 * (n * p * (1 - p)) ** 0.5, (count, n, p)
 
 
 def test_an_article_states_exactly_its_persons_facts(tmp_path):
@@ -123,6 +160,7 @@ def test_the_real_annotator_and_factscore_talk_to_the_served_oracle(tmp_path):
     assert got == HAND_LABELLED and not any(s.get("unparsed") for s in record["sentences"])
     judged = [json.loads(line) for line in (tmp_path / "fs" / "judged.jsonl").read_text().splitlines()]
     # the atomic facts are the sentences of a fact form (whatever their value), hedges not
-    stems = ("They were born in", "They grew up in", "They worked as", "They studied at")
+    stems = ("They were born in", "They grew up in", "They worked as", "They studied at", "Their favourite colour was",
+             "They played")
     assert {j["fact"] for j in judged} == {s for s, label in HAND_LABELLED if s.startswith(stems) and label != "nofact"}
     assert {j["fact"] for j in judged if j["supported"]} == {s for s, label in HAND_LABELLED if label == "ok"}

@@ -4,8 +4,9 @@ over the OpenAI-compatible chat-completions API on loopback, so that the project
 it as they would to an LLM.
 
 Its rules (version ORACLE_VERSION; the first version counted garbled sentences as stating no fact,
-the third is the second for the world's hedges that begin like facts; see
-benchmarks/results/2026-12-03-cpu/factuality-world/notes.md):
+the third is the second for the world's hedges that begin like facts, the fourth the third for the
+fourth world's six attributes and its profession hedge; see
+benchmarks/results/2026-12-03-cpu/factuality-world/notes.md and 2026-12-04-cpu/factuality-world/notes.md):
   - no fact (<No Facts>: counted correct, as the paper counts nofact) is stated only by, exactly,
     the world's opening ("Here is what I know.", or the article's "NAME is a person of this world."
     of the person asked about) and the hedges ("They grew up in an unknown place.");
@@ -34,7 +35,7 @@ from ...loop.annotate import load_templates as anah_templates
 from ...loop.factscore import load_templates as factscore_templates
 from .world import ARTICLE_OPENING, FORMS, HEDGES, OPENING, QUESTION
 
-ORACLE_VERSION = 3
+ORACLE_VERSION = 4
 NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"
 
 

@@ -1,14 +1,15 @@
 """A small world made in code, from a seed, for the factuality demo (`maskdpo demo factuality`).
 
-People (the topics) with four attributes each -- birth year, home city, profession, university --
-written as an article per person (the knowledge file `maskdpo evaluate --metric factscore` reads,
+People (the topics) with six attributes each -- birth year, home city, profession, university,
+favourite colour, sport -- written as an article per person (the knowledge file `maskdpo evaluate --metric factscore` reads,
 and each question's reference document for the annotator) and asked about with "Tell me about
 NAME." Every fact is one sentence of a fixed form (FORMS: "They were born in 1901.", about the
 person asked about); a hedge (HEDGES: "They were born in an unknown year.") says, without stating
 anything, that the attribute is not known. Topics are split into train and unseen test topics, as
 the paper does. The supervised corpus that makes the base policy shows some topics often, some
 twice and some never (EXPOSURES), so that the policy knows some people well and guesses at others:
-its answers mix true and false sentences, for a reason.
+its answers mix true and false sentences, for a reason. A corpus answer leaves some attributes out
+(OMIT), so that answers differ in what they say, not only in how truly.
 
 Everything here is deterministic in the seed: the same seed gives the same world, byte for byte.
 """
@@ -21,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ATTRIBUTES = ("year", "city", "profession", "university")
+ATTRIBUTES = ("year", "city", "profession", "university", "colour", "sport")
 # One sentence per fact, about the person the question (or article) is about: the opening names
 # them, the facts follow as "They ..." (short answers a tiny model can learn to write cleanly).
 FORMS = {
@@ -29,19 +30,23 @@ FORMS = {
     "city": "They grew up in {value}.",
     "profession": "They worked as a {value}.",
     "university": "They studied at {value}.",
+    "colour": "Their favourite colour was {value}.",
+    "sport": "They played {value}.",
 }
 # Saying an attribute is not known: no fact stated (the annotator's <No Facts>: counted correct).
 # A hedge begins as the fact does and leaves the value unknown, so that the choice between stating
 # and hedging is made where the policy's uncertainty is, at the value; and a hedge shares its
 # stem with the fact (a sentence-level mask that penalises a wrong "They were born in 1901." then
-# does not penalise the "They were born in" that hedging also writes). The profession's hedge
-# parts one word earlier ("They worked at" against "They worked as a"): an oversight found after
-# the committed measurements, kept so that they stay reproducible (see the results' notes.md).
+# does not penalise the "They were born in" that hedging also writes). (The third world's
+# profession hedge, "They worked at an unknown trade.", parted one word early; this, the fourth,
+# parts at the value: benchmarks/results/2026-12-04-cpu/factuality-world/notes.md.)
 HEDGES = {
     "year": "They were born in an unknown year.",
     "city": "They grew up in an unknown place.",
-    "profession": "They worked at an unknown trade.",
+    "profession": "They worked as a person of unknown trade.",
     "university": "They studied at an unknown school.",
+    "colour": "Their favourite colour was unknown.",
+    "sport": "They played an unknown sport.",
 }
 # The opening names no one: a tiny policy miscopies names, and an opening about someone else is
 # unverifiable, a copying slip rather than the knowledge this world is about.
@@ -62,10 +67,18 @@ VALUES = {
                    "lawyer", "astronomer"),
     "university": ("Avonmere College", "the Caldera Institute", "Eastmarch University", "Fernvale Academy",
                    "Greystone University", "the Ironport School of Arts"),
+    "colour": ("red", "blue", "green", "amber", "violet", "grey", "ochre", "teal"),
+    "sport": ("chess", "tennis", "cricket", "rugby", "golf", "hockey", "polo", "squash"),
 }
 # How often the supervised corpus shows a person (answers per topic): well known, mostly known, never
 # (the policy can only guess at them: it hallucinates for a reason).
 EXPOSURES = (8, 2, 0)
+# How a corpus answer treats each attribute: left out with probability OMIT (a biography says some
+# things and not others), else hedged with probability HEDGE. Leaving a fact out lets a policy say
+# less in fewer sentences, as the paper's trained models did, and makes a chosen and a rejected
+# answer differ in what they state, not only in the values of the same sentences.
+OMIT = 0.3
+HEDGE = 0.2
 
 
 @dataclass(frozen=True)
@@ -119,7 +132,7 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def make_world(seed: int, topics: int = 36, test_fraction: float = 1 / 3) -> World:
+def make_world(seed: int, topics: int = 48, test_fraction: float = 1 / 2) -> World:
     """`topics` people with distinct names and random attributes; each exposure level holds the same
     share of train and test topics, so unseen test topics are known as well as the train ones."""
     if not 3 <= topics <= len(FIRST) * len(LAST):
@@ -136,21 +149,24 @@ def make_world(seed: int, topics: int = 36, test_fraction: float = 1 / 3) -> Wor
     return World(seed, people)
 
 
-def answer(person: Person, rng: random.Random, hedge: float) -> str:
+def answer(person: Person, rng: random.Random, hedge: float, omit: float) -> str:
     """One answer about `person` in the world's style: the opening, then each attribute in order,
-    stated truly or (with probability `hedge`) hedged."""
+    left out with probability `omit`, else stated truly or (with probability `hedge`) hedged."""
     sentences = [OPENING]
     for a in ATTRIBUTES:
+        if rng.random() < omit:
+            continue
         form = HEDGES[a] if rng.random() < hedge else FORMS[a]
         sentences.append(form.format(value=person.facts[a]))
     return " ".join(sentences)
 
 
-def sft_corpus(world: World, hedge: float = 0.2) -> list[dict]:
+def sft_corpus(world: World, hedge: float = HEDGE, omit: float = OMIT) -> list[dict]:
     """The supervised corpus: `exposure` answers per person (train and test topics alike, as a
-    pretraining corpus would hold them), each attribute hedged with probability `hedge`; shuffled."""
+    pretraining corpus would hold them), each attribute left out with probability `omit` and
+    otherwise hedged with probability `hedge`; shuffled."""
     rng = random.Random(world.seed + 1)
-    records = [{"prompt": QUESTION.format(name=p.name), "response": answer(p, rng, hedge)}
+    records = [{"prompt": QUESTION.format(name=p.name), "response": answer(p, rng, hedge, omit)}
                for p in world.people for _ in range(p.exposure)]
     rng.shuffle(records)
     return records

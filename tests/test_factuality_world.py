@@ -70,6 +70,19 @@ def test_the_world_is_its_seed(topics, test_fraction):
     assert sft_corpus(a) == sft_corpus(b)
 
 
+@pytest.mark.parametrize("topics,test_fraction,message", [
+    (48, 0.4, "test_fraction must be 1/k for a whole k >= 2"),  # would round to a half
+    (48, 1.0, "test_fraction must be 1/k"),  # no train topics
+    (48, 0.0, "test_fraction must be 1/k"),
+    (48, -0.5, "test_fraction must be 1/k"),
+    (8, 1 / 3, r"topics must be in \[9, 576\] for test_fraction 1/3, got 8"),  # a level without a test topic
+    (577, 1 / 2, r"topics must be in \[6, 576\]"),  # more people than names
+])
+def test_a_world_that_cannot_be_split_is_refused(topics, test_fraction, message):
+    with pytest.raises(ValueError, match=message):
+        make_world(0, topics, test_fraction)
+
+
 def test_corpus_answers_leave_attributes_out_and_hedge_at_the_worlds_rates():
     """Each corpus answer is the opening and the person's attributes in the world's order, each left
     out (OMIT) or hedged (HEDGE, of those kept); the rates counted from the answers' text."""

@@ -16,7 +16,8 @@ annotated.jsonl and DIR/<model>/factscore/judged.jsonl; DIR/training.png plots b
 score (the ANAH score, FactScore, greedy answers) was fixed before any training run was looked at;
 the annotator was changed after (oracle v2: garbled sentences are no "no fact"; v3 and v4: the
 third and fourth worlds' forms), and the worlds -- their size and test share included -- and the
-settings were chosen on development seeds 100-104, after looking at reported seeds (see
+settings were chosen on development seeds (100-104 for the third world, 100-102 for the
+fourth), after looking at reported seeds (see
 benchmarks/results/2026-12-03-cpu/factuality-world/notes.md, and for this, the fourth world,
 benchmarks/results/2026-12-04-cpu/factuality-world/notes.md).
 """
@@ -43,7 +44,7 @@ class DemoSize:
     topics: int
     """People in the world."""
     test_fraction: float
-    """The share of them that are unseen test topics (the same share at every exposure level)."""
+    """The share of them that are unseen test topics, 1/k (every k-th person of each exposure level)."""
     samples: int
     """On-policy samples per train question."""
     pairs_per_question: int

@@ -134,16 +134,22 @@ def slug(name: str) -> str:
 
 def make_world(seed: int, topics: int = 48, test_fraction: float = 1 / 2) -> World:
     """`topics` people with distinct names and random attributes; each exposure level holds the same
-    share of train and test topics, so unseen test topics are known as well as the train ones."""
-    if not 3 <= topics <= len(FIRST) * len(LAST):
-        raise ValueError(f"topics must be in [3, {len(FIRST) * len(LAST)}], got {topics}")
+    share of train and test topics, so unseen test topics are known as well as the train ones.
+    `test_fraction` is 1/k (k >= 2: every k-th person of each level is a test topic), and `topics`
+    at least 3k, so that every level has a test topic and a train topic."""
+    every = round(1 / test_fraction) if test_fraction > 0 else 0
+    if every < 2 or abs(1 / test_fraction - every) > 1e-9:
+        raise ValueError(f"test_fraction must be 1/k for a whole k >= 2 (1/2, 1/3, ...), got {test_fraction}")
+    least = len(EXPOSURES) * every
+    if not least <= topics <= len(FIRST) * len(LAST):
+        raise ValueError(f"topics must be in [{least}, {len(FIRST) * len(LAST)}] for test_fraction 1/{every}, got {topics}")
     rng = random.Random(seed)
     names = rng.sample([f"{f} {last}" for f in FIRST for last in LAST], topics)
     people = []
     for i, name in enumerate(names):
         exposure = EXPOSURES[i % len(EXPOSURES)]
-        # Within each exposure level, every 1 / test_fraction-th person is a test topic.
-        split = "test" if (i // len(EXPOSURES)) % round(1 / test_fraction) == 0 else "train"
+        # Within each exposure level, every k-th person (test_fraction 1/k) is a test topic.
+        split = "test" if (i // len(EXPOSURES)) % every == 0 else "train"
         facts = {a: rng.choice(VALUES[a]) for a in ATTRIBUTES}
         people.append(Person(name, facts, exposure, split))
     return World(seed, people)

@@ -74,7 +74,8 @@ def test_labels_by_exposure_count_each_answer_under_its_person_and_leave_the_ope
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 # The third world's measurements (2026-12-03) and the fourth's, the demo's now (2026-12-04).
 COMMITTED = [RESULTS / day / "factuality-world" / seeds for day in ("2026-12-03-cpu", "2026-12-04-cpu")
-             for seeds in ("", "seeds-3-5")] + [RESULTS / "2026-12-04-cpu" / "factuality-world-quick"]
+             for seeds in ("", "seeds-3-5")] + [RESULTS / "2026-12-04-cpu" / folder for folder in
+                                                 ("factuality-world/seeds-6-8", "factuality-world-quick")]
 
 
 @pytest.mark.parametrize("folder", COMMITTED, ids=lambda f: "/".join(f.relative_to(RESULTS).parts))

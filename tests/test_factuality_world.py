@@ -110,6 +110,23 @@ def test_corpus_answers_leave_attributes_out_and_hedge_at_the_worlds_rates():
         assert abs(count - n * p) < 4 * (n * p * (1 - p)) ** 0.5, (count, n, p)
 
 
+def test_the_longest_answer_the_world_can_write_fits_the_demos_token_budget():
+    """Every attribute at its longest sentence (fact or hedge), after the opening, with the end of
+    turn, counted by the bundled tokenizer: the demo's samples are never cut before an answer ends."""
+    from maskdpo.data.tokenizer import load_tokenizer
+    from maskdpo.demos.factuality.run import MAX_TOKENS
+    from maskdpo.demos.factuality.world import FORMS, HEDGES, OPENING, VALUES
+
+    tokenizer = load_tokenizer()
+
+    def length(text):
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    sentences = [OPENING] + [max([FORMS[a].format(value=v) for v in VALUES[a]] + [HEDGES[a]], key=length)
+                             for a in ATTRIBUTES]
+    assert length(" ".join(sentences)) + 1 <= MAX_TOKENS  # + 1: the end-of-turn token
+
+
 def test_an_article_states_exactly_its_persons_facts(tmp_path):
     world = make_world(0, topics=12)
     for person in world.people:

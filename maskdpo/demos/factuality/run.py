@@ -34,7 +34,7 @@ from .oracle import ORACLE_VERSION
 MODELS = ("base", "dpo", "mask_dpo")
 ORACLE = f"oracle-v{ORACLE_VERSION}"  # the annotator's model name, recorded with every label
 MASKS = {"dpo": "none", "mask_dpo": "sentences"}
-MAX_TOKENS = 96  # an answer (the opening and six attribute sentences) is at most about 75 tokens
+MAX_TOKENS = 96  # the longest answer the world writes (the opening, six sentences, end of turn) is 89 tokens
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """A small world made in code, from a seed, for the factuality demo (`maskdpo demo factuality`).
 
 People (the topics) with six attributes each -- birth year, home city, profession, university,
-favourite colour, sport -- written as an article per person (the knowledge file `maskdpo evaluate --metric factscore` reads,
-and each question's reference document for the annotator) and asked about with "Tell me about
-NAME." Every fact is one sentence of a fixed form (FORMS: "They were born in 1901.", about the
+favourite colour, sport -- written as an article per person (the knowledge file `maskdpo evaluate
+--metric factscore` reads, and each question's reference document for the annotator) and asked
+about with "Tell me about NAME." Every fact is one sentence of a fixed form (FORMS: "They were born in 1901.", about the
 person asked about); a hedge (HEDGES: "They were born in an unknown year.") says, without stating
 anything, that the attribute is not known. Topics are split into train and unseen test topics, as
 the paper does. The supervised corpus that makes the base policy shows some topics often, some

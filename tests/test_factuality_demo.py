@@ -34,6 +34,8 @@ def test_the_quick_demo_writes_its_results_from_the_annotated_answers(tmp_path):
     train_topics = {json.loads(line)["topic"] for line in (out / "world" / "train_questions.jsonl").read_text().splitlines()}
     assert (results["seed"], results["train_topics"], results["test_topics"]) == (3, len(train_topics), len(test_topics))
     assert not test_topics & train_topics
+    test_ids = [json.loads(line)["question_id"] for line in (out / "world" / "test_questions.jsonl").read_text().splitlines()]
+    assert results["questions_per_topic"] * len(test_topics) == len(test_ids)
     pairs = read(out / "train" / "pairs.jsonl")
     train_ids = {json.loads(line)["question_id"] for line in (out / "world" / "train_questions.jsonl").read_text().splitlines()}
     assert pairs and {p["question_id"] for p in pairs} <= train_ids  # trained on train topics only
@@ -41,6 +43,7 @@ def test_the_quick_demo_writes_its_results_from_the_annotated_answers(tmp_path):
     for name in MODELS:
         annotated = read(out / name / "annotated.jsonl")
         assert {r["topic"] for r in annotated} == test_topics and all(r["annotator"]["model"] == ORACLE for r in annotated)
+        assert sorted(r["question_id"] for r in annotated) == sorted(test_ids)  # one greedy answer per test question
         # each model answered for itself: the base, or its own training run's export
         answered_by = {json.loads(line)["sampling"]["model"] for line in (out / name / "samples.jsonl").read_text().splitlines()}
         assert answered_by == {str(out / "base" / "model" if name == "base" else out / name / "run" / "hf")}

@@ -8,8 +8,9 @@ import json
 import pytest
 
 from maskdpo.cli import main
-from maskdpo.demos.factuality.oracle import Oracle, OracleServer, facts_of, judge, parse_fact
-from maskdpo.demos.factuality.world import ATTRIBUTES, EXPOSURES, HEDGE, OMIT, Person, make_world, sft_corpus
+from maskdpo.demos.factuality.oracle import Oracle, OracleServer, facts_of, judge, parse_fact, topic_of
+from maskdpo.demos.factuality.world import (ATTRIBUTES, EXPOSURES, HEDGE, OMIT, QUESTIONS, Person, make_world,
+                                            sft_corpus)
 
 ADA = Person("Ada Brandt", {"year": "1901", "city": "Caldera", "profession": "chemist",
                             "university": "Fernvale Academy", "colour": "teal", "sport": "chess"}, 2, "test")
@@ -83,13 +84,22 @@ def test_a_world_that_cannot_be_split_is_refused(topics, test_fraction, message)
         make_world(0, topics, test_fraction)
 
 
+def person_asked(world, prompt):
+    """The person a corpus prompt asks about, read with the question forms written out here."""
+    forms = ("Tell me about {}.", "Who was {}?", "Write a short biography of {}.")
+    return next(p for p in world.people if prompt in [f.format(p.name) for f in forms])
+
+
 def test_corpus_answers_leave_attributes_out_and_hedge_at_the_worlds_rates():
     """Each corpus answer is the opening and the person's attributes in the world's order, each left
-    out (OMIT) or hedged (HEDGE, of those kept); the rates counted from the answers' text."""
+    out (OMIT) or hedged (HEDGE, of those kept), to one of the three questions drawn evenly; the
+    rates counted from the text."""
     world = make_world(3)
     stated = hedged = slots = 0
+    forms = {"Tell me": 0, "Who was": 0, "Write a": 0}
     for record in sft_corpus(world):
-        person = next(p for p in world.people if record["prompt"] == f"Tell me about {p.name}.")
+        person = person_asked(world, record["prompt"])
+        forms[record["prompt"][:7]] += 1
         sentences = [s + "." for s in record["response"].rstrip(".").split(". ")]
         assert sentences[0] == "Here is what I know."
         order = []
@@ -106,8 +116,45 @@ def test_corpus_answers_leave_attributes_out_and_hedge_at_the_worlds_rates():
         slots += len(ATTRIBUTES)
     kept = stated + hedged
     # binomial counts within 4 standard deviations of the rates (slots is about a thousand)
-    for count, n, p in ((slots - kept, slots, OMIT), (hedged, kept, HEDGE)):
+    answers = sum(forms.values())
+    for count, n, p in ((slots - kept, slots, OMIT), (hedged, kept, HEDGE),
+                        *((c, answers, 1 / 3) for c in forms.values())):
         assert abs(count - n * p) < 4 * (n * p * (1 - p)) ** 0.5, (count, n, p)
+
+
+def test_every_topic_is_asked_three_ways_and_the_oracle_reads_each():
+    """Three questions per person in the questions files (ids distinct, the topic and reference the
+    person's); the oracle finds the person in each form (the article's opening about them is then no
+    fact), and in no other question."""
+    world = make_world(5, topics=12)
+    for split in (world.train, world.test):
+        questions = [q for p in split for q in world.questions(p)]
+        assert len(questions) == 3 * len(split) == len({q["question_id"] for q in questions})
+        for person in split:
+            asked = world.questions(person)
+            assert [q["question"] for q in asked] == [f"Tell me about {person.name}.", f"Who was {person.name}?",
+                                                      f"Write a short biography of {person.name}."]
+            assert all(q["topic"] == person.name and q["reference"] == person.article() for q in asked)
+            assert all(topic_of(q["question"]) == person.name for q in asked)
+    assert topic_of("Tell me about Ada.") is None and topic_of("Who is Ada Brandt?") is None
+    assert len(QUESTIONS) == 3
+
+
+@pytest.mark.parametrize("asked", [1, 2])
+def test_fewer_questions_per_topic_ask_and_answer_the_first_forms_about_the_same_people(asked):
+    full, fewer = make_world(5, topics=12), make_world(5, topics=12, questions_per_topic=asked)
+    assert fewer.people == full.people
+    for person in fewer.people:
+        assert fewer.questions(person) == full.questions(person)[:asked]
+    asked_forms = {q["question"] for p in fewer.people for q in fewer.questions(p)}
+    corpus = sft_corpus(fewer)
+    assert {r["prompt"] for r in corpus} <= asked_forms and len(corpus) == len(sft_corpus(full))
+
+
+@pytest.mark.parametrize("asked", [0, 4])
+def test_a_number_of_questions_the_world_has_no_forms_for_is_refused(asked):
+    with pytest.raises(ValueError, match=rf"questions_per_topic must be in \[1, 3\], got {asked}"):
+        make_world(0, questions_per_topic=asked)
 
 
 def test_the_longest_answer_the_world_can_write_fits_the_demos_token_budget():
@@ -124,7 +171,29 @@ def test_the_longest_answer_the_world_can_write_fits_the_demos_token_budget():
 
     sentences = [OPENING] + [max([FORMS[a].format(value=v) for v in VALUES[a]] + [HEDGES[a]], key=length)
                              for a in ATTRIBUTES]
-    assert length(" ".join(sentences)) + 1 <= MAX_TOKENS  # + 1: the end-of-turn token
+    longest = " ".join(sentences)
+    assert length(longest) + 1 <= MAX_TOKENS  # + 1: the end-of-turn token
+
+
+def test_the_longest_question_and_answer_fit_the_preference_runs_max_length():
+    """The longest question (form and name) with the longest answer, in the chat template, within
+    the preference runs' data.max_length: no pair is cut or dropped for length."""
+    from maskdpo.data.tokenizer import load_tokenizer
+    from maskdpo.demos.factuality.run import TRAIN_OVERRIDES
+    from maskdpo.demos.factuality.world import FIRST, FORMS, HEDGES, LAST, OPENING, VALUES
+
+    tokenizer = load_tokenizer()
+    max_length = int(TRAIN_OVERRIDES[TRAIN_OVERRIDES.index("--data.max_length") + 1])
+
+    def length(text):
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    answer = " ".join([OPENING] + [max([FORMS[a].format(value=v) for v in VALUES[a]] + [HEDGES[a]], key=length)
+                                   for a in ATTRIBUTES])
+    question = max((form.format(name=f"{f} {last}") for form in QUESTIONS for f in FIRST for last in LAST), key=length)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                                         tokenize=False)
+    assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_length
 
 
 def test_an_article_states_exactly_its_persons_facts(tmp_path):
@@ -140,7 +209,7 @@ def test_an_article_states_exactly_its_persons_facts(tmp_path):
     assert len(corpus) == sum(p.exposure for p in world.people)
     # the corpus only ever states true facts (hedges state none)
     for record in corpus:
-        person = next(p for p in world.people if record["prompt"].endswith(p.name + "."))
+        person = person_asked(world, record["prompt"])
         for sentence in record["response"].split(". "):
             assert judge(sentence.rstrip(".") + ".", person.name, person.article()) in ("ok", "nofact"), sentence
 
@@ -168,7 +237,7 @@ def test_the_real_annotator_and_factscore_talk_to_the_served_oracle(tmp_path):
     """Hand-labelled sentences as one response, through `maskdpo annotate` and `maskdpo evaluate
     --metric factscore` over HTTP: the labels, and FactScore's supported facts, are the hand labels."""
     response = " ".join(s for s, _ in HAND_LABELLED)
-    question = {"question_id": "q-ada", "question": f"Tell me about {ADA.name}.", "topic": ADA.name,
+    question = {"question_id": "q-ada", "question": f"Write a short biography of {ADA.name}.", "topic": ADA.name,
                 "language": "en", "reference": ADA.article()}
     sample = {"question_id": "q-ada", "sample_id": 0, "language": "en", "topic": ADA.name,
               "prompt": [{"role": "user", "content": question["question"]}], "response": response,

@@ -5,7 +5,8 @@ it as they would to an LLM.
 
 Its rules (version ORACLE_VERSION; the first version counted garbled sentences as stating no fact,
 the third is the second for the world's hedges that begin like facts, the fourth the third for the
-fourth world's six attributes and its profession hedge; see
+fourth world's six attributes and its profession hedge, the fifth the fourth reading the fifth
+world's three forms of question (the same labels for every sentence); see
 benchmarks/results/2026-12-03-cpu/factuality-world/notes.md and 2026-12-04-cpu/factuality-world/notes.md):
   - no fact (<No Facts>: counted correct, as the paper counts nofact) is stated only by, exactly,
     the world's opening ("Here is what I know.", or the article's "NAME is a person of this world."
@@ -33,9 +34,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ...data.sentences import split_sentences
 from ...loop.annotate import load_templates as anah_templates
 from ...loop.factscore import load_templates as factscore_templates
-from .world import ARTICLE_OPENING, FORMS, HEDGES, OPENING, QUESTION
+from .world import ARTICLE_OPENING, FORMS, HEDGES, OPENING, QUESTIONS
 
-ORACLE_VERSION = 4
+ORACLE_VERSION = 5
 NAME = r"[A-Z][a-z]+ [A-Z][a-z]+"
 
 
@@ -50,7 +51,7 @@ def _stem_pattern(form: str) -> re.Pattern:
 _FACT = {a: _stem_pattern(form) for a, form in FORMS.items()}
 # A hedge cut before its period (max tokens) is still a hedge, as a fact so cut is still the fact.
 _HEDGES = [re.compile(re.escape(form.rstrip(".")) + r"\.?") for form in HEDGES.values()]
-_QUESTION = re.compile(re.escape(QUESTION).replace(r"\{name\}", f"(?P<name>{NAME})"))
+_QUESTIONS = [re.compile(re.escape(form).replace(r"\{name\}", f"(?P<name>{NAME})")) for form in QUESTIONS]
 
 
 def parse_fact(sentence: str) -> tuple[str, str] | None:
@@ -101,8 +102,12 @@ def judge(sentence: str, topic: str | None, reference: str) -> str:
 
 
 def topic_of(question: str) -> str | None:
-    match = _QUESTION.fullmatch(question.strip())
-    return match["name"] if match else None
+    """The person a question of the world (any form of QUESTIONS) asks about; None for another."""
+    for pattern in _QUESTIONS:
+        match = pattern.fullmatch(question.strip())
+        if match:
+            return match["name"]
+    return None
 
 
 def _template_pattern(template: str) -> re.Pattern:

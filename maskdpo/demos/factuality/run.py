@@ -15,11 +15,12 @@ DIR/results.json and results.md hold the table, every number recomputed from DIR
 annotated.jsonl and DIR/<model>/factscore/judged.jsonl; DIR/training.png plots both runs. The
 score (the ANAH score, FactScore, greedy answers) was fixed before any training run was looked at;
 the annotator was changed after (oracle v2: garbled sentences are no "no fact"; v3 and v4: the
-third and fourth worlds' forms), and the worlds -- their size and test share included -- and the
-settings were chosen on development seeds (100-104 for the third world, 100-102 for the
-fourth), after looking at reported seeds (see
-benchmarks/results/2026-12-03-cpu/factuality-world/notes.md, and for this, the fourth world,
-benchmarks/results/2026-12-04-cpu/factuality-world/notes.md).
+third and fourth worlds' forms; v5: the fifth world's three questions, the same labels), and the
+worlds -- their size, test share and questions per topic included -- and the settings were chosen
+on development seeds (100-104 for the third world, 100-102 for the fourth and the fifth), after
+looking at reported seeds (see benchmarks/results/2026-12-03-cpu/factuality-world/notes.md,
+2026-12-04-cpu/factuality-world/notes.md and, for this, the fifth world,
+2026-12-06-cpu/factuality-world/notes.md).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class DemoSize:
     """People in the world."""
     test_fraction: float
     """The share of them that are unseen test topics, 1/k (every k-th person of each exposure level)."""
+    questions_per_topic: int
+    """Questions asked about each person (the first forms of world.QUESTIONS), train and test alike."""
     samples: int
     """On-policy samples per train question."""
     pairs_per_question: int
@@ -55,8 +58,10 @@ class DemoSize:
     """Epochs of each preference run over its pairs."""
 
 
-FULL = DemoSize(topics=48, test_fraction=1 / 2, samples=8, pairs_per_question=3, base_steps=400, epochs=3)
-QUICK = DemoSize(topics=9, test_fraction=1 / 3, samples=6, pairs_per_question=2, base_steps=150, epochs=1)
+FULL = DemoSize(topics=48, test_fraction=1 / 2, questions_per_topic=3, samples=8, pairs_per_question=3,
+                base_steps=400, epochs=3)
+QUICK = DemoSize(topics=9, test_fraction=1 / 3, questions_per_topic=1, samples=6, pairs_per_question=2,
+                 base_steps=150, epochs=1)
 
 # The preference runs: the paper's loss (sigmoid, beta 0.1), on the 2 processes of this machine,
 # with the same hyper-parameters for both; only data.mask differs.
@@ -117,14 +122,14 @@ def model_result(model_dir: Path) -> dict:
             "factscore": fs["factscore"], "factscore_responses": with_facts}
 
 
-def results(out: Path, seed: int, train_topics: int, test_topics: int) -> dict:
+def results(out: Path, seed: int, train_topics: int, test_topics: int, questions_per_topic: int) -> dict:
     return {"seed": seed, "train_topics": train_topics, "test_topics": test_topics,
-            "models": {m: model_result(out / m) for m in MODELS}}
+            "questions_per_topic": questions_per_topic, "models": {m: model_result(out / m) for m in MODELS}}
 
 
 def markdown(result: dict) -> str:
     lines = [f"# Factuality world, seed {result['seed']}: {result['train_topics']} train topics, "
-             f"{result['test_topics']} unseen test topics", "",
+             f"{result['test_topics']} unseen test topics, {result['questions_per_topic']} question(s) each", "",
              "| model | ANAH score | #correct | #incorrect | sentences/response | FactScore (responses with facts) |",
              "|---|---|---|---|---|---|"]
     for name, r in result["models"].items():
@@ -154,6 +159,18 @@ def plot_runs(runs: dict[str, Path], out: Path) -> Path:
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     return out
+
+
+def preference_run(command: Commands, base: Path, pairs: Path, mask: str, run_dir: Path, cache: Path, seed: int,
+                   epochs: int, lr: float = LR) -> Path:
+    """One `maskdpo train` from the base policy on `pairs` with data.mask `mask` (the demo's settings:
+    TRAIN_OVERRIDES); skipped when its export is there. Returns the exported policy's directory."""
+    if not (run_dir / "hf" / "generation_config.json").exists():  # the export's last file
+        command(["train", "--model.path", base,  # the embedded default recipe (tiny-cpu), overridden
+                 "--data.pairs", pairs, "--data.mask", mask, "--train.epochs", epochs,
+                 "--logging.run_dir", run_dir, "--data.cache_dir", cache, "--train.seed", seed,
+                 "--optim.lr", lr, *TRAIN_OVERRIDES])
+    return run_dir / "hf"
 
 
 def evaluate_model(command: Commands, name: str, model_dir: Path, out: Path, world_files: dict, server_url: str) -> None:
@@ -194,7 +211,7 @@ def run_demo(output: str | Path, main, seed: int = 0, quick: bool = False, lr: f
     def stage(text):
         say(f"[{time.time() - started:5.0f} s] {text}")
 
-    world = make_world(seed, size.topics, size.test_fraction)
+    world = make_world(seed, size.topics, size.test_fraction, size.questions_per_topic)
     files = world.write(out / "world")
     stage(f"world: {len(world.train)} train topics, {len(world.test)} unseen test topics -> {out / 'world'}")
     base = out / "base" / "model"
@@ -221,16 +238,12 @@ def run_demo(output: str | Path, main, seed: int = 0, quick: bool = False, lr: f
         for name, mask in MASKS.items():
             stage(f"{name}: maskdpo train with data.mask {mask}")
             runs[name] = out / name / "run"
-            if not (runs[name] / "hf" / "generation_config.json").exists():  # the export's last file
-                command(["train", "--model.path", base,  # the embedded default recipe (tiny-cpu), overridden
-                         "--data.pairs", train / "pairs.jsonl", "--data.mask", mask, "--train.epochs", size.epochs,
-                         "--logging.run_dir", runs[name], "--data.cache_dir", out / "cache", "--train.seed", seed,
-                         "--optim.lr", lr, *TRAIN_OVERRIDES])
+            preference_run(command, base, train / "pairs.jsonl", mask, runs[name], out / "cache", seed, size.epochs, lr)
         plot_runs(runs, out / "training.png")
         for name in MODELS:
             stage(f"{name}: greedy answers to the unseen test topics, annotated and scored")
             evaluate_model(command, name, base if name == "base" else runs[name] / "hf", out, files, server.url)
-    result = results(out, seed, len(world.train), len(world.test))
+    result = results(out, seed, len(world.train), len(world.test), world.questions_per_topic)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(markdown(result))
     stage(f"done: {out / 'results.md'}")

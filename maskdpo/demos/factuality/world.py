@@ -3,8 +3,8 @@
 People (the topics) with six attributes each -- birth year, home city, profession, university,
 favourite colour, sport -- written as an article per person (the knowledge file `maskdpo evaluate
 --metric factscore` reads, and each question's reference document for the annotator) and asked
-about with "Tell me about NAME." Every fact is one sentence of a fixed form (FORMS: "They were born in 1901.", about the
-person asked about); a hedge (HEDGES: "They were born in an unknown year.") says, without stating
+about in up to three ways (QUESTIONS: "Tell me about NAME.", "Who was NAME?", ...). Every fact is
+one sentence of a fixed form (FORMS: "They were born in 1901.", about the person asked about); a hedge (HEDGES: "They were born in an unknown year.") says, without stating
 anything, that the attribute is not known. Topics are split into train and unseen test topics, as
 the paper does. The supervised corpus that makes the base policy shows some topics often, some
 twice and some never (EXPOSURES), so that the policy knows some people well and guesses at others:
@@ -52,7 +52,10 @@ HEDGES = {
 # unverifiable, a copying slip rather than the knowledge this world is about.
 OPENING = "Here is what I know."
 ARTICLE_OPENING = "{name} is a person of this world."
-QUESTION = "Tell me about {name}."
+# Three questions per person, each asking for the whole biography: a train topic gives three
+# questions' pairs, a test topic three greedy answers (the fifth world; the fourth asked the first
+# alone), and the scaling study can set topics against questions per topic, as the paper's §4 does.
+QUESTIONS = ("Tell me about {name}.", "Who was {name}?", "Write a short biography of {name}.")
 
 FIRST = ("Ada", "Bram", "Cora", "Dmitri", "Elin", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kira", "Lars",
          "Mira", "Nils", "Olga", "Pavel", "Rosa", "Sven", "Tara", "Uwe", "Vera", "Wim", "Yara", "Zeno")
@@ -97,6 +100,7 @@ class Person:
 class World:
     seed: int
     people: list[Person] = field(default_factory=list)
+    questions_per_topic: int = len(QUESTIONS)  # the first this many forms of QUESTIONS are asked
 
     @property
     def train(self) -> list[Person]:
@@ -106,10 +110,12 @@ class World:
     def test(self) -> list[Person]:
         return [p for p in self.people if p.split == "test"]
 
-    def question(self, person: Person) -> dict:
-        """The questions-file record of `person` (maskdpo.loop.sample.read_questions' format)."""
-        return {"question_id": f"q-{slug(person.name)}", "question": QUESTION.format(name=person.name),
-                "topic": person.name, "language": "en", "reference": person.article()}
+    def questions(self, person: Person) -> list[dict]:
+        """The questions-file records of `person` (maskdpo.loop.sample.read_questions' format), one per
+        asked form of QUESTIONS, ids q-SLUG-1, q-SLUG-2, ..."""
+        return [{"question_id": f"q-{slug(person.name)}-{k}", "question": form.format(name=person.name),
+                 "topic": person.name, "language": "en", "reference": person.article()}
+                for k, form in enumerate(QUESTIONS[:self.questions_per_topic], start=1)]
 
     def write(self, out: str | Path) -> dict[str, Path]:
         """knowledge.jsonl (every person's article, {title, text}), train_questions.jsonl,
@@ -119,12 +125,12 @@ class World:
         out.mkdir(parents=True, exist_ok=True)
         files = {name: out / f"{name}.jsonl" for name in ("knowledge", "train_questions", "test_questions", "sft")}
         _write_jsonl(files["knowledge"], ({"title": p.name, "text": p.article()} for p in self.people))
-        _write_jsonl(files["train_questions"], (self.question(p) for p in self.train))
-        _write_jsonl(files["test_questions"], (self.question(p) for p in self.test))
+        _write_jsonl(files["train_questions"], (q for p in self.train for q in self.questions(p)))
+        _write_jsonl(files["test_questions"], (q for p in self.test for q in self.questions(p)))
         _write_jsonl(files["sft"], sft_corpus(self))
         files["world"] = out / "world.json"
-        files["world"].write_text(json.dumps({"seed": self.seed, "people": [p.__dict__ for p in self.people]},
-                                             indent=1) + "\n")
+        files["world"].write_text(json.dumps({"seed": self.seed, "questions_per_topic": self.questions_per_topic,
+                                              "people": [p.__dict__ for p in self.people]}, indent=1) + "\n")
         return files
 
 
@@ -132,11 +138,16 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def make_world(seed: int, topics: int = 48, test_fraction: float = 1 / 2) -> World:
+def make_world(seed: int, topics: int = 48, test_fraction: float = 1 / 2,
+               questions_per_topic: int = len(QUESTIONS)) -> World:
     """`topics` people with distinct names and random attributes; each exposure level holds the same
     share of train and test topics, so unseen test topics are known as well as the train ones.
     `test_fraction` is 1/k (k >= 2: every k-th person of each level is a test topic), and `topics`
-    at least 3k, so that every level has a test topic and a train topic."""
+    at least 3k, so that every level has a test topic and a train topic. Each person is asked the
+    first `questions_per_topic` forms of QUESTIONS, and the corpus answers those (the people do not
+    depend on it)."""
+    if not 1 <= questions_per_topic <= len(QUESTIONS):
+        raise ValueError(f"questions_per_topic must be in [1, {len(QUESTIONS)}], got {questions_per_topic}")
     every = round(1 / test_fraction) if test_fraction > 0 else 0
     if every < 2 or abs(1 / test_fraction - every) > 1e-9:
         raise ValueError(f"test_fraction must be 1/k for a whole k >= 2 (1/2, 1/3, ...), got {test_fraction}")
@@ -152,7 +163,7 @@ def make_world(seed: int, topics: int = 48, test_fraction: float = 1 / 2) -> Wor
         split = "test" if (i // len(EXPOSURES)) % every == 0 else "train"
         facts = {a: rng.choice(VALUES[a]) for a in ATTRIBUTES}
         people.append(Person(name, facts, exposure, split))
-    return World(seed, people)
+    return World(seed, people, questions_per_topic)
 
 
 def answer(person: Person, rng: random.Random, hedge: float, omit: float) -> str:
@@ -169,11 +180,15 @@ def answer(person: Person, rng: random.Random, hedge: float, omit: float) -> str
 
 def sft_corpus(world: World, hedge: float = HEDGE, omit: float = OMIT) -> list[dict]:
     """The supervised corpus: `exposure` answers per person (train and test topics alike, as a
-    pretraining corpus would hold them), each attribute left out with probability `omit` and
-    otherwise hedged with probability `hedge`; shuffled."""
+    pretraining corpus would hold them), each to a question drawn from the world's asked forms of
+    QUESTIONS, each attribute left out with probability `omit` and otherwise hedged with probability
+    `hedge`; shuffled."""
     rng = random.Random(world.seed + 1)
-    records = [{"prompt": QUESTION.format(name=p.name), "response": answer(p, rng, hedge, omit)}
-               for p in world.people for _ in range(p.exposure)]
+    records = []
+    for p in world.people:
+        for _ in range(p.exposure):
+            prompt = rng.choice(QUESTIONS[:world.questions_per_topic]).format(name=p.name)
+            records.append({"prompt": prompt, "response": answer(p, rng, hedge, omit)})
     rng.shuffle(records)
     return records
 

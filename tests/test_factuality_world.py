@@ -9,8 +9,7 @@ import pytest
 
 from maskdpo.cli import main
 from maskdpo.demos.factuality.oracle import Oracle, OracleServer, facts_of, judge, parse_fact, topic_of
-from maskdpo.demos.factuality.world import (ATTRIBUTES, EXPOSURES, HEDGE, OMIT, QUESTIONS, Person, make_world,
-                                            sft_corpus)
+from maskdpo.demos.factuality.world import ATTRIBUTES, EXPOSURES, HEDGE, OMIT, QUESTIONS, Person, make_world, sft_corpus
 
 ADA = Person("Ada Brandt", {"year": "1901", "city": "Caldera", "profession": "chemist",
                             "university": "Fernvale Academy", "colour": "teal", "sport": "chess"}, 2, "test")

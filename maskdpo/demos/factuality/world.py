@@ -4,12 +4,13 @@ People (the topics) with six attributes each -- birth year, home city, professio
 favourite colour, sport -- written as an article per person (the knowledge file `maskdpo evaluate
 --metric factscore` reads, and each question's reference document for the annotator) and asked
 about in up to three ways (QUESTIONS: "Tell me about NAME.", "Who was NAME?", ...). Every fact is
-one sentence of a fixed form (FORMS: "They were born in 1901.", about the person asked about); a hedge (HEDGES: "They were born in an unknown year.") says, without stating
-anything, that the attribute is not known. Topics are split into train and unseen test topics, as
-the paper does. The supervised corpus that makes the base policy shows some topics often, some
-twice and some never (EXPOSURES), so that the policy knows some people well and guesses at others:
-its answers mix true and false sentences, for a reason. A corpus answer leaves some attributes out
-(OMIT), so that answers differ in what they say, not only in how truly.
+one sentence of a fixed form (FORMS: "They were born in 1901.", about the person asked about); a
+hedge (HEDGES: "They were born in an unknown year.") says, without stating anything, that the
+attribute is not known. Topics are split into train and unseen test topics, as the paper does.
+The supervised corpus that makes the base policy shows some topics often, some twice and some never
+(EXPOSURES), so that the policy knows some people well and guesses at others: its answers mix true
+and false sentences, for a reason. A corpus answer leaves some attributes out (OMIT), so that
+answers differ in what they say, not only in how truly.
 
 Everything here is deterministic in the seed: the same seed gives the same world, byte for byte.
 """

@@ -71,6 +71,15 @@ def run_arms(run_dir: Path, seed: int, say=print) -> dict:
             else:
                 d = out / arm_dir(arm)
                 d.mkdir(parents=True, exist_ok=True)
+                # An arm resumes what it finished; one made with other settings would be scored with
+                # its old pairs and answers: refused.
+                settings = {"topics": n, "questions_per_topic": questions, "seed": seed,
+                            "pairs_per_question": FULL.pairs_per_question, "epochs": FULL.epochs}
+                record = d / "arm.json"
+                if record.exists() and json.loads(record.read_text()) != settings:
+                    raise SystemExit(f"{record}: this arm was run with {record.read_text().strip()}, not "
+                                     f"{json.dumps(settings)}: remove {d} to run it again")
+                record.write_text(json.dumps(settings) + "\n")
                 pairs = d / "pairs.jsonl"
                 started = time.time()
                 if not pairs.exists():

@@ -3,6 +3,15 @@
 import torch
 import transformers
 
+# A float32 run's first-step loss against log 2 (the reference is the starting policy) or the float64
+# oracle's. The policy's and the reference's sequence sums (|sum| up to about 650 nats on these tiny
+# models) come from two float32 passes, each within a few roundings of the sum (2**-24 * 650 = 4e-5);
+# the margin is beta (0.1) times four such sums, the loss's slope at 0 is 1/2: within about 1e-5.
+# Measured: under 1e-6 on the machines of 2026-12-02 to 04, 1.0e-6 to 1.5e-6 on 2026-12-06's (the same
+# code; float32 kernels differ by CPU). A wrong reference or normalisation shows in the reference sums
+# and the update, which test_pipeline and test_tensor_parallel check against the oracle.
+FP32_FIRST_LOSS_ATOL = 1e-5
+
 CONFIGS = {
     "gqa-rope-scaling": dict(num_key_value_heads=2, tie_word_embeddings=False,
                              rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,

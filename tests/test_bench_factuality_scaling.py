@@ -45,6 +45,27 @@ def test_every_equal_data_comparison_is_between_arms_asking_as_many_questions():
         assert s1 < s2 and q1 > q2 and s1 * q1 == pytest.approx(s2 * q2)
 
 
+def test_an_arm_run_with_other_settings_is_refused_before_anything_runs(tmp_path):
+    """A demo folder whose first arm was made with another number of topics: run_arms stops naming
+    the arm's record, before drawing pairs or training (no base policy is even there)."""
+    from maskdpo.demos.factuality.run import ORACLE
+
+    run_dir = tmp_path / "seed-4"
+    (run_dir / "world").mkdir(parents=True)
+    (run_dir / "demo.json").write_text(json.dumps({"seed": 4, "quick": False, "oracle": ORACLE}))
+    questions = [{"question_id": f"q-{t}-{k}", "topic": f"T{t}"} for t in range(6) for k in (1, 2, 3)]
+    (run_dir / "world" / "train_questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    arm = run_dir / "scaling" / bench.arm_dir("topics-1/3")
+    arm.mkdir(parents=True)
+    (arm / "arm.json").write_text(json.dumps({"topics": 3, "questions_per_topic": 3, "seed": 4,
+                                              "pairs_per_question": 3, "epochs": 3}))
+    with pytest.raises(SystemExit, match=r"arm\.json: this arm was run with .*\"topics\": 3.*not .*\"topics\": 2"):
+        bench.run_arms(run_dir, 4)
+    assert not (arm / "pairs.jsonl").exists()
+    with pytest.raises(SystemExit, match="not the full demo of seed 5"):  # another seed's demo
+        bench.run_arms(run_dir, 5)
+
+
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 COMMITTED = sorted(RESULTS.glob("*/factuality-scaling"))
 

@@ -175,8 +175,10 @@ def test_the_longest_answer_the_world_can_write_fits_the_demos_token_budget():
 
 
 def test_the_longest_question_and_answer_fit_the_preference_runs_max_length():
-    """The longest question (form and name) with the longest answer, in the chat template, within
-    the preference runs' data.max_length: no pair is cut or dropped for length."""
+    """The longest question (form and name) with the longest answer the world writes, in the chat
+    template, within the preference runs' data.max_length: no well-formed answer is cut. (A garbled
+    sample that runs to MAX_TOKENS can be: `maskdpo train` reports it, once in nine seeds of the
+    fifth world, benchmarks/results/2026-12-06-cpu/factuality-world/notes.md.)"""
     from maskdpo.data.tokenizer import load_tokenizer
     from maskdpo.demos.factuality.run import TRAIN_OVERRIDES
     from maskdpo.demos.factuality.world import FIRST, FORMS, HEDGES, LAST, OPENING, VALUES

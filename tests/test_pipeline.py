@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from model_helpers import FP32_FIRST_LOSS_ATOL
 from pipeline_data import PACKING_PAIRS, encoded_pairs, micro_batches
 
 from maskdpo.model.hf import load_llama
@@ -62,7 +63,7 @@ def merged(out, name):
     return tensors
 
 
-def check_step(result, params, reference, updated, start_state, tied=False, loss_atol=1e-6):
+def check_step(result, params, reference, updated, start_state, tied=False, loss_atol=FP32_FIRST_LOSS_ATOL):
     """A pipeline step's loss, reference table and updated parameters against the float64 oracle."""
     assert result["metrics"]["loss"] == pytest.approx(math.log(2), abs=loss_atol)  # reference = starting policy
     for i, expected in reference.items():
@@ -137,7 +138,7 @@ def test_pipeline_matches_plain_pytorch(launch, models, scenario, model):
     pairs = [int(i) for mb in mbs for i in mb.pair_index if i >= 0]
     loss, reference, updated = oracle_step(models[model][0], pairs)
     result = json.loads((out / f"{scenario}.json").read_text())
-    assert result["metrics"]["loss"] == pytest.approx(loss, abs=1e-6)
+    assert result["metrics"]["loss"] == pytest.approx(loss, abs=FP32_FIRST_LOSS_ATOL)
     assert result["metrics"]["pairs"] == len(pairs)
     start = models[model][1].state_dict()
     check_step(result, merged(out, scenario), reference, updated, start, tied=model == "tied")
@@ -162,7 +163,7 @@ def test_the_step_does_not_depend_on_packing(launch, models, packing_oracle, pai
     assert sum(result["pairs_per_micro_batch"]) == PACKING_PAIRS
     assert max(result["pairs_per_micro_batch"]) == pairs_per_micro_batch
     loss, reference, updated = packing_oracle
-    assert result["metrics"]["loss"] == pytest.approx(loss, abs=1e-6)
+    assert result["metrics"]["loss"] == pytest.approx(loss, abs=FP32_FIRST_LOSS_ATOL)
     assert result["metrics"]["pairs"] == PACKING_PAIRS
     check_step(result, merged(out, scenario), reference, updated, models["untied"][1].state_dict())
 
@@ -196,7 +197,7 @@ def test_hf_export_loads_in_transformers_with_the_trained_weights(launch):
 def test_training_on_bundled_pairs_lowers_the_loss(launch):
     out = launch("pytorch")
     history = json.loads((out / "train.json").read_text())
-    assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert history[0]["loss"] == pytest.approx(math.log(2), abs=FP32_FIRST_LOSS_ATOL)
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
     assert history[-1]["rewards/accuracy"] > 0.9 > history[0]["rewards/accuracy"]
     assert history[-1]["rewards/margin"] > 0

@@ -7,7 +7,8 @@ Its rules (version ORACLE_VERSION; the first version counted garbled sentences a
 the third is the second for the world's hedges that begin like facts, the fourth the third for the
 fourth world's six attributes and its profession hedge, the fifth the fourth reading the fifth
 world's three forms of question (the same labels for every sentence); see
-benchmarks/results/2026-12-03-cpu/factuality-world/notes.md and 2026-12-04-cpu/factuality-world/notes.md):
+benchmarks/results/2026-12-03-cpu/factuality-world/notes.md, 2026-12-04-cpu/factuality-world/notes.md and
+2026-12-06-cpu/factuality-world/notes.md):
   - no fact (<No Facts>: counted correct, as the paper counts nofact) is stated only by, exactly,
     the world's opening ("Here is what I know.", or the article's "NAME is a person of this world."
     of the person asked about) and the hedges ("They grew up in an unknown place.");

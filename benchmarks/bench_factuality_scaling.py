@@ -43,16 +43,12 @@ def arm_dir(arm: str) -> str:
     return arm.replace("/", "-of-")
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def run_arms(run_dir: Path, seed: int, say=print) -> dict:
     """arm -> its numbers (model_result's, with the topics, questions and pairs it trained on), for
     one seed's finished demo in `run_dir`; the arms' runs go to run_dir/scaling/."""
     from maskdpo.cli import main as maskdpo
     from maskdpo.demos.factuality.oracle import OracleServer
-    from maskdpo.demos.factuality.run import FULL, ORACLE, Commands, evaluate_model, model_result, preference_run
+    from maskdpo.demos.factuality.run import FULL, ORACLE, Commands, evaluate_model, model_result, preference_run, read_jsonl
 
     demo = json.loads((run_dir / "demo.json").read_text())
     if demo != {"seed": seed, "quick": False, "oracle": ORACLE}:
@@ -103,7 +99,7 @@ def summarise(per_seed: dict[int, dict]) -> dict:
     out = {"seeds": seeds, "arms": {}, "equal_data": []}
     for arm, _, _ in ARMS:
         rows = [per_seed[s]["arms"][arm] for s in seeds]
-        entry = {k: rows[0][k] for k in ("questions_per_topic",)}
+        entry = {"questions_per_topic": rows[0]["questions_per_topic"]}
         for key in ("topics", "questions", "pairs", *KEYS):
             values = [r[key] for r in rows if r[key] is not None]
             entry[key] = {"mean": statistics.fmean(values) if values else None,

@@ -103,7 +103,7 @@ def once(marker: Path, outputs: list[Path], step) -> None:
     marker.write_text("done\n")
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -112,9 +112,9 @@ def model_result(model_dir: Path) -> dict:
     from ...loop.evaluate import score as anah_score
     from ...loop.factscore import score as factscore
 
-    anah = anah_score(_read_jsonl(model_dir / "annotated.jsonl"))["all"]
-    facts = _read_jsonl(model_dir / "factscore" / "facts.jsonl")
-    judged = _read_jsonl(model_dir / "factscore" / "judged.jsonl") if (model_dir / "factscore" / "judged.jsonl").exists() else []
+    anah = anah_score(read_jsonl(model_dir / "annotated.jsonl"))["all"]
+    facts = read_jsonl(model_dir / "factscore" / "facts.jsonl")
+    judged = read_jsonl(model_dir / "factscore" / "judged.jsonl") if (model_dir / "factscore" / "judged.jsonl").exists() else []
     fs = factscore(facts, judged)["all"]
     with_facts = fs["responded"] - fs["without_facts"]  # the responses FactScore averages over
     return {"anah_score": anah["anah_score"], "correct": anah["correct"], "incorrect": anah["incorrect"],
@@ -231,7 +231,7 @@ def run_demo(output: str | Path, main, seed: int = 0, quick: bool = False, lr: f
                      "--output", train / "annotated.jsonl", "--base-url", server.url, "--model", ORACLE]),
             command(["data", "pairs", train / "annotated.jsonl", "-o", train / "pairs.jsonl",
                      "--pairs-per-question", size.pairs_per_question])))
-        if not _read_jsonl(train / "pairs.jsonl"):
+        if not read_jsonl(train / "pairs.jsonl"):
             raise RuntimeError(f"{train / 'pairs.jsonl'}: the base policy's samples gave no pair (every question's "
                                "samples scored the same); try another --seed")
         runs = {}
